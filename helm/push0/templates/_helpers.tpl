@@ -1,0 +1,139 @@
+{{/* Chart name, overridable. */}}
+{{- define "push0.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name; the release name alone when it already holds the chart name. */}}
+{{- define "push0.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "push0.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of one component's objects. Call with (dict "root" $ "component" "ingest").
+Truncated to leave room for the pod-template and pod hash suffixes.
+*/}}
+{{- define "push0.componentName" -}}
+{{- printf "%s-%s" (include "push0.fullname" .root) .component | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels shared by every object. Call with (dict "root" $ "component" "x"). */}}
+{{- define "push0.labels" -}}
+helm.sh/chart: {{ include "push0.chart" .root }}
+{{ include "push0.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: push0
+{{- end }}
+
+{{/* Selector labels: immutable once a Deployment exists. */}}
+{{- define "push0.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "push0.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "push0.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "push0.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference; call with (dict "root" $ "image" $override) where $override may be empty. */}}
+{{- define "push0.image" -}}
+{{- $img := mergeOverwrite (deepCopy .root.Values.image) (default (dict) .image) }}
+{{- printf "%s:%s" $img.repository (default .root.Chart.AppVersion $img.tag) }}
+{{- end }}
+
+{{- define "push0.imagePullPolicy" -}}
+{{- $img := mergeOverwrite (deepCopy .root.Values.image) (default (dict) .image) }}
+{{- $img.pullPolicy }}
+{{- end }}
+
+{{/*
+Service name of the bundled NATS chart, mirroring its own naming: service.name,
+else fullnameOverride, else the release name (when it contains the chart name)
+or "<release>-<nameOverride|nats>".
+*/}}
+{{- define "push0.natsServiceName" -}}
+{{- $nats := .Values.nats }}
+{{- if and $nats.service $nats.service.name }}
+{{- $nats.service.name }}
+{{- else if $nats.fullnameOverride }}
+{{- $nats.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "nats" $nats.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* NATS URL(s) the services connect to: the bundled server, or natsUrl. */}}
+{{- define "push0.natsUrl" -}}
+{{- if .Values.nats.enabled }}
+{{- printf "nats://%s.%s.svc:4222" (include "push0.natsServiceName" .) .Release.Namespace }}
+{{- else }}
+{{- required "natsUrl is required when nats.enabled=false" .Values.natsUrl }}
+{{- end }}
+{{- end }}
+
+{{/* Environment common to every service container. */}}
+{{- define "push0.commonEnv" -}}
+- name: PUSH0_NATS_URL
+  value: {{ include "push0.natsUrl" . | quote }}
+- name: PUSH0_PREFIX
+  value: {{ .Values.prefix | quote }}
+- name: PUSH0_METRICS_ADDR
+  value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+- name: PUSH0_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end }}
+
+{{/* Pod annotations: user ones plus Prometheus scrape hints; empty when none. */}}
+{{- define "push0.podAnnotations" -}}
+{{- $a := deepCopy (default (dict) .Values.podAnnotations) }}
+{{- if .Values.metrics.podAnnotations }}
+{{- $_ := set $a "prometheus.io/scrape" "true" }}
+{{- $_ := set $a "prometheus.io/port" (toString .Values.metrics.port) }}
+{{- $_ := set $a "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- if $a }}
+{{- toYaml $a }}
+{{- end }}
+{{- end }}
+
+{{/* Metrics port and TCP probes, identical for every container. */}}
+{{- define "push0.metricsPortAndProbes" -}}
+ports:
+  - name: metrics
+    containerPort: {{ .Values.metrics.port }}
+    protocol: TCP
+readinessProbe:
+  tcpSocket:
+    port: metrics
+  periodSeconds: 5
+  failureThreshold: 3
+livenessProbe:
+  tcpSocket:
+    port: metrics
+  initialDelaySeconds: 10
+  periodSeconds: 10
+  failureThreshold: 6
+{{- end }}

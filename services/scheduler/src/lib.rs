@@ -1,0 +1,463 @@
+//! scheduler: plans each team's workflow for every accepted block and releases the tasks to the
+//! team's queues in priority order, holding back work while a queue already has enough
+//! undelivered tasks. Every decision is recorded in KV, so a restarted scheduler re-releases
+//! exactly what is missing.
+
+pub mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use push0_protocol::subjects::{cursor_key, final_key, part_key, plan_key, task_id};
+use push0_protocol::{
+    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Task,
+    TaskInput, TeamConfig, now_ms,
+};
+use push0_runtime::{
+    BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
+    kv_create, kv_get, kv_update, metrics, register_team,
+};
+use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
+use tokio::sync::Notify;
+use tracing::Instrument;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{QueueKey, Queues};
+
+pub const SERVICE: &str = "scheduler";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Teams to write into the registry at start (from the teams file); None keeps the registry.
+    pub teams: Option<Vec<TeamConfig>>,
+    /// Most undelivered tasks a (team, class) queue may hold on the bus.
+    pub max_undelivered: u64,
+    /// How often a queue with held work is re-read from the server.
+    pub poll_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            teams: None,
+            max_undelivered: 16,
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Runs the scheduler until `shutdown`.
+pub async fn run(bus: Bus, config: Config, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+    if let Some(teams) = &config.teams {
+        for team in teams {
+            register_team(&bus, team).await?;
+        }
+    }
+    let registry = Registry::watch(&bus, shutdown.clone()).await?;
+    let blobs = BlobStore::open(&bus, push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD).await?;
+    let scheduler = Arc::new(Scheduler {
+        plans: bus.kv(&bus.subjects.bucket_plans()).await?,
+        parts: bus.kv(&bus.subjects.bucket_parts()).await?,
+        cursors: bus.kv(&bus.subjects.bucket_cursors()).await?,
+        bus: bus.clone(),
+        registry,
+        config,
+        queues: Mutex::new(Queues::default()),
+        consumers: tokio::sync::Mutex::new(HashMap::new()),
+        wake: Notify::new(),
+    });
+    scheduler.recover().await?;
+
+    let releaser = tokio::spawn({
+        let s = scheduler.clone();
+        let stop = shutdown.clone();
+        async move { s.release_loop(stop).await }
+    });
+    let accepted = AcceptedHandler(scheduler.clone());
+    let ready = ReadyHandler(scheduler.clone());
+    let accepted_spec = bus.topology.scheduler_consumer();
+    let ready_spec = bus.topology.scheduler_ready_consumer();
+    let (a, r) = tokio::join!(
+        consume(&bus, &blobs, &accepted_spec, SERVICE, "block-accepted", &accepted, shutdown.clone()),
+        consume(&bus, &blobs, &ready_spec, SERVICE, "ready", &ready, shutdown.clone()),
+    );
+    shutdown.cancel();
+    let _ = releaser.await;
+    a.and(r)
+}
+
+pub struct Scheduler {
+    bus: Bus,
+    registry: Registry,
+    config: Config,
+    plans: kv::Store,
+    parts: kv::Store,
+    cursors: kv::Store,
+    queues: Mutex<Queues>,
+    consumers: tokio::sync::Mutex<HashMap<QueueKey, PullConsumer>>,
+    wake: Notify,
+}
+
+fn leaf_task(team: &TeamConfig, plan: &Plan, node: NodeId) -> Task {
+    let a = &plan.accepted;
+    let (offset, len) = plan.workflow.leaf_range(a.payload.len(), node.index);
+    Task {
+        task_id: task_id(&team.name, &a.block.chain, a.block.number, &a.block.hash, node),
+        team: team.name.clone(),
+        class: team.class_of(node.level).to_string(),
+        block: a.block.clone(),
+        node,
+        workflow: plan.workflow,
+        input: TaskInput::Leaf {
+            payload: a.payload.clone(),
+            offset,
+            len,
+        },
+        submitted_at_ms: a.submitted_at_ms,
+        deadline_ms: a.deadline_ms,
+    }
+}
+
+fn aggregate_task(team: &TeamConfig, ready: &Ready) -> Task {
+    let b = &ready.block;
+    Task {
+        task_id: task_id(&team.name, &b.chain, b.number, &b.hash, ready.node),
+        team: team.name.clone(),
+        class: team.class_of(ready.node.level).to_string(),
+        block: b.clone(),
+        node: ready.node,
+        workflow: ready.workflow,
+        input: TaskInput::Aggregate {
+            children: ready.children.clone(),
+        },
+        submitted_at_ms: ready.submitted_at_ms,
+        deadline_ms: ready.deadline_ms,
+    }
+}
+
+impl Scheduler {
+    fn enqueue(&self, tasks: Vec<Task>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let trace = current_context();
+        let mut queues = self.queues.lock().expect("queues lock");
+        for task in tasks {
+            queues.push(task, trace.clone());
+        }
+        drop(queues);
+        self.wake.notify_one();
+    }
+
+    /// Plans `accepted` for `team`: records the plan once, then queues the leaves not yet
+    /// released (all of them, unless this is a redelivery after a crash).
+    async fn plan(&self, team: &TeamConfig, accepted: &BlockAccepted) -> Result<(), RuntimeError> {
+        let b = &accepted.block;
+        let key = plan_key(&team.name, &b.chain, b.number);
+        let fresh = Plan {
+            team: team.name.clone(),
+            accepted: accepted.clone(),
+            workflow: team.workflow(),
+            released: Vec::new(),
+            planned_at_ms: now_ms(),
+        };
+        let plan = if kv_create(&self.plans, &key, &fresh).await? {
+            fresh
+        } else {
+            match kv_get::<Plan>(&self.plans, &key).await? {
+                Some((existing, _)) => existing,
+                None => fresh,
+            }
+        };
+        if plan.accepted.block.hash != b.hash {
+            tracing::warn!(team = %team.name, chain = %b.chain, number = b.number, "a different block is planned at this height; ignoring");
+            return Ok(());
+        }
+        // The first block planned for (team, chain) starts its publication order; a lower block
+        // arriving before anything was published moves the start down.
+        kv_update::<Cursor, _>(&self.cursors, &cursor_key(&team.name, &b.chain), |c| match c {
+            None => Some(Cursor {
+                next: b.number,
+                published: 0,
+            }),
+            Some(c) if c.published == 0 && b.number < c.next => Some(Cursor {
+                next: b.number,
+                published: 0,
+            }),
+            Some(_) => None,
+        })
+        .await?;
+        self.ensure_queue(team).await?;
+        let tasks = plan
+            .workflow
+            .leaves()
+            .filter(|n| !plan.released.contains(n))
+            .map(|n| leaf_task(team, &plan, n))
+            .collect();
+        self.enqueue(tasks);
+        Ok(())
+    }
+
+    async fn ensure_queue(&self, team: &TeamConfig) -> Result<(), RuntimeError> {
+        let mut consumers = self.consumers.lock().await;
+        for class in team.classes() {
+            let key = (team.name.clone(), class.clone());
+            if consumers.contains_key(&key) {
+                continue;
+            }
+            let spec = self.bus.topology.task_consumer(team, &class);
+            let consumer = self.bus.ensure_consumer(&spec).await?;
+            consumers.insert(key, consumer);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the held work from KV after a restart: leaves never released, and aggregation
+    /// nodes whose children are all proved but which were never released.
+    async fn recover(&self) -> Result<(), RuntimeError> {
+        let mut keys = match self.plans.keys().await {
+            Ok(k) => k,
+            Err(e) => return Err(RuntimeError::nats("list plans", e)),
+        };
+        let mut names = Vec::new();
+        while let Some(k) = keys.next().await {
+            names.push(k.map_err(|e| RuntimeError::nats("list plans", e))?);
+        }
+        let mut recovered = 0usize;
+        for key in names {
+            let Some((plan, _)) = kv_get::<Plan>(&self.plans, &key).await? else {
+                continue;
+            };
+            let Some(team) = self.registry.get(&plan.team) else {
+                continue;
+            };
+            let b = &plan.accepted.block;
+            if kv_get::<PartRecord>(&self.parts, &final_key(&team.name, &b.chain, b.number))
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            self.ensure_queue(&team).await?;
+            let mut tasks: Vec<Task> = plan
+                .workflow
+                .leaves()
+                .filter(|n| !plan.released.contains(n))
+                .map(|n| leaf_task(&team, &plan, n))
+                .collect();
+            for node in plan.workflow.nodes() {
+                if node.level == 0 || plan.released.contains(&node) {
+                    continue;
+                }
+                let mut children = Vec::new();
+                for child in plan.workflow.children(node) {
+                    let key = part_key(&team.name, &b.chain, b.number, child);
+                    match kv_get::<PartRecord>(&self.parts, &key).await? {
+                        Some((rec, _)) => children.push(ChildProof {
+                            node: child,
+                            proof: rec.proof,
+                            proof_system: rec.proof_system,
+                            critical_ms: rec.critical_ms,
+                        }),
+                        None => break,
+                    }
+                }
+                if children.len() == plan.workflow.children(node).len() {
+                    let ready = Ready {
+                        team: team.name.clone(),
+                        block: b.clone(),
+                        node,
+                        workflow: plan.workflow,
+                        children,
+                        submitted_at_ms: plan.accepted.submitted_at_ms,
+                        deadline_ms: plan.accepted.deadline_ms,
+                    };
+                    tasks.push(aggregate_task(&team, &ready));
+                }
+            }
+            recovered += tasks.len();
+            self.enqueue(tasks);
+        }
+        if recovered > 0 {
+            tracing::info!(tasks = recovered, "recovered unreleased tasks");
+        }
+        Ok(())
+    }
+
+    async fn release_loop(&self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+            let keys: Vec<QueueKey> = {
+                let queues = self.queues.lock().expect("queues lock");
+                queues
+                    .queues
+                    .iter()
+                    .filter(|(_, q)| q.held() > 0)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            for key in keys {
+                if let Err(e) = self.release(&key).await {
+                    tracing::warn!(team = %key.0, class = %key.1, error = %e, "release failed, will retry");
+                }
+            }
+        }
+    }
+
+    /// Releases the queue's most urgent tasks while the bus holds fewer undelivered tasks than
+    /// the bound.
+    async fn release(&self, key: &QueueKey) -> Result<(), RuntimeError> {
+        let bound = self.config.max_undelivered;
+        let known = {
+            let queues = self.queues.lock().expect("queues lock");
+            queues.queues.get(key).and_then(|q| q.undelivered)
+        };
+        if known.is_none_or(|n| n >= bound) {
+            let undelivered = self.undelivered_on_bus(key).await?;
+            let mut queues = self.queues.lock().expect("queues lock");
+            if let Some(q) = queues.queues.get_mut(key) {
+                q.undelivered = Some(undelivered);
+            }
+        }
+        loop {
+            let task = {
+                let mut queues = self.queues.lock().expect("queues lock");
+                let Some(q) = queues.queues.get_mut(key) else { return Ok(()) };
+                let held = q.held();
+                metrics()
+                    .tasks_held
+                    .with_label_values(&[&key.0, &key.1])
+                    .set(held as i64);
+                if q.undelivered.unwrap_or(bound) >= bound {
+                    return Ok(());
+                }
+                let Some(popped) = q.pop() else { return Ok(()) };
+                q.undelivered = q.undelivered.map(|n| n + 1);
+                popped
+            };
+            let (task, trace) = task;
+            if let Err(e) = self.publish_task(&task, trace.clone()).await {
+                let mut queues = self.queues.lock().expect("queues lock");
+                if let Some(q) = queues.queues.get_mut(key) {
+                    q.unpop(task, trace);
+                    q.undelivered = None;
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    async fn undelivered_on_bus(&self, key: &QueueKey) -> Result<u64, RuntimeError> {
+        let consumers = self.consumers.lock().await;
+        let Some(consumer) = consumers.get(key) else {
+            return Ok(0);
+        };
+        let info = consumer
+            .get_info()
+            .await
+            .map_err(|e| RuntimeError::nats(format!("consumer info {}", key.0), e))?;
+        Ok(info.num_pending)
+    }
+
+    /// Publishes a task (msg-id = task id, so a repeat after a crash is dropped by the server),
+    /// then records it as released.
+    async fn publish_task(&self, task: &Task, trace: TraceContext) -> Result<(), RuntimeError> {
+        let span = tracing::info_span!(
+            "release",
+            otel.name = "scheduler.release",
+            team = %task.team,
+            chain = %task.block.chain,
+            number = task.block.number,
+            node = %task.node,
+        );
+        set_parent(&span, trace);
+        let subject = self.bus.subjects.tasks(&task.team, &task.class);
+        self.bus
+            .publish(subject, task, Some(&task.task_id))
+            .instrument(span.clone())
+            .await?;
+        let key = plan_key(&task.team, &task.block.chain, task.block.number);
+        let node = task.node;
+        kv_update::<Plan, _>(&self.plans, &key, |p| {
+            let p = p?;
+            if p.released.contains(&node) {
+                return None;
+            }
+            let mut p = p.clone();
+            p.released.push(node);
+            Some(p)
+        })
+        .await?;
+        metrics().tasks_released.with_label_values(&[&task.team]).inc();
+        tracing::debug!(parent: &span, "task released");
+        Ok(())
+    }
+}
+
+struct AcceptedHandler(Arc<Scheduler>);
+
+impl Handler for AcceptedHandler {
+    async fn handle(&self, delivery: &Delivery) -> Outcome {
+        let accepted: BlockAccepted = match delivery.decode() {
+            Ok(a) => a,
+            Err(e) => return Outcome::Reject(e.into()),
+        };
+        let s = &self.0;
+        for team in s.registry.all() {
+            if !team.proves_chain(&accepted.block.chain) {
+                continue;
+            }
+            if let Err(e) = s.plan(&team, &accepted).await {
+                tracing::warn!(team = %team.name, error = %e, "planning failed, will retry");
+                return Outcome::Retry(Duration::from_millis(500));
+            }
+        }
+        Outcome::Ack
+    }
+}
+
+struct ReadyHandler(Arc<Scheduler>);
+
+impl Handler for ReadyHandler {
+    async fn handle(&self, delivery: &Delivery) -> Outcome {
+        let ready: Ready = match delivery.decode() {
+            Ok(r) => r,
+            Err(e) => return Outcome::Reject(e.into()),
+        };
+        let s = &self.0;
+        let Some(team) = s.registry.get(&ready.team) else {
+            return Outcome::Reject(
+                Rejection::new(DlqReason::UnknownTeam, format!("team {} is not registered", ready.team))
+                    .team(&ready.team)
+                    .block(&ready.block),
+            );
+        };
+        let b = &ready.block;
+        let key = plan_key(&team.name, &b.chain, b.number);
+        match kv_get::<Plan>(&s.plans, &key).await {
+            Ok(Some((plan, _))) if plan.released.contains(&ready.node) => {
+                metrics().duplicates.with_label_values(&[SERVICE]).inc();
+                return Outcome::Ack;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading plan failed, will retry");
+                return Outcome::Retry(Duration::from_millis(500));
+            }
+        }
+        if let Err(e) = s.ensure_queue(&team).await {
+            tracing::warn!(error = %e, "queue not ready, will retry");
+            return Outcome::Retry(Duration::from_millis(500));
+        }
+        s.enqueue(vec![aggregate_task(&team, &ready)]);
+        Outcome::Ack
+    }
+}

@@ -1,0 +1,67 @@
+//! `push0-scheduler`: plans workflows and releases tasks in priority order.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// push0 scheduler: plans each team's workflow per block and releases tasks in priority order
+#[derive(Parser, Debug)]
+#[command(name = "push0-scheduler", version)]
+struct Args {
+    #[command(flatten)]
+    common: push0_runtime::CommonArgs,
+
+    /// Teams file (TOML) written into the team registry at start; without it the registry in
+    /// NATS is used as it is
+    #[arg(long, env = "PUSH0_TEAMS")]
+    teams: Option<PathBuf>,
+
+    /// Most undelivered tasks one (team, class) queue holds on the bus; more urgent work
+    /// waits in the scheduler so provers see the priority order
+    #[arg(long, env = "PUSH0_MAX_UNDELIVERED", default_value_t = 16)]
+    max_undelivered: u64,
+
+    /// How often a queue with held work is re-read from the server
+    #[arg(long, env = "PUSH0_POLL_INTERVAL", default_value = "20ms", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let teams = match &args.teams {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Err(e) => fail(&format!("cannot read teams file {}: {e}", path.display())),
+            Ok(text) => match push0_protocol::TeamsFile::parse(&text) {
+                Ok(teams) => Some(teams),
+                Err(problems) => fail(&format!(
+                    "teams file {}:\n  {}",
+                    path.display(),
+                    problems.join("\n  ")
+                )),
+            },
+        },
+    };
+    let config = push0_scheduler::Config {
+        teams,
+        max_undelivered: args.max_undelivered,
+        poll_interval: args.poll_interval,
+    };
+    let result = async {
+        let started = push0_runtime::service::start(push0_scheduler::SERVICE, &args.common).await?;
+        push0_scheduler::run(started.bus, config, started.shutdown).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "scheduler stopped");
+        eprintln!("push0-scheduler: {e}");
+        std::process::exit(push0_runtime::service::exit_code(&e));
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("push0-scheduler: {message}");
+    std::process::exit(64);
+}

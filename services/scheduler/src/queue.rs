@@ -1,0 +1,181 @@
+//! The scheduler's priority queues: ready tasks wait here, most urgent first, until their
+//! (team, class) queue on the bus has room. JetStream has no per-message priority, so holding
+//! work back and releasing it in order is what makes provers see the priority order.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use push0_protocol::Task;
+use push0_runtime::telemetry::TraceContext;
+
+/// Smaller is more urgent: earliest deadline, then lowest block, then closest to the root
+/// (aggregation before new leaf work), then part order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Priority {
+    pub deadline_ms: u64,
+    pub number: u64,
+    pub steps_to_root: u32,
+    pub index: u32,
+    pub chain: String,
+}
+
+impl Priority {
+    pub fn of(task: &Task) -> Self {
+        Priority {
+            deadline_ms: task.deadline_ms.unwrap_or(u64::MAX),
+            number: task.block.number,
+            steps_to_root: task.workflow.steps_to_root(task.node),
+            index: task.node.index,
+            chain: task.block.chain.clone(),
+        }
+    }
+}
+
+pub struct Pending {
+    pub priority: Priority,
+    pub task: Task,
+    /// The trace the task was planned in, so its release joins the block's trace.
+    pub trace: TraceContext,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.priority == other.priority && self.task.task_id == other.task.task_id
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| self.task.task_id.cmp(&other.task.task_id))
+    }
+}
+
+/// One (team, class) queue.
+#[derive(Default)]
+pub struct Queue {
+    heap: BinaryHeap<Reverse<Pending>>,
+    /// Ids of held tasks, so a redelivered trigger adds nothing.
+    known: HashSet<String>,
+    /// Undelivered tasks on the bus: last server reading plus releases since. None = unknown.
+    pub undelivered: Option<u64>,
+}
+
+impl Queue {
+    /// Adds a ready task; false if it is already held or was released.
+    pub fn push(&mut self, task: Task, trace: TraceContext) -> bool {
+        if !self.known.insert(task.task_id.clone()) {
+            return false;
+        }
+        self.heap.push(Reverse(Pending {
+            priority: Priority::of(&task),
+            task,
+            trace,
+        }));
+        true
+    }
+
+    /// Takes the most urgent task. Its id is forgotten here: from now on the plan record says
+    /// whether it was released, so memory follows held work, not history.
+    pub fn pop(&mut self) -> Option<(Task, TraceContext)> {
+        let Reverse(p) = self.heap.pop()?;
+        self.known.remove(&p.task.task_id);
+        Some((p.task, p.trace))
+    }
+
+    /// Puts back a task whose release failed, keeping its place in the order.
+    pub fn unpop(&mut self, task: Task, trace: TraceContext) {
+        self.known.insert(task.task_id.clone());
+        self.heap.push(Reverse(Pending {
+            priority: Priority::of(&task),
+            task,
+            trace,
+        }));
+    }
+
+    pub fn held(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+pub type QueueKey = (String, String);
+
+#[derive(Default)]
+pub struct Queues {
+    pub queues: HashMap<QueueKey, Queue>,
+}
+
+impl Queues {
+    pub fn push(&mut self, task: Task, trace: TraceContext) -> bool {
+        let key = (task.team.clone(), task.class.clone());
+        self.queues.entry(key).or_default().push(task, trace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use push0_protocol::{Blob, BlockRef, NodeId, TaskInput, Workflow};
+
+    fn task(number: u64, level: u32, index: u32) -> Task {
+        let workflow = Workflow { parts: 4, arity: 2 };
+        let node = NodeId { level, index };
+        Task {
+            task_id: format!("{number}/{node}"),
+            team: "t".into(),
+            class: "prove".into(),
+            block: BlockRef {
+                chain: "eth".into(),
+                number,
+                hash: vec![0; 32],
+            },
+            node,
+            workflow,
+            input: TaskInput::Leaf {
+                payload: Blob::Inline(vec![]),
+                offset: 0,
+                len: 0,
+            },
+            submitted_at_ms: 0,
+            deadline_ms: None,
+        }
+    }
+
+    #[test]
+    fn lowest_block_first_then_closest_to_root() {
+        let mut q = Queue::default();
+        q.push(task(2, 0, 0), TraceContext::default());
+        q.push(task(1, 0, 1), TraceContext::default());
+        q.push(task(1, 1, 0), TraceContext::default());
+        q.push(task(1, 0, 0), TraceContext::default());
+        q.push(task(1, 2, 0), TraceContext::default());
+        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(|(t, _)| t.task_id).collect();
+        assert_eq!(order, vec!["1/2-0", "1/1-0", "1/0-0", "1/0-1", "2/0-0"]);
+    }
+
+    #[test]
+    fn earliest_deadline_wins_over_block_number() {
+        let mut q = Queue::default();
+        let mut late = task(1, 0, 0);
+        late.deadline_ms = Some(2000);
+        let mut urgent = task(5, 0, 0);
+        urgent.deadline_ms = Some(1000);
+        q.push(late, TraceContext::default());
+        q.push(urgent, TraceContext::default());
+        assert_eq!(q.pop().unwrap().0.block.number, 5);
+    }
+
+    #[test]
+    fn a_task_is_queued_once() {
+        let mut q = Queue::default();
+        assert!(q.push(task(1, 0, 0), TraceContext::default()));
+        assert!(!q.push(task(1, 0, 0), TraceContext::default()));
+        assert_eq!(q.held(), 1);
+    }
+}

@@ -1,0 +1,203 @@
+//! Every subject, stream, consumer and bucket name push0 uses, built in one place from the prefix.
+
+use crate::names::{NameError, validate_prefix};
+use crate::workflow::NodeId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Result<Self, NameError> {
+        validate_prefix(prefix)?;
+        Ok(Self {
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    // ---- subjects ----
+
+    pub fn blocks(&self, chain: &str) -> String {
+        format!("{}.blocks.{chain}", self.prefix)
+    }
+    pub fn blocks_all(&self) -> String {
+        format!("{}.blocks.*", self.prefix)
+    }
+    pub fn accepted(&self, chain: &str) -> String {
+        format!("{}.accepted.{chain}", self.prefix)
+    }
+    pub fn accepted_all(&self) -> String {
+        format!("{}.accepted.*", self.prefix)
+    }
+    pub fn tasks(&self, team: &str, class: &str) -> String {
+        format!("{}.tasks.{team}.{class}", self.prefix)
+    }
+    pub fn tasks_all(&self) -> String {
+        format!("{}.tasks.*.*", self.prefix)
+    }
+    pub fn results(&self, team: &str) -> String {
+        format!("{}.results.{team}", self.prefix)
+    }
+    pub fn results_all(&self) -> String {
+        format!("{}.results.*", self.prefix)
+    }
+    pub fn ready(&self, team: &str) -> String {
+        format!("{}.ready.{team}", self.prefix)
+    }
+    pub fn ready_all(&self) -> String {
+        format!("{}.ready.*", self.prefix)
+    }
+    pub fn proofs(&self, team: &str, chain: &str) -> String {
+        format!("{}.proofs.{team}.{chain}", self.prefix)
+    }
+    pub fn proofs_all(&self) -> String {
+        format!("{}.proofs.*.*", self.prefix)
+    }
+    /// Dead letters are filed by the service that gave up and a machine-readable reason.
+    pub fn dlq(&self, service: &str, reason: &str) -> String {
+        format!("{}.dlq.{service}.{reason}", self.prefix)
+    }
+    pub fn dlq_all(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    // ---- stream, consumer and bucket names (no dots allowed there) ----
+
+    fn upper(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.prefix.to_ascii_uppercase().replace('-', "_"))
+    }
+    pub fn stream_blocks(&self) -> String {
+        self.upper("BLOCKS")
+    }
+    pub fn stream_accepted(&self) -> String {
+        self.upper("ACCEPTED")
+    }
+    pub fn stream_tasks(&self) -> String {
+        self.upper("TASKS")
+    }
+    pub fn stream_results(&self) -> String {
+        self.upper("RESULTS")
+    }
+    pub fn stream_ready(&self) -> String {
+        self.upper("READY")
+    }
+    pub fn stream_proofs(&self) -> String {
+        self.upper("PROOFS")
+    }
+    pub fn stream_dlq(&self) -> String {
+        self.upper("DLQ")
+    }
+
+    /// The consumer group a team's gateways share for one task class.
+    pub fn task_consumer(&self, team: &str, class: &str) -> String {
+        format!("tasks-{team}-{class}")
+    }
+
+    fn bucket(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.prefix)
+    }
+    /// Block status, key `<chain>.<number>`.
+    pub fn bucket_blocks(&self) -> String {
+        self.bucket("blocks")
+    }
+    /// Team registry, key `<team>`.
+    pub fn bucket_teams(&self) -> String {
+        self.bucket("teams")
+    }
+    /// Scheduler plans, key `<team>.<chain>.<number>`.
+    pub fn bucket_plans(&self) -> String {
+        self.bucket("plans")
+    }
+    /// Collected sub-proofs, key `<team>.<chain>.<number>.<level>-<index>`.
+    pub fn bucket_parts(&self) -> String {
+        self.bucket("parts")
+    }
+    /// Per (team, chain) publication cursor, key `<team>.<chain>`.
+    pub fn bucket_cursors(&self) -> String {
+        self.bucket("cursors")
+    }
+    /// Blobs above the inline threshold.
+    pub fn object_store(&self) -> String {
+        self.bucket("objects")
+    }
+}
+
+/// KV key of a block's status.
+pub fn block_key(chain: &str, number: u64) -> String {
+    format!("{chain}.{number}")
+}
+
+/// KV key of a team's plan for a block.
+pub fn plan_key(team: &str, chain: &str, number: u64) -> String {
+    format!("{team}.{chain}.{number}")
+}
+
+/// KV key of one proved node of a block's workflow tree.
+pub fn part_key(team: &str, chain: &str, number: u64, node: NodeId) -> String {
+    format!("{team}.{chain}.{number}.{}-{}", node.level, node.index)
+}
+
+/// KV key under which a block's root proof is recorded once more, for in-order publication
+/// without knowing the workflow shape.
+pub fn final_key(team: &str, chain: &str, number: u64) -> String {
+    format!("{team}.{chain}.{number}.final")
+}
+
+/// KV key prefix of all parts of one block, for listing.
+pub fn part_prefix(team: &str, chain: &str, number: u64) -> String {
+    format!("{team}.{chain}.{number}.")
+}
+
+/// KV key of a (team, chain) publication cursor.
+pub fn cursor_key(team: &str, chain: &str) -> String {
+    format!("{team}.{chain}")
+}
+
+/// `Nats-Msg-Id` of a block submission: `<chain>/<number>/<hash hex>`.
+pub fn block_msg_id(chain: &str, number: u64, hash: &[u8]) -> String {
+    format!("{chain}/{number}/{}", hex::encode(hash))
+}
+
+/// Deterministic id of one task: the same node of the same block for the same team is the same
+/// task, however often it is planned, so publishing it again is de-duplicated by JetStream.
+pub fn task_id(team: &str, chain: &str, number: u64, hash: &[u8], node: NodeId) -> String {
+    let short = hex::encode(&hash[..hash.len().min(8)]);
+    format!("{team}/{chain}/{number}/{short}/{}-{}", node.level, node.index)
+}
+
+/// `Nats-Msg-Id` of a block proof: one per (team, chain, number).
+pub fn proof_msg_id(team: &str, chain: &str, number: u64) -> String {
+    format!("proof/{team}/{chain}/{number}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let s = Subjects::new("t-1").unwrap();
+        assert_eq!(s.blocks("eth"), "t-1.blocks.eth");
+        assert_eq!(s.tasks("sp1", "gpu"), "t-1.tasks.sp1.gpu");
+        assert_eq!(s.proofs("sp1", "eth"), "t-1.proofs.sp1.eth");
+        assert_eq!(s.stream_tasks(), "T_1_TASKS");
+        assert_eq!(s.bucket_parts(), "t-1_parts");
+        assert_eq!(
+            part_key("sp1", "eth", 7, NodeId { level: 1, index: 0 }),
+            "sp1.eth.7.1-0"
+        );
+    }
+
+    #[test]
+    fn task_ids_are_deterministic() {
+        let h = [0xab; 32];
+        let n = NodeId { level: 0, index: 3 };
+        assert_eq!(task_id("a", "eth", 5, &h, n), task_id("a", "eth", 5, &h, n));
+        assert_eq!(task_id("a", "eth", 5, &h, n), "a/eth/5/abababababababab/0-3");
+    }
+}

@@ -1,0 +1,236 @@
+//! The team registry: who proves, with which workflow, on which task classes.
+//! Loaded from a TOML file by the scheduler and kept in a KV bucket (one key per team).
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{validate_chain, validate_token};
+use crate::workflow::Workflow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// One task per block: the leaf is the root.
+    #[default]
+    Single,
+    /// `parts` leaves, aggregated as a tree of `arity`.
+    Split,
+}
+
+fn default_class() -> String {
+    "prove".to_string()
+}
+fn default_ack_wait_ms() -> u64 {
+    10_000
+}
+fn default_max_deliver() -> i64 {
+    5
+}
+fn default_arity() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    pub name: String,
+    #[serde(default)]
+    pub shape: Shape,
+    /// Leaves of a `split` workflow.
+    #[serde(default)]
+    pub parts: Option<u32>,
+    /// Children per aggregation node of a `split` workflow.
+    #[serde(default = "default_arity")]
+    pub arity: u32,
+    /// Chains this team proves; empty means every chain.
+    #[serde(default)]
+    pub chains: Vec<String>,
+    /// Task class of leaf proofs (its own consumer group).
+    #[serde(default = "default_class")]
+    pub leaf_class: String,
+    /// Task class of aggregation proofs.
+    #[serde(default = "default_class")]
+    pub aggregate_class: String,
+    /// Ack deadline of a task; gateways renew it with heartbeats while proving.
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// Deliveries of one task before it is dead-lettered.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: i64,
+}
+
+impl TeamConfig {
+    pub fn single(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            shape: Shape::Single,
+            parts: None,
+            arity: default_arity(),
+            chains: Vec::new(),
+            leaf_class: default_class(),
+            aggregate_class: default_class(),
+            ack_wait_ms: default_ack_wait_ms(),
+            max_deliver: default_max_deliver(),
+        }
+    }
+
+    pub fn split(name: &str, parts: u32, arity: u32) -> Self {
+        Self {
+            shape: Shape::Split,
+            parts: Some(parts),
+            arity,
+            ..Self::single(name)
+        }
+    }
+
+    pub fn workflow(&self) -> Workflow {
+        match self.shape {
+            Shape::Single => Workflow::SINGLE,
+            Shape::Split => Workflow {
+                parts: self.parts.unwrap_or(1),
+                arity: self.arity,
+            },
+        }
+    }
+
+    pub fn proves_chain(&self, chain: &str) -> bool {
+        self.chains.is_empty() || self.chains.iter().any(|c| c == chain)
+    }
+
+    /// The task classes this team's gateways serve, without repeats.
+    pub fn classes(&self) -> Vec<String> {
+        let mut classes = vec![self.leaf_class.clone()];
+        if self.shape == Shape::Split && self.aggregate_class != self.leaf_class {
+            classes.push(self.aggregate_class.clone());
+        }
+        classes
+    }
+
+    /// The class a node of this team's workflow is proved on.
+    pub fn class_of(&self, level: u32) -> &str {
+        if level == 0 {
+            &self.leaf_class
+        } else {
+            &self.aggregate_class
+        }
+    }
+
+    /// Every problem with this team's settings, not just the first.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let name = &self.name;
+        if let Err(e) = validate_token("team name", name) {
+            problems.push(e.to_string());
+        }
+        for class in [&self.leaf_class, &self.aggregate_class] {
+            if let Err(e) = validate_token("task class", class) {
+                problems.push(format!("team {name}: {e}"));
+            }
+        }
+        for chain in &self.chains {
+            if let Err(e) = validate_chain(chain) {
+                problems.push(format!("team {name}: {e}"));
+            }
+        }
+        match (self.shape, self.parts) {
+            (Shape::Split, None) => problems.push(format!("team {name}: split needs `parts`")),
+            (Shape::Split, Some(p)) if !(1..=1024).contains(&p) => {
+                problems.push(format!("team {name}: parts must be 1 to 1024, got {p}"))
+            }
+            (Shape::Single, Some(_)) => {
+                problems.push(format!("team {name}: `parts` only applies to shape split"))
+            }
+            _ => {}
+        }
+        if !(2..=64).contains(&self.arity) {
+            problems.push(format!("team {name}: arity must be 2 to 64, got {}", self.arity));
+        }
+        if self.ack_wait_ms < 500 {
+            problems.push(format!("team {name}: ack_wait_ms must be at least 500"));
+        }
+        if self.max_deliver < 1 {
+            problems.push(format!("team {name}: max_deliver must be at least 1"));
+        }
+        problems
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamsFile {
+    #[serde(default)]
+    pub team: Vec<TeamConfig>,
+}
+
+impl TeamsFile {
+    /// Parses and validates a teams file, reporting every problem at once.
+    pub fn parse(text: &str) -> Result<Vec<TeamConfig>, Vec<String>> {
+        let file: TeamsFile = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems: Vec<String> = file.team.iter().flat_map(|t| t.problems()).collect();
+        let mut seen = std::collections::HashSet::new();
+        for t in &file.team {
+            if !seen.insert(&t.name) {
+                problems.push(format!("team {} is defined twice", t.name));
+            }
+        }
+        if problems.is_empty() {
+            Ok(file.team)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The two teams `push0 dev` runs when given no file: one `single`, one `split`.
+    pub fn default_teams() -> Vec<TeamConfig> {
+        vec![
+            TeamConfig::single("alpha"),
+            TeamConfig::split("beta", 4, 2),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_teams_file() {
+        let teams = TeamsFile::parse(
+            r#"
+            [[team]]
+            name = "alpha"
+            [[team]]
+            name = "beta"
+            shape = "split"
+            parts = 4
+            chains = ["eth"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(teams[0].workflow(), Workflow::SINGLE);
+        assert_eq!(teams[1].workflow(), Workflow { parts: 4, arity: 2 });
+        assert!(teams[1].proves_chain("eth"));
+        assert!(!teams[1].proves_chain("op"));
+        assert!(teams[0].proves_chain("anything"));
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let err = TeamsFile::parse(
+            r#"
+            [[team]]
+            name = "Bad.Name"
+            [[team]]
+            name = "s"
+            shape = "split"
+            arity = 1
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 3, "{err:?}");
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        assert!(TeamsFile::parse("[[team]]\nname = \"a\"\nshap = \"split\"\n").is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! The JetStream topology as data: streams, consumers and buckets. The runtime crate turns these
+//! into server calls; keeping them here means one definition for services, CLI and tests.
+
+use std::time::Duration;
+
+use crate::subjects::Subjects;
+use crate::team::TeamConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Limits,
+    WorkQueue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub retention: Retention,
+    pub max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped. Must exceed the longest retry horizon.
+    pub duplicate_window: Duration,
+    pub max_msg_size: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    pub durable: String,
+    pub filter: String,
+    pub ack_wait: Duration,
+    /// -1 means unlimited.
+    pub max_deliver: i64,
+    pub max_ack_pending: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSpec {
+    pub name: String,
+    pub history: i64,
+    pub max_age: Duration,
+}
+
+/// Retention of history: long enough to inspect a day's work, short enough to bound disk.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// Msg-id de-duplication lasts as long as any client or service might retry a publish.
+const DEDUP: Duration = Duration::from_secs(30 * 60);
+/// Largest message on the bus (a block submission at the default 4 MiB payload limit plus its
+/// envelope); the server's `max_payload` must be at least this.
+pub const MAX_MESSAGE_BYTES: i32 = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub subjects: Subjects,
+}
+
+impl Topology {
+    pub fn new(subjects: Subjects) -> Self {
+        Self { subjects }
+    }
+
+    pub fn streams(&self) -> Vec<StreamSpec> {
+        let s = &self.subjects;
+        let stream = |name: String, subject: String, retention| StreamSpec {
+            name,
+            subjects: vec![subject],
+            retention,
+            max_age: DAY,
+            duplicate_window: DEDUP,
+            max_msg_size: MAX_MESSAGE_BYTES,
+        };
+        vec![
+            stream(s.stream_blocks(), s.blocks_all(), Retention::Limits),
+            stream(s.stream_accepted(), s.accepted_all(), Retention::Limits),
+            stream(s.stream_tasks(), s.tasks_all(), Retention::WorkQueue),
+            stream(s.stream_results(), s.results_all(), Retention::WorkQueue),
+            stream(s.stream_ready(), s.ready_all(), Retention::WorkQueue),
+            stream(s.stream_proofs(), s.proofs_all(), Retention::Limits),
+            stream(s.stream_dlq(), s.dlq_all(), Retention::Limits),
+        ]
+    }
+
+    pub fn buckets(&self) -> Vec<BucketSpec> {
+        let s = &self.subjects;
+        let bucket = |name: String| BucketSpec {
+            name,
+            history: 1,
+            max_age: DAY,
+        };
+        vec![
+            bucket(s.bucket_blocks()),
+            // The registry must outlive any run: no age limit.
+            BucketSpec {
+                max_age: Duration::ZERO,
+                ..bucket(s.bucket_teams())
+            },
+            bucket(s.bucket_plans()),
+            bucket(s.bucket_parts()),
+            BucketSpec {
+                max_age: Duration::ZERO,
+                ..bucket(s.bucket_cursors())
+            },
+        ]
+    }
+
+    pub fn ingest_consumer(&self) -> ConsumerSpec {
+        self.service_consumer(self.subjects.stream_blocks(), "ingest", self.subjects.blocks_all())
+    }
+
+    pub fn scheduler_consumer(&self) -> ConsumerSpec {
+        self.service_consumer(
+            self.subjects.stream_accepted(),
+            "scheduler",
+            self.subjects.accepted_all(),
+        )
+    }
+
+    pub fn scheduler_ready_consumer(&self) -> ConsumerSpec {
+        self.service_consumer(
+            self.subjects.stream_ready(),
+            "scheduler-ready",
+            self.subjects.ready_all(),
+        )
+    }
+
+    pub fn aggregator_consumer(&self) -> ConsumerSpec {
+        self.service_consumer(
+            self.subjects.stream_results(),
+            "aggregator",
+            self.subjects.results_all(),
+        )
+    }
+
+    fn service_consumer(&self, stream: String, durable: &str, filter: String) -> ConsumerSpec {
+        ConsumerSpec {
+            stream,
+            durable: durable.to_string(),
+            filter,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+        }
+    }
+
+    /// The consumer group of one team's task class: every gateway of the team shares it.
+    pub fn task_consumer(&self, team: &TeamConfig, class: &str) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: self.subjects.stream_tasks(),
+            durable: self.subjects.task_consumer(&team.name, class),
+            filter: self.subjects.tasks(&team.name, class),
+            ack_wait: Duration::from_millis(team.ack_wait_ms),
+            max_deliver: team.max_deliver,
+            max_ack_pending: 100_000,
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The connection to NATS and everything built on it: topology, consumers, KV records and
+//! publishing with push0's headers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, kv, stream};
+use async_nats::{HeaderMap, ServerAddr};
+use bytes::Bytes;
+use push0_protocol::wire::{WireMessage, decode, encode};
+use push0_protocol::{
+    ConsumerSpec, MSG_ID_HEADER, Retention, SCHEMA_HEADER, Subjects, Topology,
+};
+use thiserror::Error;
+
+use crate::telemetry;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot connect to nats at {url}: {source}")]
+    Connect { url: String, source: BoxError },
+    #[error("{what}: {source}")]
+    Nats { what: String, source: BoxError },
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("blob {key}: {detail}")]
+    Blob { key: String, detail: String },
+}
+
+impl RuntimeError {
+    pub fn nats(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        RuntimeError::Nats {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A connection to the bus, the subjects of one prefix, and the JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub topology: Topology,
+    /// Replicas of every stream and bucket this bus declares (3 on a cluster).
+    pub replicas: usize,
+}
+
+/// Splits a comma-separated URL list into addresses (async-nats does not parse the list).
+pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, RuntimeError> {
+    let addrs: Result<Vec<ServerAddr>, _> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<ServerAddr>()
+                .map_err(|e| RuntimeError::Config(format!("bad nats url {u:?}: {e}")))
+        })
+        .collect();
+    let addrs = addrs?;
+    if addrs.is_empty() {
+        return Err(RuntimeError::Config("no nats url given".into()));
+    }
+    Ok(addrs)
+}
+
+impl Bus {
+    /// Connects to the server(s) in `urls` as `name`, for subjects under `prefix`.
+    pub async fn connect(urls: &str, prefix: &str, name: &str) -> Result<Self, RuntimeError> {
+        let subjects =
+            Subjects::new(prefix).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let addrs = parse_urls(urls)?;
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(addrs)
+            .await
+            .map_err(|e| RuntimeError::Connect {
+                url: urls.to_string(),
+                source: e.into(),
+            })?;
+        let js = jetstream::new(client.clone());
+        Ok(Self {
+            client,
+            js,
+            topology: Topology::new(subjects.clone()),
+            subjects,
+            replicas: 1,
+        })
+    }
+
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// Declares every stream and bucket. Idempotent; every service calls it at start so the
+    /// start order of services does not matter.
+    pub async fn ensure_topology(&self) -> Result<(), RuntimeError> {
+        for spec in self.topology.streams() {
+            let config = stream::Config {
+                name: spec.name.clone(),
+                subjects: spec.subjects.clone(),
+                retention: match spec.retention {
+                    Retention::Limits => stream::RetentionPolicy::Limits,
+                    Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+                },
+                max_age: spec.max_age,
+                duplicate_window: spec.duplicate_window,
+                max_message_size: spec.max_msg_size,
+                storage: stream::StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            };
+            retry_twice(|| self.js.get_or_create_stream(config.clone()))
+                .await
+                .map_err(|e| RuntimeError::nats(format!("declare stream {}", spec.name), e))?;
+        }
+        for spec in self.topology.buckets() {
+            if self.js.get_key_value(&spec.name).await.is_ok() {
+                continue;
+            }
+            let config = kv::Config {
+                bucket: spec.name.clone(),
+                history: spec.history,
+                max_age: spec.max_age,
+                num_replicas: self.replicas,
+                max_value_size: push0_protocol::topology::MAX_MESSAGE_BYTES,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            retry_twice(|| self.js.create_or_update_key_value(config.clone()))
+                .await
+                .map_err(|e| RuntimeError::nats(format!("declare bucket {}", spec.name), e))?;
+        }
+        let objects = self.subjects.object_store();
+        if self.js.get_object_store(&objects).await.is_err() {
+            let config = jetstream::object_store::Config {
+                bucket: objects.clone(),
+                num_replicas: self.replicas,
+                max_age: Duration::from_secs(24 * 3600),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            if let Err(e) = self.js.create_object_store(config).await {
+                // Another service may have created it in between.
+                self.js
+                    .get_object_store(&objects)
+                    .await
+                    .map_err(|_| RuntimeError::nats(format!("declare object store {objects}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The durable pull consumer described by `spec`, created if absent.
+    pub async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<PullConsumer, RuntimeError> {
+        let stream = self
+            .js
+            .get_stream(&spec.stream)
+            .await
+            .map_err(|e| RuntimeError::nats(format!("get stream {}", spec.stream), e))?;
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            filter_subject: spec.filter.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_deliver: spec.max_deliver,
+            max_ack_pending: spec.max_ack_pending,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        retry_twice(|| stream.get_or_create_consumer(&spec.durable, config.clone()))
+            .await
+            .map_err(|e| RuntimeError::nats(format!("declare consumer {}", spec.durable), e))
+    }
+
+    pub async fn kv(&self, bucket: &str) -> Result<kv::Store, RuntimeError> {
+        self.js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| RuntimeError::nats(format!("open bucket {bucket}"), e))
+    }
+
+    /// Publishes `message` with its schema, an optional msg-id and the current trace context,
+    /// and waits for the stream's ack. Retries with the same msg-id, so a retry after a lost ack
+    /// is de-duplicated by the server.
+    pub async fn publish<M: WireMessage>(
+        &self,
+        subject: String,
+        message: &M,
+        msg_id: Option<&str>,
+    ) -> Result<jetstream::publish::PublishAck, RuntimeError> {
+        let payload = Bytes::from(encode(message));
+        let mut headers = HeaderMap::new();
+        headers.insert(SCHEMA_HEADER, M::SCHEMA);
+        if let Some(id) = msg_id {
+            headers.insert(MSG_ID_HEADER, id);
+        }
+        telemetry::inject_current(&mut headers);
+        self.publish_raw(subject, headers, payload).await
+    }
+
+    /// Publishes prepared bytes and headers, retrying transient failures for up to ~15 s (a
+    /// cluster leader election takes 5-8 s).
+    pub async fn publish_raw(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, RuntimeError> {
+        let mut delay = Duration::from_millis(20);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let attempt = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await?
+                    .await
+            };
+            match attempt.await {
+                Ok(ack) => return Ok(ack),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(subject = %subject, error = %e, "publish failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(RuntimeError::nats(format!("publish to {subject}"), e)),
+            }
+        }
+    }
+}
+
+async fn retry_twice<T, E, F, Fut>(mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    match f().await {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            f().await
+        }
+    }
+}
+
+/// Reads a record and its revision; deleted or purged keys read as absent.
+pub async fn kv_get<M: WireMessage>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(M, u64)>, RuntimeError> {
+    let entry = store
+        .entry(key.to_string())
+        .await
+        .map_err(|e| RuntimeError::nats(format!("read {key}"), e))?;
+    let Some(entry) = entry else { return Ok(None) };
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    let value = decode::<M>(Some(M::SCHEMA), &entry.value).map_err(|e| RuntimeError::Corrupt {
+        key: key.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(Some((value, entry.revision)))
+}
+
+/// Creates a record if the key is absent. Returns false, writing nothing, if it exists: the
+/// first writer wins.
+pub async fn kv_create<M: WireMessage>(
+    store: &kv::Store,
+    key: &str,
+    value: &M,
+) -> Result<bool, RuntimeError> {
+    match store.create(key, Bytes::from(encode(value))).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(RuntimeError::nats(format!("create {key}"), e)),
+    }
+}
+
+/// Read-modify-write with compare-and-set on the revision, retried on conflict. `change`
+/// returns the new value, or None to leave the record as it is.
+pub async fn kv_update<M, F>(
+    store: &kv::Store,
+    key: &str,
+    mut change: F,
+) -> Result<Option<M>, RuntimeError>
+where
+    M: WireMessage,
+    F: FnMut(Option<&M>) -> Option<M>,
+{
+    for _ in 0..64 {
+        let current = kv_get::<M>(store, key).await?;
+        let Some(next) = change(current.as_ref().map(|(v, _)| v)) else {
+            return Ok(current.map(|(v, _)| v));
+        };
+        let bytes = Bytes::from(encode(&next));
+        let written = match &current {
+            Some((_, revision)) => store
+                .update(key, bytes, *revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.into())),
+            None => store.create(key, bytes).await.map(|_| ()).map_err(|e| {
+                (e.kind() == kv::CreateErrorKind::AlreadyExists, BoxError::from(e))
+            }),
+        };
+        match written {
+            Ok(()) => return Ok(Some(next)),
+            Err((true, _)) => continue,
+            Err((false, e)) => return Err(RuntimeError::nats(format!("update {key}"), e)),
+        }
+    }
+    Err(RuntimeError::nats(
+        format!("update {key}"),
+        "too many concurrent writers",
+    ))
+}

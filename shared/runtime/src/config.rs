@@ -1,0 +1,28 @@
+//! Flags every service binary accepts, each with an environment fallback.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URL; a comma-separated list for a cluster
+    #[arg(long, env = "PUSH0_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Subject prefix; also names the streams and buckets
+    #[arg(long, env = "PUSH0_PREFIX", default_value = "push0")]
+    pub prefix: String,
+
+    /// Address of the Prometheus /metrics endpoint (port 0 picks a free one)
+    #[arg(long, env = "PUSH0_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format
+    #[arg(long, env = "PUSH0_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}

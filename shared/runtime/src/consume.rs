@@ -1,0 +1,282 @@
+//! The one consume loop: pull from a durable consumer, hand each message to a handler, and turn
+//! the handler's outcome into an ack kind. Rejections become dead-letter records before the
+//! message is terminated, so bad input is never lost and never blocks the stream.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use push0_protocol::wire::{DecodeError, WireMessage, decode};
+use push0_protocol::{BlockRef, ConsumerSpec, DeadLetter, DlqReason, SCHEMA_HEADER, now_ms};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::blobs::BlobStore;
+use crate::bus::{Bus, RuntimeError};
+use crate::metrics::metrics;
+use crate::telemetry;
+
+/// What a handler decided about one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done: its durable side effects are written.
+    Ack,
+    /// Not now (a transient failure): redeliver after the delay.
+    Retry(Duration),
+    /// Never: file a dead letter with the reason, then terminate the message.
+    Reject(Rejection),
+}
+
+/// Why a message is dead-lettered, with what is known about it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: DlqReason,
+    pub detail: String,
+    pub team: Option<String>,
+    pub block: Option<BlockRef>,
+    pub task_id: Option<String>,
+}
+
+impl Rejection {
+    pub fn new(reason: DlqReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            team: None,
+            block: None,
+            task_id: None,
+        }
+    }
+    pub fn team(mut self, team: &str) -> Self {
+        self.team = Some(team.to_string());
+        self
+    }
+    pub fn block(mut self, block: &BlockRef) -> Self {
+        self.block = Some(block.clone());
+        self
+    }
+    pub fn task(mut self, task_id: &str) -> Self {
+        self.task_id = Some(task_id.to_string());
+        self
+    }
+}
+
+impl From<DecodeError> for Rejection {
+    fn from(e: DecodeError) -> Self {
+        Rejection::new(e.reason(), e.to_string())
+    }
+}
+
+/// One received message with the metadata handlers need.
+pub struct Delivery {
+    pub message: jetstream::Message,
+    pub subject: String,
+    pub schema: Option<String>,
+    pub stream_sequence: u64,
+    /// How many times the server delivered it, this time included.
+    pub delivered: i64,
+    /// When the message reached its stream, unix ms.
+    pub published_ms: u64,
+}
+
+impl Delivery {
+    pub fn new(message: jetstream::Message) -> Self {
+        let schema = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SCHEMA_HEADER))
+            .map(|v| v.as_str().to_string());
+        let (stream_sequence, delivered, published_ms) = match message.info() {
+            Ok(info) => (
+                info.stream_sequence,
+                info.delivered,
+                (info.published.unix_timestamp_nanos() / 1_000_000) as u64,
+            ),
+            Err(_) => (0, 1, now_ms()),
+        };
+        Self {
+            subject: message.subject.to_string(),
+            schema,
+            stream_sequence,
+            delivered,
+            published_ms,
+            message,
+        }
+    }
+
+    pub fn decode<M: WireMessage>(&self) -> Result<M, DecodeError> {
+        decode(self.schema.as_deref(), &self.message.payload)
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+}
+
+/// Handles one message. Must be idempotent: any message can arrive more than once.
+pub trait Handler: Send + Sync {
+    fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Pulls from the consumer `spec` until `shutdown`, handling messages one at a time in stream
+/// order. `kind` names the wire type for metrics. Messages fetched but not handled when
+/// shutdown comes are nak'ed so they are redelivered at once rather than after the ack wait.
+pub async fn consume<H: Handler>(
+    bus: &Bus,
+    blobs: &BlobStore,
+    spec: &ConsumerSpec,
+    service: &'static str,
+    kind: &'static str,
+    handler: &H,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let consumer = bus.ensure_consumer(spec).await?;
+    let mut backoff = Duration::from_millis(50);
+    'pull: while !shutdown.is_cancelled() {
+        // Short expiry and heartbeats: a stalled pull (NATS.md pitfalls 1 and 2) is replaced
+        // within seconds instead of waiting out a long request.
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(64)
+            .expires(Duration::from_secs(2))
+            .heartbeat(Duration::from_millis(500))
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(service, consumer = %spec.durable, error = %e, "pull failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'pull,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    nak_buffered(&mut messages).await;
+                    break 'pull;
+                }
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    backoff = Duration::from_millis(50);
+                    handle_one(bus, blobs, service, kind, handler, message).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(service, consumer = %spec.durable, error = %e, "pull stream error, re-pulling");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue 'pull;
+                }
+                None => continue 'pull,
+            }
+        }
+    }
+    // Acks are fire-and-forget: flush them before the connection goes (NATS.md pitfall 3).
+    bus.client
+        .flush()
+        .await
+        .map_err(|e| RuntimeError::nats("flush on shutdown", e))
+}
+
+async fn nak_buffered(messages: &mut jetstream::consumer::pull::Stream) {
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(20), messages.next()).await
+    {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+}
+
+async fn handle_one<H: Handler>(
+    bus: &Bus,
+    blobs: &BlobStore,
+    service: &'static str,
+    kind: &'static str,
+    handler: &H,
+    message: jetstream::Message,
+) {
+    let delivery = Delivery::new(message);
+    let span = tracing::info_span!(
+        "handle",
+        otel.name = format!("{service}.handle"),
+        service,
+        subject = %delivery.subject,
+        seq = delivery.stream_sequence,
+        delivered = delivery.delivered,
+    );
+    telemetry::set_parent_from(&span, delivery.message.headers.as_ref());
+    let outcome = handler.handle(&delivery).instrument(span.clone()).await;
+    let _entered = span.enter();
+    let m = metrics();
+    let result = match outcome {
+        Outcome::Ack => {
+            m.messages.with_label_values(&[service, kind, "ok"]).inc();
+            delivery.message.ack().await
+        }
+        Outcome::Retry(after) => {
+            m.messages.with_label_values(&[service, kind, "retry"]).inc();
+            delivery.message.ack_with(AckKind::Nak(Some(after))).await
+        }
+        Outcome::Reject(rejection) => {
+            m.messages.with_label_values(&[service, kind, "rejected"]).inc();
+            tracing::warn!(reason = %rejection.reason, detail = %rejection.detail, "dead-lettering message");
+            match dead_letter(bus, blobs, service, &rejection, &delivery).await {
+                Ok(()) => delivery.message.ack_with(AckKind::Term).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "dead letter not recorded, will retry");
+                    delivery
+                        .message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+/// Files a dead-letter record for `delivery`, keeping the original bytes, and counts it.
+pub async fn dead_letter(
+    bus: &Bus,
+    blobs: &BlobStore,
+    service: &'static str,
+    rejection: &Rejection,
+    delivery: &Delivery,
+) -> Result<(), RuntimeError> {
+    let original = blobs.put(delivery.payload().to_vec()).await?;
+    let record = DeadLetter {
+        service: service.to_string(),
+        reason: rejection.reason,
+        detail: rejection.detail.clone(),
+        subject: delivery.subject.clone(),
+        stream_sequence: delivery.stream_sequence,
+        schema: delivery.schema.clone(),
+        team: rejection.team.clone(),
+        block: rejection.block.clone(),
+        task_id: rejection.task_id.clone(),
+        at_ms: now_ms(),
+        original,
+    };
+    // One record per offending message, however often it is redelivered.
+    let msg_id = format!("dlq/{}/{}", delivery.subject, delivery.stream_sequence);
+    bus.publish(
+        bus.subjects.dlq(service, rejection.reason.as_str()),
+        &record,
+        Some(&msg_id),
+    )
+    .await?;
+    metrics()
+        .dlq
+        .with_label_values(&[service, rejection.reason.as_str()])
+        .inc();
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The runtime kit every push0 service shares: connecting to NATS, declaring the topology, the
+//! one consume loop that turns handler outcomes into ack kinds, publishing with schema, msg-id
+//! and trace headers, blobs, dead letters, metrics, telemetry and graceful shutdown.
+
+pub mod blobs;
+pub mod bus;
+pub mod config;
+pub mod consume;
+pub mod metrics;
+pub mod registry;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use blobs::BlobStore;
+pub use bus::{Bus, RuntimeError, kv_create, kv_get, kv_update};
+pub use config::{CommonArgs, LogFormat};
+pub use consume::{Delivery, Handler, Outcome, Rejection, consume};
+pub use metrics::{Metrics, metrics, serve_metrics};
+pub use registry::{Registry, register_team, remove_team};
+pub use shutdown::shutdown_on_signal;

@@ -1,0 +1,110 @@
+//! Telemetry: structured `tracing` logs, OpenTelemetry spans, and W3C trace context carried in
+//! NATS headers so every span of a block, in every service, shares one trace id.
+
+use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+/// Keeps the tracer provider alive; dropping it flushes spans.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Installs the W3C propagator. Safe to call more than once.
+pub fn install_propagator() {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+}
+
+/// Installs logging (filter from `RUST_LOG`, default `info`) and span context for `service`.
+/// Spans get trace and span ids and propagate across services; exporting them to a collector
+/// is a matter of adding an exporter to the provider built here.
+pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
+    install_propagator();
+    let provider = SdkTracerProvider::builder().build();
+    let tracer = provider.tracer(service);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init();
+    TelemetryGuard { provider }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
+/// Writes the current span's context as `traceparent` into `headers`.
+pub fn inject_current(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut HeaderInjector(headers))
+    });
+}
+
+/// Makes `span` a child of the trace carried in `headers`, if any.
+pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let Some(headers) = headers else { return };
+    if headers.get(push0_protocol::TRACEPARENT_HEADER).is_none() {
+        return;
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(headers))
+    });
+    let _ = span.set_parent(cx);
+}
+
+/// The trace id of `span`, as hex, if it has one.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The OpenTelemetry context of a span, to carry work across a queue inside a process.
+pub type TraceContext = opentelemetry::Context;
+
+/// The current span's context.
+pub fn current_context() -> TraceContext {
+    tracing::Span::current().context()
+}
+
+/// Makes `span` a child of `cx`.
+pub fn set_parent(span: &tracing::Span, cx: TraceContext) {
+    let _ = span.set_parent(cx);
+}

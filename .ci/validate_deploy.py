@@ -108,42 +108,74 @@ def check_compose_valid(compose: Compose) -> str:
     return f"docker-compose.yml valid (validator docker-compose {compose.version()} config)"
 
 
-def load_teams_toml(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CheckError(f"{path.name}: {exc}")
-    teams = data.get("team")
-    expect(isinstance(teams, list) and teams, f"{path.name}: no [[team]] tables")
+# The scheduler's teams file, as push0_protocol::TeamsFile reads it: snake_case
+# keys, unknown keys refused, defaults below. Kept in step with
+# shared/protocol/src/team.rs so a bad deploy/teams.toml fails here, not at start.
+TEAM_DEFAULTS = {"shape": "single", "parts": None, "arity": 2, "chains": [],
+                 "leaf_class": "prove", "aggregate_class": "prove",
+                 "ack_wait_ms": 10_000, "max_deliver": 5}
+TOKEN = re.compile(r"[a-z0-9-]{1,32}")
+# Helm values spell the same keys in camelCase.
+HELM_TEAM_KEYS = {"leafClass": "leaf_class", "aggregateClass": "aggregate_class",
+                  "ackWaitMs": "ack_wait_ms", "maxDeliver": "max_deliver"}
+
+
+def team_problems(teams: list[dict[str, Any]]) -> list[str]:
     problems = []
-    names = set()
+    names: set[str] = set()
     for i, team in enumerate(teams):
         name = team.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?", name):
-            problems.append(f"team[{i}]: bad name {name!r}")
+        if not isinstance(name, str) or not TOKEN.fullmatch(name):
+            problems.append(f"team[{i}]: name {name!r} must be 1-32 of a-z, 0-9, -")
         if name in names:
-            problems.append(f"team[{i}]: duplicate name {name!r}")
+            problems.append(f"team {name} is defined twice")
         names.add(name)
-        shape = team.get("shape")
-        if shape == "split":
-            if not (isinstance(team.get("parts"), int) and team["parts"] >= 1):
-                problems.append(f"team {name}: split needs parts >= 1")
-            if not (isinstance(team.get("arity"), int) and team["arity"] >= 2):
-                problems.append(f"team {name}: split needs arity >= 2")
-        elif shape == "single":
-            if "parts" in team or "arity" in team:
-                problems.append(f"team {name}: parts/arity only apply to shape split")
-        else:
-            problems.append(f"team {name}: shape must be single or split, not {shape!r}")
-        unknown = set(team) - {"name", "shape", "parts", "arity"}
+        unknown = set(team) - {"name", *TEAM_DEFAULTS}
         if unknown:
             problems.append(f"team {name}: unknown keys {sorted(unknown)}")
+        t = {**TEAM_DEFAULTS, **team}
+        if t["shape"] not in ("single", "split"):
+            problems.append(f"team {name}: shape must be single or split, not {t['shape']!r}")
+        elif t["shape"] == "split" and not (isinstance(t["parts"], int) and 1 <= t["parts"] <= 1024):
+            problems.append(f"team {name}: split needs parts from 1 to 1024, got {t['parts']!r}")
+        elif t["shape"] == "single" and t["parts"] is not None:
+            problems.append(f"team {name}: parts only applies to shape split")
+        if not (isinstance(t["arity"], int) and 2 <= t["arity"] <= 64):
+            problems.append(f"team {name}: arity must be 2 to 64, got {t['arity']!r}")
+        for key in ("leaf_class", "aggregate_class"):
+            if not (isinstance(t[key], str) and TOKEN.fullmatch(t[key])):
+                problems.append(f"team {name}: {key} {t[key]!r} must be 1-32 of a-z, 0-9, -")
+        if not isinstance(t["chains"], list) or not all(
+                isinstance(c, str) and TOKEN.fullmatch(c) for c in t["chains"]):
+            problems.append(f"team {name}: chains must be a list of chain ids [a-z0-9-]{{1,32}}")
+        if not (isinstance(t["ack_wait_ms"], int) and t["ack_wait_ms"] >= 500):
+            problems.append(f"team {name}: ack_wait_ms must be at least 500")
+        if not (isinstance(t["max_deliver"], int) and t["max_deliver"] >= 1):
+            problems.append(f"team {name}: max_deliver must be at least 1")
+    return problems
+
+
+def load_teams_toml(path: Path, text: str | None = None) -> list[dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text() if text is None else text)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CheckError(f"{path.name}: {exc}")
+    unknown = set(data) - {"team"}
+    teams = data.get("team")
+    expect(not unknown, f"{path.name}: unknown top-level keys {sorted(unknown)}")
+    expect(isinstance(teams, list) and bool(teams), f"{path.name}: no [[team]] tables")
+    problems = team_problems(teams)
     expect(not problems, f"{path.name}: {len(problems)} problem(s)", "\n".join(problems))
     return teams
 
 
-def team_shapes(teams: list[dict[str, Any]]) -> list[tuple]:
-    return [(t["name"], t["shape"], t.get("parts"), t.get("arity")) for t in teams]
+def normalized_teams(teams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Teams with defaults applied and Helm's camelCase keys mapped, for comparing."""
+    out = []
+    for team in teams:
+        t = {HELM_TEAM_KEYS.get(k, k): v for k, v in team.items() if k != "gateway"}
+        out.append({**TEAM_DEFAULTS, **t})
+    return out
 
 
 def check_compose_model(compose: Compose) -> str:
@@ -523,9 +555,14 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
             if cm not in configmaps:
                 problems.append(f"{name}: PUSH0_TEAMS {teams_path!r} is not backed by a rendered ConfigMap")
             else:
-                rendered = tomllib.loads(configmaps[cm]["data"][Path(teams_path).name])
-                if team_shapes(rendered.get("team", [])) != team_shapes(teams):
-                    problems.append(f"{cm}: teams.toml {rendered} does not match .Values.teams")
+                text = configmaps[cm]["data"][Path(teams_path).name]
+                try:
+                    rendered = load_teams_toml(Path(f"{cm}/teams.toml"), text)
+                except CheckError as exc:
+                    problems.append(f"{exc} {exc.details}")
+                else:
+                    if normalized_teams(rendered) != normalized_teams(teams):
+                        problems.append(f"{cm}: teams.toml {rendered} does not match .Values.teams")
         if component.startswith("gateway-"):
             team = next(t for t in teams if f"gateway-{t['name']}" == component)
             gw = copy.deepcopy(merged["gateway"])
@@ -560,7 +597,8 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
 def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
     bundled = f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
     exec_team = {
-        "name": "gamma", "shape": "split", "parts": 8, "arity": 4,
+        "name": "gamma", "shape": "split", "parts": 8, "arity": 4, "chains": ["eth-mainnet", "op-1"],
+        "leafClass": "leaf", "aggregateClass": "agg", "ackWaitMs": 30000, "maxDeliver": 3,
         "gateway": {
             "replicas": 3, "slots": 2, "prover": "exec", "proverCmd": "/opt/prover/bin/prove",
             "image": {"repository": "registry.example/gamma-prover", "tag": "1.2.3"},
@@ -599,9 +637,9 @@ def check_helm_render(helm, chart: Path, label: str, values: dict[str, Any], nat
 def check_teams_agree(root: Path, chart: Path) -> str:
     compose_teams = load_teams_toml(root / "deploy" / "teams.toml")
     helm_teams = yaml.safe_load((chart / "values.yaml").read_text())["teams"]
-    expect(team_shapes(compose_teams) == team_shapes(helm_teams),
+    expect(normalized_teams(compose_teams) == normalized_teams(helm_teams),
            "deploy/teams.toml and helm values.yaml teams differ",
-           f"teams.toml: {team_shapes(compose_teams)}\nvalues.yaml: {team_shapes(helm_teams)}")
+           f"teams.toml:  {normalized_teams(compose_teams)}\nvalues.yaml: {normalized_teams(helm_teams)}")
     return f"deploy/teams.toml and helm values agree: {', '.join(t['name'] for t in helm_teams)}"
 
 

@@ -1,1 +1,26 @@
-fn main() {}
+//! `push0-aggregator`: collects sub-proofs and publishes block proofs in order.
+
+use clap::Parser;
+
+/// push0 aggregator: records proved parts, releases joins, publishes block proofs in order
+#[derive(Parser, Debug)]
+#[command(name = "push0-aggregator", version)]
+struct Args {
+    #[command(flatten)]
+    common: push0_runtime::CommonArgs,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let result = async {
+        let started = push0_runtime::service::start(push0_aggregator::SERVICE, &args.common).await?;
+        push0_aggregator::run(started.bus, started.shutdown).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "aggregator stopped");
+        eprintln!("push0-aggregator: {e}");
+        std::process::exit(push0_runtime::service::exit_code(&e));
+    }
+}

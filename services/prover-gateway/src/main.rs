@@ -1,1 +1,133 @@
-fn main() {}
+//! `push0-prover-gateway`: runs a team's provers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use push0_prover_gateway::latency::Latency;
+use push0_prover_gateway::prover::{ExecProver, Prover, SimProver};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProverKind {
+    /// Built-in simulated prover: sleeps for a sampled latency
+    Sim,
+    /// An external executable speaking the prover contract
+    Exec,
+}
+
+/// push0 prover gateway: joins a team's consumer group and runs its prover, one task per slot
+#[derive(Parser, Debug)]
+#[command(name = "push0-prover-gateway", version)]
+struct Args {
+    #[command(flatten)]
+    common: push0_runtime::CommonArgs,
+
+    /// Team whose tasks this gateway proves
+    #[arg(long, env = "PUSH0_TEAM")]
+    team: String,
+
+    /// Task classes to serve, comma-separated; default: every class of the team's workflow
+    #[arg(long, env = "PUSH0_CLASSES", value_delimiter = ',')]
+    classes: Vec<String>,
+
+    /// Concurrent provers per class
+    #[arg(long, env = "PUSH0_SLOTS", default_value_t = 1)]
+    slots: usize,
+
+    /// Which prover runs the tasks
+    #[arg(long, env = "PUSH0_PROVER", value_enum, default_value = "sim")]
+    prover: ProverKind,
+
+    /// Latency of the simulated prover: fixed:D, uniform:A..B or lognormal:MEDIAN,SIGMA
+    #[arg(long, env = "PUSH0_SIM_LATENCY", default_value = "fixed:100ms")]
+    sim_latency: Latency,
+
+    /// External prover executable (with --prover exec); run as `<cmd> <args…> --task <manifest>`
+    #[arg(long, env = "PUSH0_PROVER_CMD")]
+    prover_cmd: Option<PathBuf>,
+
+    /// Extra arguments for the external prover, before `--task`
+    #[arg(long, env = "PUSH0_PROVER_ARGS", value_delimiter = ' ', allow_hyphen_values = true)]
+    prover_args: Vec<String>,
+
+    /// Proof system reported for an external prover whose report names none
+    #[arg(long, env = "PUSH0_PROOF_SYSTEM", default_value = "exec")]
+    proof_system: String,
+
+    /// A prover running longer than this is killed and its task retried
+    #[arg(long, env = "PUSH0_TASK_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    task_timeout: Duration,
+
+    /// RAYON_NUM_THREADS for each external prover; default: cores divided by slots
+    #[arg(long, env = "PUSH0_PROVER_THREADS")]
+    prover_threads: Option<usize>,
+
+    /// Folder for task manifests and proof files
+    #[arg(long, env = "PUSH0_WORK_DIR", default_value_os_t = std::env::temp_dir())]
+    work_dir: PathBuf,
+
+    /// On SIGTERM, in-flight tasks get this long to finish before they are handed back
+    #[arg(long, env = "PUSH0_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+
+    /// Name of this gateway in results and logs; default: host and process id
+    #[arg(long, env = "PUSH0_GATEWAY_ID")]
+    gateway_id: Option<String>,
+
+    /// Proofs above this many bytes go to the object store
+    #[arg(long, env = "PUSH0_INLINE_THRESHOLD", default_value_t = push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD)]
+    inline_threshold: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let prover = match args.prover {
+        ProverKind::Sim => Prover::Sim(SimProver {
+            latency: args.sim_latency.clone(),
+        }),
+        ProverKind::Exec => {
+            let Some(program) = args.prover_cmd.clone() else {
+                eprintln!("push0-prover-gateway: --prover exec needs --prover-cmd (PUSH0_PROVER_CMD)");
+                std::process::exit(64);
+            };
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Prover::Exec(ExecProver {
+                program,
+                args: args.prover_args.clone(),
+                work_dir: args.work_dir.clone(),
+                proof_system: args.proof_system.clone(),
+                timeout: args.task_timeout,
+                threads: Some(args.prover_threads.unwrap_or((cores / args.slots.max(1)).max(1))),
+            })
+        }
+    };
+    let id = args.gateway_id.clone().unwrap_or_else(default_id);
+    let config = push0_prover_gateway::Config {
+        team: args.team.clone(),
+        classes: args.classes.clone(),
+        slots: args.slots.max(1),
+        prover,
+        grace: args.shutdown_grace,
+        id,
+        inline_threshold: args.inline_threshold,
+    };
+    let result = async {
+        let started =
+            push0_runtime::service::start(push0_prover_gateway::SERVICE, &args.common).await?;
+        push0_prover_gateway::run(started.bus, config, started.shutdown).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gateway stopped");
+        eprintln!("push0-prover-gateway: {e}");
+        std::process::exit(push0_runtime::service::exit_code(&e));
+    }
+}
+
+fn default_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "gateway".into());
+    format!("{host}-{}", std::process::id())
+}

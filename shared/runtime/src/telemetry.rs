@@ -33,10 +33,15 @@ pub fn install_propagator() {
 /// Spans get trace and span ids and propagate across services; exporting them to a collector
 /// is a matter of adding an exporter to the provider built here.
 pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
+    init_with_filter(service, format, "info")
+}
+
+/// As [`init`], with the filter used when `RUST_LOG` is unset.
+pub fn init_with_filter(service: &'static str, format: LogFormat, default_filter: &str) -> TelemetryGuard {
     install_propagator();
     let provider = SdkTracerProvider::builder().build();
     let tracer = provider.tracer(service);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),

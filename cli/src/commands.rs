@@ -1,0 +1,343 @@
+//! The subcommands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use push0::cluster::{ClusterSpec, LocalCluster};
+use push0::report::{summary_table, table};
+use push0::source::{block_hash, make_block, run_source, submit as submit_block};
+use push0::watch::ProofFeed;
+use push0_protocol::subjects::{block_key, cursor_key, final_key, part_key, plan_key};
+use push0_protocol::{BlockProof, BlockStatus, Cursor, PartRecord, Plan, TeamsFile};
+use push0_prover_gateway::prover::{Prover, SimProver};
+use push0_runtime::config::LogFormat;
+use push0_runtime::{Bus, Registry, kv_get, shutdown_on_signal, telemetry};
+use push0_testkit::NatsServer;
+
+use crate::{DevArgs, StatusArgs, SubmitArgs};
+
+pub async fn dev(args: DevArgs) -> Result<()> {
+    let _telemetry = telemetry::init_with_filter("push0-dev", LogFormat::Text, "warn");
+    let shutdown = shutdown_on_signal();
+    let (_server, url) = match &args.nats_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let server = NatsServer::start().context("starting nats-server")?;
+            let url = server.url();
+            eprintln!("nats-server listening on {url} (data in a temporary folder)");
+            (Some(server), url)
+        }
+    };
+    let teams = match &args.teams {
+        None => TeamsFile::default_teams(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            TeamsFile::parse(&text).map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
+        }
+    };
+    let prover = Prover::Sim(SimProver {
+        latency: args.sim_latency.clone(),
+    });
+    let mut spec = ClusterSpec::new(&url, &args.prefix, teams.clone());
+    for team in &teams {
+        spec = spec.gateways(&team.name, args.gateways, args.slots, prover.clone());
+    }
+    let cluster = LocalCluster::start(spec).await?;
+    eprintln!(
+        "push0 cluster up: teams {} · {} gateways x {} slots each · simulated prover {}",
+        teams.iter().map(|t| format!("{} ({})", t.name, shape_name(t))).collect::<Vec<_>>().join(", "),
+        args.gateways,
+        args.slots,
+        args.sim_latency,
+    );
+    let mut feed = ProofFeed::open(&cluster.bus).await?;
+
+    let source = (args.blocks > 0).then(|| {
+        let bus = cluster.bus.clone();
+        let (chain, first, count, rate, size) =
+            (args.chain.clone(), args.first, args.blocks, args.rate, args.payload_size);
+        eprintln!("block source: {count} blocks of {size} bytes on chain {chain} at {rate}/s");
+        tokio::spawn(async move { run_source(&bus, &chain, first, count, rate, size).await })
+    });
+    if args.blocks == 0 {
+        eprintln!(
+            "no block source: publish block/v1 messages to {} (Ctrl-C to stop)",
+            cluster.bus.subjects.blocks("<chain>")
+        );
+    }
+
+    let progress = Progress::new(&teams.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), args.blocks);
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut proofs: Vec<BlockProof> = Vec::new();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    loop {
+        if args.blocks > 0 && teams.iter().all(|t| counts.get(&t.name).copied().unwrap_or(0) >= args.blocks) {
+            break;
+        }
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline), if args.blocks > 0 => {
+                eprintln!("timed out after {}", humantime::format_duration(args.timeout));
+                break;
+            }
+            n = feed.next() => n?,
+        };
+        let Some(proof) = next else { break };
+        *counts.entry(proof.team.clone()).or_default() += 1;
+        progress.proved(&proof);
+        proofs.push(proof);
+    }
+    progress.finish();
+    if let Some(source) = source
+        && source.is_finished()
+    {
+        source.await??;
+    }
+
+    println!();
+    println!("{}", summary_table(&proofs, (args.blocks > 0).then_some(args.blocks as usize)));
+    let disorder = out_of_order(&proofs);
+    println!(
+        "proofs in block order per (team, chain): {}",
+        if disorder == 0 { "yes".to_string() } else { format!("NO ({disorder} out of order)") }
+    );
+    println!("overhead = end-to-end latency minus the prover time on the block's critical path");
+    cluster.stop().await?;
+    let missing: Vec<String> = teams
+        .iter()
+        .filter(|t| args.blocks > 0 && counts.get(&t.name).copied().unwrap_or(0) < args.blocks)
+        .map(|t| t.name.clone())
+        .collect();
+    if !missing.is_empty() {
+        bail!("not every block was proved for: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+fn shape_name(t: &push0_protocol::TeamConfig) -> String {
+    match t.shape {
+        push0_protocol::Shape::Single => "single".into(),
+        push0_protocol::Shape::Split => format!("split {}x, arity {}", t.parts.unwrap_or(1), t.arity),
+    }
+}
+
+/// Publications whose block number is not above the previous one of the same (team, chain).
+pub fn out_of_order(proofs: &[BlockProof]) -> usize {
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    let mut disorder = 0;
+    for p in proofs {
+        let key = (p.team.clone(), p.chain.clone());
+        if let Some(prev) = last.get(&key)
+            && p.number <= *prev
+        {
+            disorder += 1;
+        }
+        last.insert(key, p.number);
+    }
+    disorder
+}
+
+/// Live progress: a bar per team on a terminal, a line a second otherwise.
+struct Progress {
+    bars: BTreeMap<String, ProgressBar>,
+    _multi: Option<MultiProgress>,
+    counts: std::sync::Mutex<BTreeMap<String, u64>>,
+    total: u64,
+    last_line: std::sync::Mutex<Instant>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(teams: &[String], total: u64) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let multi = terminal.then(MultiProgress::new);
+        let style = if total > 0 {
+            ProgressStyle::with_template("{prefix:>10} [{bar:32.cyan/blue}] {pos:>4}/{len} blocks  {msg}")
+                .expect("valid template")
+                .progress_chars("=> ")
+        } else {
+            ProgressStyle::with_template("{prefix:>10} {spinner} {pos} blocks  {msg}").expect("valid template")
+        };
+        let bars = teams
+            .iter()
+            .map(|t| {
+                let bar = ProgressBar::new(total).with_style(style.clone()).with_prefix(t.clone());
+                let bar = match &multi {
+                    Some(m) => m.add(bar),
+                    None => bar,
+                };
+                (t.clone(), bar)
+            })
+            .collect();
+        Self {
+            bars,
+            _multi: multi,
+            counts: Default::default(),
+            total,
+            last_line: std::sync::Mutex::new(Instant::now()),
+            terminal,
+        }
+    }
+
+    fn proved(&self, proof: &BlockProof) {
+        if let Some(bar) = self.bars.get(&proof.team) {
+            bar.inc(1);
+            bar.set_message(format!(
+                "#{} in {} ms (prover {} ms)",
+                proof.number, proof.latency_ms, proof.proving_ms
+            ));
+        }
+        let mut counts = self.counts.lock().expect("progress lock");
+        *counts.entry(proof.team.clone()).or_default() += 1;
+        let mut last = self.last_line.lock().expect("progress lock");
+        if !self.terminal && last.elapsed() >= Duration::from_secs(1) {
+            *last = Instant::now();
+            let line: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}/{}", self.total)).collect();
+            eprintln!("proved: {}", line.join(", "));
+        }
+    }
+
+    fn finish(&self) {
+        for bar in self.bars.values() {
+            bar.finish();
+        }
+    }
+}
+
+pub async fn submit(args: SubmitArgs) -> Result<()> {
+    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
+    let mut block = make_block(&args.chain, args.number, args.payload_size);
+    if let Some(path) = &args.payload_file {
+        block.payload = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    }
+    if let Some(h) = &args.hash {
+        block.hash = parse_hash(h)?;
+    } else {
+        block.hash = block_hash(&args.chain, args.number);
+    }
+    if let Some(h) = &args.parent_hash {
+        block.parent_hash = parse_hash(h)?;
+    }
+    block.deadline_ms = args.deadline_ms;
+    let fresh = submit_block(&bus, &block).await?;
+    println!(
+        "{} {}/{} hash {} ({} payload bytes)",
+        if fresh { "submitted" } else { "already submitted (duplicate ignored):" },
+        block.chain,
+        block.number,
+        hex::encode(&block.hash),
+        block.payload.len()
+    );
+    Ok(())
+}
+
+fn parse_hash(h: &str) -> Result<Vec<u8>> {
+    let bytes = hex::decode(h.trim_start_matches("0x")).context("hash must be hex")?;
+    if bytes.len() != 32 {
+        bail!("hash must be 32 bytes (64 hex digits), got {}", bytes.len());
+    }
+    Ok(bytes)
+}
+
+pub async fn status(args: StatusArgs) -> Result<()> {
+    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let registry = Registry::watch(&bus, stop.clone())
+        .await
+        .with_context(|| format!("no push0 state under prefix {:?}", args.conn.prefix))?;
+    let blocks = bus.kv(&bus.subjects.bucket_blocks()).await?;
+    let plans = bus.kv(&bus.subjects.bucket_plans()).await?;
+    let parts = bus.kv(&bus.subjects.bucket_parts()).await?;
+    let cursors = bus.kv(&bus.subjects.bucket_cursors()).await?;
+    let chain = &args.chain;
+    match args.number {
+        Some(number) => {
+            match kv_get::<BlockStatus>(&blocks, &block_key(chain, number)).await? {
+                None => println!("block {chain}/{number}: not submitted"),
+                Some((s, _)) => println!(
+                    "block {chain}/{number}: {:?}, hash {}, {} payload bytes, duplicates {}",
+                    s.state,
+                    hex::encode(&s.block.hash),
+                    s.payload_len,
+                    s.duplicates
+                ),
+            }
+            let mut rows = vec![vec![
+                "team".to_string(),
+                "workflow".into(),
+                "released".into(),
+                "proved".into(),
+                "block proof".into(),
+            ]];
+            for team in registry.all() {
+                let plan = kv_get::<Plan>(&plans, &plan_key(&team.name, chain, number)).await?;
+                let Some((plan, _)) = plan else {
+                    rows.push(vec![team.name.clone(), shape_name(&team), "-".into(), "-".into(), "not planned".into()]);
+                    continue;
+                };
+                let nodes = plan.workflow.nodes();
+                let mut proved = 0;
+                for node in &nodes {
+                    if kv_get::<PartRecord>(&parts, &part_key(&team.name, chain, number, *node)).await?.is_some() {
+                        proved += 1;
+                    }
+                }
+                let root = kv_get::<PartRecord>(&parts, &final_key(&team.name, chain, number)).await?;
+                let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
+                let state = match (root, cursor) {
+                    (Some(_), Some((c, _))) if c.next > number => "published".to_string(),
+                    (Some(_), _) => "proved, waiting for earlier blocks".to_string(),
+                    (None, _) => "proving".to_string(),
+                };
+                rows.push(vec![
+                    team.name.clone(),
+                    shape_name(&team),
+                    format!("{}/{}", plan.released.len(), nodes.len()),
+                    format!("{proved}/{}", nodes.len()),
+                    state,
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
+        None => {
+            let mut keys = blocks.keys().await?;
+            let mut numbers = Vec::new();
+            let prefix = format!("{chain}.");
+            while let Some(k) = keys.next().await {
+                if let Some(n) = k?.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok()) {
+                    numbers.push(n);
+                }
+            }
+            numbers.sort_unstable();
+            match (numbers.first(), numbers.last()) {
+                (Some(lo), Some(hi)) => println!("chain {chain}: {} blocks submitted, {lo}..={hi}", numbers.len()),
+                _ => println!("chain {chain}: no blocks submitted"),
+            }
+            let mut rows = vec![vec![
+                "team".to_string(),
+                "workflow".into(),
+                "published".into(),
+                "next to publish".into(),
+                "behind head".into(),
+            ]];
+            let head = numbers.last().copied();
+            for team in registry.all() {
+                let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
+                let (published, next, behind) = match (cursor, head) {
+                    (Some((c, _)), Some(h)) => (c.published.to_string(), c.next.to_string(), (h + 1).saturating_sub(c.next).to_string()),
+                    (Some((c, _)), None) => (c.published.to_string(), c.next.to_string(), "-".into()),
+                    (None, _) => ("0".into(), "-".into(), "-".into()),
+                };
+                rows.push(vec![team.name.clone(), shape_name(&team), published, next, behind]);
+            }
+            print!("{}", table(&rows));
+        }
+    }
+    stop.cancel();
+    Ok(())
+}

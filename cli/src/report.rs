@@ -1,0 +1,125 @@
+//! Summaries of proved blocks: percentiles and a plain-text table.
+
+use std::collections::BTreeMap;
+
+use push0_protocol::BlockProof;
+
+/// The value at quantile `q` (0..=1) of sorted `values`, nearest rank.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct TeamSummary {
+    pub blocks: usize,
+    pub latency_ms: Vec<u64>,
+    pub proving_ms: Vec<u64>,
+    pub overhead_ms: Vec<u64>,
+    pub proof_system: String,
+}
+
+/// Per-team summaries of a set of proofs.
+pub fn summarize(proofs: &[BlockProof]) -> BTreeMap<String, TeamSummary> {
+    let mut teams: BTreeMap<String, TeamSummary> = BTreeMap::new();
+    for p in proofs {
+        let t = teams.entry(p.team.clone()).or_default();
+        t.blocks += 1;
+        t.latency_ms.push(p.latency_ms);
+        t.proving_ms.push(p.proving_ms);
+        t.overhead_ms.push(p.latency_ms.saturating_sub(p.proving_ms));
+        t.proof_system = p.proof_system.clone();
+    }
+    for t in teams.values_mut() {
+        t.latency_ms.sort_unstable();
+        t.proving_ms.sort_unstable();
+        t.overhead_ms.sort_unstable();
+    }
+    teams
+}
+
+/// A table aligned in columns, first row the header.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                if c == 0 {
+                    format!("{cell:<w$}", w = widths[c])
+                } else {
+                    format!("{cell:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out.push_str(&rule.join("  "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The summary table `push0 dev` ends with.
+pub fn summary_table(proofs: &[BlockProof], expected_per_team: Option<usize>) -> String {
+    let mut rows = vec![vec![
+        "team".to_string(),
+        "proof system".into(),
+        "blocks".into(),
+        "e2e p50".into(),
+        "e2e p99".into(),
+        "proving p50".into(),
+        "overhead p50".into(),
+        "overhead p99".into(),
+    ]];
+    for (team, s) in summarize(proofs) {
+        let blocks = match expected_per_team {
+            Some(n) => format!("{}/{n}", s.blocks),
+            None => s.blocks.to_string(),
+        };
+        let ms = |v: u64| format!("{v} ms");
+        rows.push(vec![
+            team,
+            s.proof_system.clone(),
+            blocks,
+            ms(percentile(&s.latency_ms, 0.5)),
+            ms(percentile(&s.latency_ms, 0.99)),
+            ms(percentile(&s.proving_ms, 0.5)),
+            ms(percentile(&s.overhead_ms, 0.5)),
+            ms(percentile(&s.overhead_ms, 0.99)),
+        ]);
+    }
+    table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&[vec!["a".into(), "bb".into()], vec!["ccc".into(), "d".into()]]);
+        assert_eq!(t, "a    bb\n---  --\nccc   d\n");
+    }
+}

@@ -1,0 +1,98 @@
+//! End to end through all four services on a real nats-server: counts, order, de-duplication
+//! and the content of split proofs.
+
+use std::time::Duration;
+
+use push0::source::{make_block, run_source, submit};
+use push0_protocol::subjects::{final_key, part_key};
+use push0_protocol::{PartRecord, TeamConfig, TeamsFile};
+use push0_runtime::kv_get;
+use push0_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_blocks_two_teams_all_proved_in_order_with_correct_proofs() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let teams = TeamsFile::default_teams();
+    let cluster = env.cluster(teams.clone(), 2, 3, "uniform:1ms..15ms").await?;
+    run_source(&env.bus, "eth", 1, 50, 0.0, 8 * 1024).await?;
+
+    let proofs = collect_proofs(&env.bus, 100, Duration::from_secs(60)).await?;
+    let extra = all_proofs(&env.bus, Duration::from_millis(500)).await?;
+    assert_eq!(extra.len(), 100, "exactly one proof per (team, block)");
+
+    let by_team = numbers_by_team(&proofs);
+    for team in &teams {
+        assert_eq!(by_team[&team.name], (1..=50).collect::<Vec<u64>>(), "team {} in block order", team.name);
+    }
+    for p in &proofs {
+        let team = teams.iter().find(|t| t.name == p.team).unwrap();
+        let block = make_block("eth", p.number, 8 * 1024);
+        assert_eq!(p.hash, block.hash);
+        assert_eq!(
+            p.proof.as_deref(),
+            Some(expected_sim_proof(&block.payload, team.workflow()).as_slice()),
+            "proof of {} block {} binds every part in order",
+            p.team,
+            p.number
+        );
+        assert!(p.latency_ms >= p.proving_ms, "latency covers proving");
+    }
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resubmitted_blocks_yield_one_proof_each() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let teams = TeamsFile::default_teams();
+    let cluster = env.cluster(teams, 1, 4, "fixed:2ms").await?;
+    for n in 1..=20 {
+        let block = make_block("eth", n, 2048);
+        assert!(submit(&env.bus, &block).await?, "first submission is new");
+        assert!(!submit(&env.bus, &block).await?, "second submission is a stream duplicate");
+    }
+    collect_proofs(&env.bus, 40, Duration::from_secs(30)).await?;
+    // The same blocks under other msg-ids (a client retrying with its own ids, or after the
+    // stream's de-duplication window) get past the stream: ingest itself must catch them.
+    for n in 1..=20 {
+        let block = make_block("eth", n, 2048);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(push0_protocol::SCHEMA_HEADER, "block/v1");
+        headers.insert(push0_protocol::MSG_ID_HEADER, format!("retry-{n}").as_str());
+        env.bus
+            .publish_raw(env.bus.subjects.blocks("eth"), headers, push0_protocol::encode(&block).into())
+            .await?;
+    }
+    let proofs = all_proofs(&env.bus, Duration::from_secs(2)).await?;
+    assert_eq!(proofs.len(), 40, "still exactly one proof per (team, block)");
+    let dup = push0_runtime::metrics().duplicates.with_label_values(&["ingest"]).get();
+    assert!(dup >= 20, "ingest counted the resubmissions, got {dup}");
+    cluster.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn split_block_proof_comes_after_all_parts_and_aggregations() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let team = TeamConfig::split("wide", 5, 2);
+    let workflow = team.workflow();
+    let cluster = env.cluster(vec![team.clone()], 2, 2, "uniform:1ms..20ms").await?;
+    run_source(&env.bus, "eth", 1, 6, 0.0, 10_000).await?;
+    let proofs = collect_proofs(&env.bus, 6, Duration::from_secs(30)).await?;
+    let parts = env.bus.kv(&env.bus.subjects.bucket_parts()).await?;
+    for p in &proofs {
+        let mut last_part_ms = 0;
+        for node in workflow.nodes() {
+            let (rec, _) = kv_get::<PartRecord>(&parts, &part_key("wide", "eth", p.number, node))
+                .await?
+                .unwrap_or_else(|| panic!("part {node} of block {} recorded", p.number));
+            last_part_ms = last_part_ms.max(rec.recorded_at_ms);
+        }
+        assert!(p.published_at_ms >= last_part_ms, "block {} published before its last part", p.number);
+        let (root, _) = kv_get::<PartRecord>(&parts, &final_key("wide", "eth", p.number)).await?.unwrap();
+        assert_eq!(root.node, workflow.root());
+        // 5 leaves, arity 2: three levels of aggregation above the leaves on the critical path.
+        assert!(p.proving_ms >= root.prove_ms);
+        let block = make_block("eth", p.number, 10_000);
+        assert_eq!(p.proof.as_deref(), Some(expected_sim_proof(&block.payload, workflow).as_slice()));
+    }
+    cluster.stop().await
+}

@@ -63,7 +63,7 @@ pub fn decode<M: WireMessage>(schema: Option<&str>, body: &[u8]) -> Result<M, De
 
 /// Why something ended in the dead-letter queue. The string form is the DLQ subject token and
 /// the metric label, so the set is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DlqReason {
     Malformed,

@@ -55,7 +55,11 @@ impl ClusterSpec {
     }
 }
 
-type Service = (String, CancellationToken, JoinHandle<Result<(), push0_runtime::RuntimeError>>);
+type Service = (
+    String,
+    CancellationToken,
+    JoinHandle<Result<(), push0_runtime::RuntimeError>>,
+);
 
 pub struct LocalCluster {
     pub bus: Bus,
@@ -66,9 +70,14 @@ impl LocalCluster {
     pub async fn start(spec: ClusterSpec) -> Result<Self> {
         let connect = |name: &'static str| Bus::connect(&spec.nats_url, &spec.prefix, name);
         let bus = connect("push0-dev").await.context("connecting to nats")?;
-        bus.ensure_topology().await.context("declaring streams and buckets")?;
+        bus.ensure_topology()
+            .await
+            .context("declaring streams and buckets")?;
         let mut services: Vec<Service> = Vec::new();
-        let mut spawn = |name: String, f: Box<dyn FnOnce(CancellationToken) -> JoinHandle<Result<(), push0_runtime::RuntimeError>>>| {
+        let mut spawn = |name: String,
+                         f: Box<
+            dyn FnOnce(CancellationToken) -> JoinHandle<Result<(), push0_runtime::RuntimeError>>,
+        >| {
             let token = CancellationToken::new();
             let handle = f(token.clone());
             services.push((name, token, handle));
@@ -81,15 +90,26 @@ impl LocalCluster {
             max_undelivered: spec.max_undelivered,
             ..Default::default()
         };
-        spawn("scheduler".into(), Box::new(move |t| tokio::spawn(push0_scheduler::run(scheduler_bus, scheduler_config, t))));
+        spawn(
+            "scheduler".into(),
+            Box::new(move |t| {
+                tokio::spawn(push0_scheduler::run(scheduler_bus, scheduler_config, t))
+            }),
+        );
         wait_for_teams(&bus, &spec.teams).await?;
 
         let ingest_bus = connect("ingest").await?;
         let ingest_config = spec.ingest.clone();
-        spawn("ingest".into(), Box::new(move |t| tokio::spawn(push0_ingest::run(ingest_bus, ingest_config, t))));
+        spawn(
+            "ingest".into(),
+            Box::new(move |t| tokio::spawn(push0_ingest::run(ingest_bus, ingest_config, t))),
+        );
 
         let aggregator_bus = connect("aggregator").await?;
-        spawn("aggregator".into(), Box::new(move |t| tokio::spawn(push0_aggregator::run(aggregator_bus, t))));
+        spawn(
+            "aggregator".into(),
+            Box::new(move |t| tokio::spawn(push0_aggregator::run(aggregator_bus, t))),
+        );
 
         for g in &spec.gateways {
             for i in 0..g.count {
@@ -103,7 +123,12 @@ impl LocalCluster {
                     id: format!("{}-gw{i}", g.team),
                     inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
                 };
-                spawn(format!("gateway {}-{i}", g.team), Box::new(move |t| tokio::spawn(push0_prover_gateway::run(gateway_bus, config, t))));
+                spawn(
+                    format!("gateway {}-{i}", g.team),
+                    Box::new(move |t| {
+                        tokio::spawn(push0_prover_gateway::run(gateway_bus, config, t))
+                    }),
+                );
             }
         }
         Ok(Self { bus, services })

@@ -37,7 +37,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            TeamsFile::parse(&text).map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
+            TeamsFile::parse(&text)
+                .map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
         }
     };
     let prover = Prover::Sim(SimProver {
@@ -50,7 +51,11 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let cluster = LocalCluster::start(spec).await?;
     eprintln!(
         "push0 cluster up: teams {} · {} gateways x {} slots each · simulated prover {}",
-        teams.iter().map(|t| format!("{} ({})", t.name, shape_name(t))).collect::<Vec<_>>().join(", "),
+        teams
+            .iter()
+            .map(|t| format!("{} ({})", t.name, shape_name(t)))
+            .collect::<Vec<_>>()
+            .join(", "),
         args.gateways,
         args.slots,
         args.sim_latency,
@@ -59,8 +64,13 @@ pub async fn dev(args: DevArgs) -> Result<()> {
 
     let source = (args.blocks > 0).then(|| {
         let bus = cluster.bus.clone();
-        let (chain, first, count, rate, size) =
-            (args.chain.clone(), args.first, args.blocks, args.rate, args.payload_size);
+        let (chain, first, count, rate, size) = (
+            args.chain.clone(),
+            args.first,
+            args.blocks,
+            args.rate,
+            args.payload_size,
+        );
         eprintln!("block source: {count} blocks of {size} bytes on chain {chain} at {rate}/s");
         tokio::spawn(async move { run_source(&bus, &chain, first, count, rate, size).await })
     });
@@ -71,12 +81,19 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         );
     }
 
-    let progress = Progress::new(&teams.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), args.blocks);
+    let progress = Progress::new(
+        &teams.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+        args.blocks,
+    );
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut proofs: Vec<BlockProof> = Vec::new();
     let mut counts: HashMap<String, u64> = HashMap::new();
     loop {
-        if args.blocks > 0 && teams.iter().all(|t| counts.get(&t.name).copied().unwrap_or(0) >= args.blocks) {
+        if args.blocks > 0
+            && teams
+                .iter()
+                .all(|t| counts.get(&t.name).copied().unwrap_or(0) >= args.blocks)
+        {
             break;
         }
         let next = tokio::select! {
@@ -100,11 +117,18 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     }
 
     println!();
-    println!("{}", summary_table(&proofs, (args.blocks > 0).then_some(args.blocks as usize)));
+    println!(
+        "{}",
+        summary_table(&proofs, (args.blocks > 0).then_some(args.blocks as usize))
+    );
     let disorder = out_of_order(&proofs);
     println!(
         "proofs in block order per (team, chain): {}",
-        if disorder == 0 { "yes".to_string() } else { format!("NO ({disorder} out of order)") }
+        if disorder == 0 {
+            "yes".to_string()
+        } else {
+            format!("NO ({disorder} out of order)")
+        }
     );
     println!("overhead = end-to-end latency minus the prover time on the block's critical path");
     cluster.stop().await?;
@@ -122,7 +146,9 @@ pub async fn dev(args: DevArgs) -> Result<()> {
 fn shape_name(t: &push0_protocol::TeamConfig) -> String {
     match t.shape {
         push0_protocol::Shape::Single => "single".into(),
-        push0_protocol::Shape::Split => format!("split {}x, arity {}", t.parts.unwrap_or(1), t.arity),
+        push0_protocol::Shape::Split => {
+            format!("split {}x, arity {}", t.parts.unwrap_or(1), t.arity)
+        }
     }
 }
 
@@ -157,16 +183,21 @@ impl Progress {
         let terminal = std::io::stderr().is_terminal();
         let multi = terminal.then(MultiProgress::new);
         let style = if total > 0 {
-            ProgressStyle::with_template("{prefix:>10} [{bar:32.cyan/blue}] {pos:>4}/{len} blocks  {msg}")
-                .expect("valid template")
-                .progress_chars("=> ")
+            ProgressStyle::with_template(
+                "{prefix:>10} [{bar:32.cyan/blue}] {pos:>4}/{len} blocks  {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> ")
         } else {
-            ProgressStyle::with_template("{prefix:>10} {spinner} {pos} blocks  {msg}").expect("valid template")
+            ProgressStyle::with_template("{prefix:>10} {spinner} {pos} blocks  {msg}")
+                .expect("valid template")
         };
         let bars = teams
             .iter()
             .map(|t| {
-                let bar = ProgressBar::new(total).with_style(style.clone()).with_prefix(t.clone());
+                let bar = ProgressBar::new(total)
+                    .with_style(style.clone())
+                    .with_prefix(t.clone());
                 let bar = match &multi {
                     Some(m) => m.add(bar),
                     None => bar,
@@ -197,7 +228,10 @@ impl Progress {
         let mut last = self.last_line.lock().expect("progress lock");
         if !self.terminal && last.elapsed() >= Duration::from_secs(1) {
             *last = Instant::now();
-            let line: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}/{}", self.total)).collect();
+            let line: Vec<String> = counts
+                .iter()
+                .map(|(t, n)| format!("{t} {n}/{}", self.total))
+                .collect();
             eprintln!("proved: {}", line.join(", "));
         }
     }
@@ -213,7 +247,8 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
     let mut block = make_block(&args.chain, args.number, args.payload_size);
     if let Some(path) = &args.payload_file {
-        block.payload = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        block.payload =
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     }
     if let Some(h) = &args.hash {
         block.hash = parse_hash(h)?;
@@ -227,7 +262,11 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     let fresh = submit_block(&bus, &block).await?;
     println!(
         "{} {}/{} hash {} ({} payload bytes)",
-        if fresh { "submitted" } else { "already submitted (duplicate ignored):" },
+        if fresh {
+            "submitted"
+        } else {
+            "already submitted (duplicate ignored):"
+        },
         block.chain,
         block.number,
         hex::encode(&block.hash),
@@ -277,17 +316,27 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             for team in registry.all() {
                 let plan = kv_get::<Plan>(&plans, &plan_key(&team.name, chain, number)).await?;
                 let Some((plan, _)) = plan else {
-                    rows.push(vec![team.name.clone(), shape_name(&team), "-".into(), "-".into(), "not planned".into()]);
+                    rows.push(vec![
+                        team.name.clone(),
+                        shape_name(&team),
+                        "-".into(),
+                        "-".into(),
+                        "not planned".into(),
+                    ]);
                     continue;
                 };
                 let nodes = plan.workflow.nodes();
                 let mut proved = 0;
                 for node in &nodes {
-                    if kv_get::<PartRecord>(&parts, &part_key(&team.name, chain, number, *node)).await?.is_some() {
+                    if kv_get::<PartRecord>(&parts, &part_key(&team.name, chain, number, *node))
+                        .await?
+                        .is_some()
+                    {
                         proved += 1;
                     }
                 }
-                let root = kv_get::<PartRecord>(&parts, &final_key(&team.name, chain, number)).await?;
+                let root =
+                    kv_get::<PartRecord>(&parts, &final_key(&team.name, chain, number)).await?;
                 let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
                 let state = match (root, cursor) {
                     (Some(_), Some((c, _))) if c.next > number => "published".to_string(),
@@ -315,7 +364,10 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             }
             numbers.sort_unstable();
             match (numbers.first(), numbers.last()) {
-                (Some(lo), Some(hi)) => println!("chain {chain}: {} blocks submitted, {lo}..={hi}", numbers.len()),
+                (Some(lo), Some(hi)) => println!(
+                    "chain {chain}: {} blocks submitted, {lo}..={hi}",
+                    numbers.len()
+                ),
                 _ => println!("chain {chain}: no blocks submitted"),
             }
             let mut rows = vec![vec![
@@ -329,11 +381,23 @@ pub async fn status(args: StatusArgs) -> Result<()> {
             for team in registry.all() {
                 let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
                 let (published, next, behind) = match (cursor, head) {
-                    (Some((c, _)), Some(h)) => (c.published.to_string(), c.next.to_string(), (h + 1).saturating_sub(c.next).to_string()),
-                    (Some((c, _)), None) => (c.published.to_string(), c.next.to_string(), "-".into()),
+                    (Some((c, _)), Some(h)) => (
+                        c.published.to_string(),
+                        c.next.to_string(),
+                        (h + 1).saturating_sub(c.next).to_string(),
+                    ),
+                    (Some((c, _)), None) => {
+                        (c.published.to_string(), c.next.to_string(), "-".into())
+                    }
                     (None, _) => ("0".into(), "-".into(), "-".into()),
                 };
-                rows.push(vec![team.name.clone(), shape_name(&team), published, next, behind]);
+                rows.push(vec![
+                    team.name.clone(),
+                    shape_name(&team),
+                    published,
+                    next,
+                    behind,
+                ]);
             }
             print!("{}", table(&rows));
         }

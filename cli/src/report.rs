@@ -30,7 +30,8 @@ pub fn summarize(proofs: &[BlockProof]) -> BTreeMap<String, TeamSummary> {
         t.blocks += 1;
         t.latency_ms.push(p.latency_ms);
         t.proving_ms.push(p.proving_ms);
-        t.overhead_ms.push(p.latency_ms.saturating_sub(p.proving_ms));
+        t.overhead_ms
+            .push(p.latency_ms.saturating_sub(p.proving_ms));
         t.proof_system = p.proof_system.clone();
     }
     for t in teams.values_mut() {
@@ -45,7 +46,13 @@ pub fn summarize(proofs: &[BlockProof]) -> BTreeMap<String, TeamSummary> {
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
@@ -53,10 +60,11 @@ pub fn table(rows: &[Vec<String>]) -> String {
             .iter()
             .enumerate()
             .map(|(c, cell)| {
-                if c == 0 {
-                    format!("{cell:<w$}", w = widths[c])
-                } else {
+                // Numbers line up on the right, words on the left.
+                if c > 0 && cell.starts_with(|ch: char| ch.is_ascii_digit()) {
                     format!("{cell:>w$}", w = widths[c])
+                } else {
+                    format!("{cell:<w$}", w = widths[c])
                 }
             })
             .collect();
@@ -119,7 +127,11 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&[vec!["a".into(), "bb".into()], vec!["ccc".into(), "d".into()]]);
-        assert_eq!(t, "a    bb\n---  --\nccc   d\n");
+        let t = table(&[
+            vec!["a".into(), "bb".into()],
+            vec!["ccc".into(), "1".into()],
+            vec!["d".into(), "x".into()],
+        ]);
+        assert_eq!(t, "a    bb\n---  --\nccc   1\nd    x\n");
     }
 }

@@ -54,7 +54,11 @@ pub async fn submit(bus: &Bus, block: &BlockSubmission) -> Result<bool> {
     );
     push0_runtime::telemetry::inject_current(&mut headers);
     let ack = bus
-        .publish_raw(bus.subjects.blocks(&block.chain), headers, Bytes::from(encode(block)))
+        .publish_raw(
+            bus.subjects.blocks(&block.chain),
+            headers,
+            Bytes::from(encode(block)),
+        )
         .await?;
     Ok(!ack.duplicate)
 }
@@ -74,7 +78,12 @@ pub async fn run_source(
         if let Some(every) = interval {
             tokio::time::sleep_until(start + every * i as u32).await;
         }
-        let span = tracing::info_span!("submit", otel.name = "source.submit", chain, number = first + i);
+        let span = tracing::info_span!(
+            "submit",
+            otel.name = "source.submit",
+            chain,
+            number = first + i
+        );
         let _g = span.enter();
         submit(bus, &make_block(chain, first + i, payload_size)).await?;
     }

@@ -9,9 +9,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
 use push0::cluster::{ClusterSpec, LocalCluster};
 use push0::watch::ProofFeed;
-use push0_protocol::{
-    BlockProof, DeadLetter, NodeId, SCHEMA_HEADER, TeamConfig, Workflow, decode,
-};
+use push0_protocol::{BlockProof, DeadLetter, NodeId, SCHEMA_HEADER, TeamConfig, Workflow, decode};
 use push0_prover_gateway::latency::Latency;
 use push0_prover_gateway::prover::{Prover, SimProver, sim_aggregate_proof, sim_leaf_proof};
 use push0_runtime::Bus;
@@ -36,7 +34,11 @@ impl Env {
         let prefix = random_prefix();
         let bus = Bus::connect(&server.url(), &prefix, "test").await?;
         bus.ensure_topology().await?;
-        Ok(Self { server, prefix, bus })
+        Ok(Self {
+            server,
+            prefix,
+            bus,
+        })
     }
 
     pub fn spec(&self, teams: Vec<TeamConfig>) -> ClusterSpec {
@@ -44,7 +46,13 @@ impl Env {
     }
 
     /// A cluster with `gateways` gateways of `slots` simulated provers for every team.
-    pub async fn cluster(&self, teams: Vec<TeamConfig>, gateways: usize, slots: usize, latency: &str) -> Result<LocalCluster> {
+    pub async fn cluster(
+        &self,
+        teams: Vec<TeamConfig>,
+        gateways: usize,
+        slots: usize,
+        latency: &str,
+    ) -> Result<LocalCluster> {
         let mut spec = self.spec(teams.clone());
         for t in &teams {
             spec = spec.gateways(&t.name, gateways, slots, sim(latency));
@@ -72,7 +80,12 @@ pub async fn collect_proofs(bus: &Bus, count: usize, timeout: Duration) -> Resul
 /// Every proof on the stream right now (waits `settle` for stragglers first).
 pub async fn all_proofs(bus: &Bus, settle: Duration) -> Result<Vec<BlockProof>> {
     tokio::time::sleep(settle).await;
-    read_all(bus, &bus.subjects.stream_proofs(), &bus.subjects.proofs_all()).await
+    read_all(
+        bus,
+        &bus.subjects.stream_proofs(),
+        &bus.subjects.proofs_all(),
+    )
+    .await
 }
 
 /// Every dead letter on the stream right now.
@@ -80,7 +93,11 @@ pub async fn dead_letters(bus: &Bus) -> Result<Vec<DeadLetter>> {
     read_all(bus, &bus.subjects.stream_dlq(), &bus.subjects.dlq_all()).await
 }
 
-async fn read_all<M: push0_protocol::WireMessage>(bus: &Bus, stream: &str, filter: &str) -> Result<Vec<M>> {
+async fn read_all<M: push0_protocol::WireMessage>(
+    bus: &Bus,
+    stream: &str,
+    filter: &str,
+) -> Result<Vec<M>> {
     let mut stream = bus.js.get_stream(stream).await?;
     let total = stream.info().await?.state.messages as usize;
     let mut out = Vec::new();
@@ -100,7 +117,11 @@ async fn read_all<M: push0_protocol::WireMessage>(bus: &Bus, stream: &str, filte
             .await
             .context("reading stream")?
             .context("stream ended")??;
-        let schema = m.headers.as_ref().and_then(|h| h.get(SCHEMA_HEADER)).map(|v| v.as_str().to_string());
+        let schema = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SCHEMA_HEADER))
+            .map(|v| v.as_str().to_string());
         out.push(decode(schema.as_deref(), &m.payload)?);
     }
     Ok(out)
@@ -114,7 +135,11 @@ pub fn expected_sim_proof(payload: &[u8], workflow: Workflow) -> Vec<u8> {
             let (offset, len) = w.leaf_range(payload.len() as u64, node.index);
             return sim_leaf_proof(&payload[offset as usize..(offset + len) as usize]);
         }
-        let children: Vec<Vec<u8>> = w.children(node).into_iter().map(|c| node_proof(payload, w, c)).collect();
+        let children: Vec<Vec<u8>> = w
+            .children(node)
+            .into_iter()
+            .map(|c| node_proof(payload, w, c))
+            .collect();
         sim_aggregate_proof(children.iter().map(Vec::as_slice))
     }
     node_proof(payload, &workflow, workflow.root())
@@ -127,4 +152,94 @@ pub fn numbers_by_team(proofs: &[BlockProof]) -> std::collections::BTreeMap<Stri
         m.entry(p.team.clone()).or_default().push(p.number);
     }
     m
+}
+
+/// The real service binaries, as the test command builds them (`cargo build --release --bins`):
+/// they sit beside this test's own profile folder.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("profile folder");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --release --bins, as tests/run does)",
+        path.display()
+    );
+    path
+}
+
+/// A service binary running as a child process.
+pub struct ServiceProcess {
+    pub name: String,
+    pub child: std::process::Child,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with the common flags and `args`; its log goes to `<log_dir>/<name>.log`.
+    pub fn start(
+        binary_name: &str,
+        name: &str,
+        nats_url: &str,
+        prefix: &str,
+        args: &[&str],
+        log_dir: &std::path::Path,
+    ) -> Result<Self> {
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+        let child = std::process::Command::new(binary(binary_name))
+            .args([
+                "--nats-url",
+                nats_url,
+                "--prefix",
+                prefix,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {binary_name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.child.id());
+        Ok(())
+    }
+
+    /// Waits for the process to exit, up to `bound`; returns its exit status and how long it took.
+    pub fn wait_bounded(
+        &mut self,
+        bound: Duration,
+    ) -> Result<(std::process::ExitStatus, Duration)> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status, started.elapsed()));
+            }
+            if started.elapsed() > bound {
+                let _ = self.child.kill();
+                anyhow::bail!("{} did not exit within {bound:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -7,14 +7,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use push0::source::{make_block, submit};
 use push0_protocol::{
-    Blob, BlockRef, DlqReason, NodeId, SCHEMA_HEADER, TaskOutcome, TaskResult, TeamsFile,
-    Workflow, encode,
+    Blob, BlockRef, DlqReason, NodeId, SCHEMA_HEADER, TaskOutcome, TaskResult, TeamsFile, Workflow,
+    encode,
 };
 use push0_runtime::metrics;
 use push0_tests::*;
 
 fn dlq_count(service: &str, reason: DlqReason) -> u64 {
-    metrics().dlq.with_label_values(&[service, reason.as_str()]).get()
+    metrics()
+        .dlq
+        .with_label_values(&[service, reason.as_str()])
+        .get()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -43,29 +46,95 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
     }
 
     let mut cases: Vec<(&str, String, async_nats::HeaderMap, Bytes, &str, DlqReason)> = Vec::new();
-    let (h, b) = raw(Some("block/v1"), b"\xc1\xc1 this is not messagepack".to_vec());
-    cases.push(("not messagepack", blocks.clone(), h, b, "ingest", DlqReason::Malformed));
-    let (h, b) = raw(Some("block/v1"), rmp_serde::to_vec_named(&OnlyChain { chain: "eth" })?);
-    cases.push(("missing fields", blocks.clone(), h, b, "ingest", DlqReason::Malformed));
+    let (h, b) = raw(
+        Some("block/v1"),
+        b"\xc1\xc1 this is not messagepack".to_vec(),
+    );
+    cases.push((
+        "not messagepack",
+        blocks.clone(),
+        h,
+        b,
+        "ingest",
+        DlqReason::Malformed,
+    ));
+    let (h, b) = raw(
+        Some("block/v1"),
+        rmp_serde::to_vec_named(&OnlyChain { chain: "eth" })?,
+    );
+    cases.push((
+        "missing fields",
+        blocks.clone(),
+        h,
+        b,
+        "ingest",
+        DlqReason::Malformed,
+    ));
     let (h, b) = raw(Some("block/v2"), encode(&make_block("eth", 900, 10)));
-    cases.push(("wrong schema version", blocks.clone(), h, b, "ingest", DlqReason::UnsupportedSchema));
+    cases.push((
+        "wrong schema version",
+        blocks.clone(),
+        h,
+        b,
+        "ingest",
+        DlqReason::UnsupportedSchema,
+    ));
     let (h, b) = raw(None, encode(&make_block("eth", 901, 10)));
-    cases.push(("no schema header", blocks.clone(), h, b, "ingest", DlqReason::MissingSchema));
-    let (h, b) = raw(Some("block/v1"), encode(&make_block("eth", 902, 100 * 1024)));
-    cases.push(("oversize payload", blocks.clone(), h, b, "ingest", DlqReason::Oversize));
+    cases.push((
+        "no schema header",
+        blocks.clone(),
+        h,
+        b,
+        "ingest",
+        DlqReason::MissingSchema,
+    ));
+    let (h, b) = raw(
+        Some("block/v1"),
+        encode(&make_block("eth", 902, 100 * 1024)),
+    );
+    cases.push((
+        "oversize payload",
+        blocks.clone(),
+        h,
+        b,
+        "ingest",
+        DlqReason::Oversize,
+    ));
     let (h, b) = raw(Some("block/v1"), encode(&make_block("op", 903, 10)));
-    cases.push(("chain mismatch", blocks.clone(), h, b, "ingest", DlqReason::ChainMismatch));
+    cases.push((
+        "chain mismatch",
+        blocks.clone(),
+        h,
+        b,
+        "ingest",
+        DlqReason::ChainMismatch,
+    ));
     let mut short_hash = make_block("eth", 904, 10);
     short_hash.hash.truncate(20);
     let (h, b) = raw(Some("block/v1"), encode(&short_hash));
-    cases.push(("short hash", blocks.clone(), h, b, "ingest", DlqReason::InvalidField));
+    cases.push((
+        "short hash",
+        blocks.clone(),
+        h,
+        b,
+        "ingest",
+        DlqReason::InvalidField,
+    ));
     let stranger = TaskResult {
         task_id: "ghost/eth/1/00/0-0".into(),
         team: "ghost".into(),
-        block: BlockRef { chain: "eth".into(), number: 1, hash: vec![0; 32] },
+        block: BlockRef {
+            chain: "eth".into(),
+            number: 1,
+            hash: vec![0; 32],
+        },
         node: NodeId { level: 0, index: 0 },
         workflow: Workflow::SINGLE,
-        outcome: TaskOutcome::Proved { proof: Blob::Inline(vec![1]), proof_system: "sim".into(), report: None },
+        outcome: TaskOutcome::Proved {
+            proof: Blob::Inline(vec![1]),
+            proof_system: "sim".into(),
+            report: None,
+        },
         gateway: "nobody".into(),
         attempt: 1,
         prove_ms: 1,
@@ -75,9 +144,23 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
         deadline_ms: None,
     };
     let (h, b) = raw(Some("task-result/v1"), encode(&stranger));
-    cases.push(("result of an unknown team", bus.subjects.results("ghost"), h, b, "aggregator", DlqReason::UnknownTeam));
+    cases.push((
+        "result of an unknown team",
+        bus.subjects.results("ghost"),
+        h,
+        b,
+        "aggregator",
+        DlqReason::UnknownTeam,
+    ));
     let (h, b) = raw(Some("task/v1"), b"garbage task".to_vec());
-    cases.push(("malformed task", bus.subjects.tasks("alpha", "prove"), h, b, "prover-gateway", DlqReason::Malformed));
+    cases.push((
+        "malformed task",
+        bus.subjects.tasks("alpha", "prove"),
+        h,
+        b,
+        "prover-gateway",
+        DlqReason::Malformed,
+    ));
 
     let mut expected_increments: BTreeMap<(&str, DlqReason), u64> = BTreeMap::new();
     for c in &cases {
@@ -88,7 +171,8 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
         .map(|&(service, reason)| ((service, reason), dlq_count(service, reason)))
         .collect();
     for (_, subject, headers, body, _, _) in &cases {
-        bus.publish_raw(subject.clone(), headers.clone(), body.clone()).await?;
+        bus.publish_raw(subject.clone(), headers.clone(), body.clone())
+            .await?;
     }
     // A block that conflicts with a known one (same height, different hash).
     submit(bus, &make_block("eth", 1, 1000)).await?;
@@ -105,24 +189,46 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
         (r.len() >= expected).then_some(r)
     })
     .await?;
-    assert_eq!(records.len(), expected, "one record per bad message: {records:#?}");
+    assert_eq!(
+        records.len(),
+        expected,
+        "one record per bad message: {records:#?}"
+    );
     let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &records {
         *by_reason.entry(r.reason.as_str()).or_default() += 1;
         assert!(!r.detail.is_empty(), "every record says why");
-        assert!(!r.original.is_empty() || r.reason == DlqReason::Malformed, "original kept");
+        assert!(
+            !r.original.is_empty() || r.reason == DlqReason::Malformed,
+            "original kept"
+        );
     }
     for (name, _, _, body, service, reason) in &cases {
         let matching: Vec<_> = records
             .iter()
-            .filter(|r| r.reason == *reason && r.service == *service && r.original == Blob::Inline(body.to_vec()))
+            .filter(|r| {
+                r.reason == *reason
+                    && r.service == *service
+                    && r.original == Blob::Inline(body.to_vec())
+            })
             .collect();
-        assert_eq!(matching.len(), 1, "{name}: one {reason} record from {service}");
+        assert_eq!(
+            matching.len(),
+            1,
+            "{name}: one {reason} record from {service}"
+        );
     }
     for (key, increment) in &expected_increments {
-        assert_eq!(dlq_count(key.0, key.1), before[key] + increment, "counter of {key:?}");
+        assert_eq!(
+            dlq_count(key.0, key.1),
+            before[key] + increment,
+            "counter of {key:?}"
+        );
     }
-    assert_eq!(dlq_count("ingest", DlqReason::ConflictingHash), conflict_before + 1);
+    assert_eq!(
+        dlq_count("ingest", DlqReason::ConflictingHash),
+        conflict_before + 1
+    );
 
     // Everything still runs: valid blocks after the bad ones are proved by both teams.
     for n in 2..=5 {

@@ -13,7 +13,9 @@ use push0_tests::*;
 async fn fifty_blocks_two_teams_all_proved_in_order_with_correct_proofs() -> anyhow::Result<()> {
     let env = Env::new().await?;
     let teams = TeamsFile::default_teams();
-    let cluster = env.cluster(teams.clone(), 2, 3, "uniform:1ms..15ms").await?;
+    let cluster = env
+        .cluster(teams.clone(), 2, 3, "uniform:1ms..15ms")
+        .await?;
     run_source(&env.bus, "eth", 1, 50, 0.0, 8 * 1024).await?;
 
     let proofs = collect_proofs(&env.bus, 100, Duration::from_secs(60)).await?;
@@ -22,7 +24,12 @@ async fn fifty_blocks_two_teams_all_proved_in_order_with_correct_proofs() -> any
 
     let by_team = numbers_by_team(&proofs);
     for team in &teams {
-        assert_eq!(by_team[&team.name], (1..=50).collect::<Vec<u64>>(), "team {} in block order", team.name);
+        assert_eq!(
+            by_team[&team.name],
+            (1..=50).collect::<Vec<u64>>(),
+            "team {} in block order",
+            team.name
+        );
     }
     for p in &proofs {
         let team = teams.iter().find(|t| t.name == p.team).unwrap();
@@ -48,7 +55,10 @@ async fn resubmitted_blocks_yield_one_proof_each() -> anyhow::Result<()> {
     for n in 1..=20 {
         let block = make_block("eth", n, 2048);
         assert!(submit(&env.bus, &block).await?, "first submission is new");
-        assert!(!submit(&env.bus, &block).await?, "second submission is a stream duplicate");
+        assert!(
+            !submit(&env.bus, &block).await?,
+            "second submission is a stream duplicate"
+        );
     }
     collect_proofs(&env.bus, 40, Duration::from_secs(30)).await?;
     // The same blocks under other msg-ids (a client retrying with its own ids, or after the
@@ -59,12 +69,23 @@ async fn resubmitted_blocks_yield_one_proof_each() -> anyhow::Result<()> {
         headers.insert(push0_protocol::SCHEMA_HEADER, "block/v1");
         headers.insert(push0_protocol::MSG_ID_HEADER, format!("retry-{n}").as_str());
         env.bus
-            .publish_raw(env.bus.subjects.blocks("eth"), headers, push0_protocol::encode(&block).into())
+            .publish_raw(
+                env.bus.subjects.blocks("eth"),
+                headers,
+                push0_protocol::encode(&block).into(),
+            )
             .await?;
     }
     let proofs = all_proofs(&env.bus, Duration::from_secs(2)).await?;
-    assert_eq!(proofs.len(), 40, "still exactly one proof per (team, block)");
-    let dup = push0_runtime::metrics().duplicates.with_label_values(&["ingest"]).get();
+    assert_eq!(
+        proofs.len(),
+        40,
+        "still exactly one proof per (team, block)"
+    );
+    let dup = push0_runtime::metrics()
+        .duplicates
+        .with_label_values(&["ingest"])
+        .get();
     assert!(dup >= 20, "ingest counted the resubmissions, got {dup}");
     cluster.stop().await
 }
@@ -74,7 +95,9 @@ async fn split_block_proof_comes_after_all_parts_and_aggregations() -> anyhow::R
     let env = Env::new().await?;
     let team = TeamConfig::split("wide", 5, 2);
     let workflow = team.workflow();
-    let cluster = env.cluster(vec![team.clone()], 2, 2, "uniform:1ms..20ms").await?;
+    let cluster = env
+        .cluster(vec![team.clone()], 2, 2, "uniform:1ms..20ms")
+        .await?;
     run_source(&env.bus, "eth", 1, 6, 0.0, 10_000).await?;
     let proofs = collect_proofs(&env.bus, 6, Duration::from_secs(30)).await?;
     let parts = env.bus.kv(&env.bus.subjects.bucket_parts()).await?;
@@ -86,13 +109,22 @@ async fn split_block_proof_comes_after_all_parts_and_aggregations() -> anyhow::R
                 .unwrap_or_else(|| panic!("part {node} of block {} recorded", p.number));
             last_part_ms = last_part_ms.max(rec.recorded_at_ms);
         }
-        assert!(p.published_at_ms >= last_part_ms, "block {} published before its last part", p.number);
-        let (root, _) = kv_get::<PartRecord>(&parts, &final_key("wide", "eth", p.number)).await?.unwrap();
+        assert!(
+            p.published_at_ms >= last_part_ms,
+            "block {} published before its last part",
+            p.number
+        );
+        let (root, _) = kv_get::<PartRecord>(&parts, &final_key("wide", "eth", p.number))
+            .await?
+            .unwrap();
         assert_eq!(root.node, workflow.root());
         // 5 leaves, arity 2: three levels of aggregation above the leaves on the critical path.
         assert!(p.proving_ms >= root.prove_ms);
         let block = make_block("eth", p.number, 10_000);
-        assert_eq!(p.proof.as_deref(), Some(expected_sim_proof(&block.payload, workflow).as_slice()));
+        assert_eq!(
+            p.proof.as_deref(),
+            Some(expected_sim_proof(&block.payload, workflow).as_slice())
+        );
     }
     cluster.stop().await
 }

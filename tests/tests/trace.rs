@@ -28,8 +28,11 @@ async fn every_span_of_a_block_shares_one_trace_id() -> anyhow::Result<()> {
     let cluster = env.cluster(vec![team], 1, 2, "fixed:5ms").await?;
 
     let root = tracing::info_span!("client", otel.name = "client.submit");
-    let root_trace = push0_runtime::telemetry::trace_id(&root).expect("the client span has a trace");
-    submit(&env.bus, &make_block("eth", 1, 4096)).instrument(root.clone()).await?;
+    let root_trace =
+        push0_runtime::telemetry::trace_id(&root).expect("the client span has a trace");
+    submit(&env.bus, &make_block("eth", 1, 4096))
+        .instrument(root.clone())
+        .await?;
     drop(root);
     collect_proofs(&env.bus, 1, Duration::from_secs(20)).await?;
     cluster.stop().await?;
@@ -49,19 +52,32 @@ async fn every_span_of_a_block_shares_one_trace_id() -> anyhow::Result<()> {
         "gateway.prove",
         "aggregator.handle",
     ] {
-        assert!(in_trace.contains(expected), "{expected} is in the block's trace; trace has {in_trace:?}");
+        assert!(
+            in_trace.contains(expected),
+            "{expected} is in the block's trace; trace has {in_trace:?}"
+        );
     }
     // Leaves, the READY join and the aggregation: 3 tasks proved, 3 results handled.
     let proves = spans
         .iter()
-        .filter(|s| s.name == "gateway.prove" && s.span_context.trace_id().to_string() == root_trace)
+        .filter(|s| {
+            s.name == "gateway.prove" && s.span_context.trace_id().to_string() == root_trace
+        })
         .count();
-    assert_eq!(proves, 3, "both leaves and the aggregation joined the trace");
+    assert_eq!(
+        proves, 3,
+        "both leaves and the aggregation joined the trace"
+    );
     let others: BTreeSet<String> = spans
         .iter()
-        .filter(|s| s.name == "gateway.prove" && s.span_context.trace_id().to_string() != root_trace)
+        .filter(|s| {
+            s.name == "gateway.prove" && s.span_context.trace_id().to_string() != root_trace
+        })
         .map(|s| s.span_context.trace_id().to_string())
         .collect();
-    assert!(others.is_empty(), "no prove span started a trace of its own: {others:?}");
+    assert!(
+        others.is_empty(),
+        "no prove span started a trace of its own: {others:?}"
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use push0_protocol::DlqReason;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, proof_msg_id};
 use push0_protocol::{
     Blob, BlockProof, ChildProof, Cursor, NodeId, PartRecord, Ready, TaskOutcome, TaskResult,
@@ -14,7 +15,6 @@ use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
     kv_create, kv_get, kv_update, metrics,
 };
-use push0_protocol::DlqReason;
 use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "aggregator";
@@ -30,7 +30,16 @@ pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeErr
         registry,
     };
     let spec = bus.topology.aggregator_consumer();
-    consume(&bus, &blobs, &spec, SERVICE, "task-result", &handler, shutdown).await
+    consume(
+        &bus,
+        &blobs,
+        &spec,
+        SERVICE,
+        "task-result",
+        &handler,
+        shutdown,
+    )
+    .await
 }
 
 struct Aggregator {
@@ -61,7 +70,10 @@ impl Handler for Aggregator {
             return Outcome::Reject(
                 Rejection::new(
                     DlqReason::InvalidField,
-                    format!("node {} is not in workflow {:?}", result.node, result.workflow),
+                    format!(
+                        "node {} is not in workflow {:?}",
+                        result.node, result.workflow
+                    ),
                 )
                 .team(&result.team)
                 .task(&result.task_id),
@@ -131,7 +143,9 @@ impl Aggregator {
     /// If every sibling of `node` is proved, tells the scheduler to release their parent.
     async fn signal_parent(&self, result: &TaskResult, node: NodeId) -> Result<(), RuntimeError> {
         let w = result.workflow;
-        let Some(parent) = w.parent(node) else { return Ok(()) };
+        let Some(parent) = w.parent(node) else {
+            return Ok(());
+        };
         let b = &result.block;
         let mut children = Vec::new();
         for child in w.children(parent) {
@@ -236,7 +250,15 @@ impl Aggregator {
         m.overhead
             .with_label_values(&[team])
             .observe(overhead_ms as f64 / 1000.0);
-        tracing::info!(team, chain, number, latency_ms, proving_ms = root.critical_ms, overhead_ms, "block proof published");
+        tracing::info!(
+            team,
+            chain,
+            number,
+            latency_ms,
+            proving_ms = root.critical_ms,
+            overhead_ms,
+            "block proof published"
+        );
         Ok(())
     }
 }

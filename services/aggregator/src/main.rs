@@ -14,7 +14,8 @@ struct Args {
 async fn main() {
     let args = Args::parse();
     let result = async {
-        let started = push0_runtime::service::start(push0_aggregator::SERVICE, &args.common).await?;
+        let started =
+            push0_runtime::service::start(push0_aggregator::SERVICE, &args.common).await?;
         push0_aggregator::run(started.bus, started.shutdown).await
     }
     .await;

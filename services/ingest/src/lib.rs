@@ -35,7 +35,11 @@ impl Default for Config {
 }
 
 /// Runs ingest until `shutdown`.
-pub async fn run(bus: Bus, config: Config, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+pub async fn run(
+    bus: Bus,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
     let blobs = BlobStore::open(&bus, config.inline_threshold).await?;
     let handler = Ingest {
         blocks: bus.kv(&bus.subjects.bucket_blocks()).await?,
@@ -64,13 +68,19 @@ pub fn validate(
     if submission.chain != token {
         return Err(Rejection::new(
             DlqReason::ChainMismatch,
-            format!("chain {:?} does not match subject token {token:?}", submission.chain),
+            format!(
+                "chain {:?} does not match subject token {token:?}",
+                submission.chain
+            ),
         ));
     }
     if let Err(e) = validate_chain(&submission.chain) {
         return Err(Rejection::new(DlqReason::InvalidField, e.to_string()));
     }
-    for (field, value) in [("hash", &submission.hash), ("parent_hash", &submission.parent_hash)] {
+    for (field, value) in [
+        ("hash", &submission.hash),
+        ("parent_hash", &submission.parent_hash),
+    ] {
         if value.len() != 32 {
             return Err(Rejection::new(
                 DlqReason::InvalidField,
@@ -178,7 +188,11 @@ impl Ingest {
         };
         let msg_id = block_msg_id(&block.chain, block.number, &block.hash);
         self.bus
-            .publish(self.bus.subjects.accepted(&block.chain), &accepted, Some(&msg_id))
+            .publish(
+                self.bus.subjects.accepted(&block.chain),
+                &accepted,
+                Some(&msg_id),
+            )
             .await?;
         kv_update::<BlockStatus, _>(&self.blocks, &key, |s| {
             s.map(|s| BlockStatus {
@@ -220,16 +234,27 @@ mod tests {
 
     #[test]
     fn rejects_each_bad_field() {
-        let reason = |s: &BlockSubmission, subject: &str, max| {
-            validate(s, subject, max).unwrap_err().reason
-        };
-        assert_eq!(reason(&submission(), "push0.blocks.op", 1000), DlqReason::ChainMismatch);
-        assert_eq!(reason(&submission(), "push0.blocks.eth", 99), DlqReason::Oversize);
+        let reason =
+            |s: &BlockSubmission, subject: &str, max| validate(s, subject, max).unwrap_err().reason;
+        assert_eq!(
+            reason(&submission(), "push0.blocks.op", 1000),
+            DlqReason::ChainMismatch
+        );
+        assert_eq!(
+            reason(&submission(), "push0.blocks.eth", 99),
+            DlqReason::Oversize
+        );
         let mut s = submission();
         s.hash = vec![1; 31];
-        assert_eq!(reason(&s, "push0.blocks.eth", 1000), DlqReason::InvalidField);
+        assert_eq!(
+            reason(&s, "push0.blocks.eth", 1000),
+            DlqReason::InvalidField
+        );
         let mut s = submission();
         s.chain = "ETH".into();
-        assert_eq!(reason(&s, "push0.blocks.ETH", 1000), DlqReason::InvalidField);
+        assert_eq!(
+            reason(&s, "push0.blocks.ETH", 1000),
+            DlqReason::InvalidField
+        );
     }
 }

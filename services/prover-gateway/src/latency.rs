@@ -29,7 +29,9 @@ impl Latency {
                 let mu = median.as_secs_f64().max(1e-9).ln();
                 match LogNormal::new(mu, *sigma) {
                     // Capped so one freak sample cannot stall a benchmark.
-                    Ok(d) => Duration::from_secs_f64(d.sample(rng).min(median.as_secs_f64() * 20.0)),
+                    Ok(d) => {
+                        Duration::from_secs_f64(d.sample(rng).min(median.as_secs_f64() * 20.0))
+                    }
                     Err(_) => *median,
                 }
             }
@@ -48,7 +50,11 @@ impl std::fmt::Display for Latency {
                 humantime::format_duration(*b)
             ),
             Latency::LogNormal { median, sigma } => {
-                write!(f, "lognormal:{},{sigma}", humantime::format_duration(*median))
+                write!(
+                    f,
+                    "lognormal:{},{sigma}",
+                    humantime::format_duration(*median)
+                )
             }
         }
     }
@@ -61,9 +67,9 @@ impl FromStr for Latency {
         let duration = |v: &str| {
             humantime::parse_duration(v.trim()).map_err(|e| format!("bad duration {v:?}: {e}"))
         };
-        let (kind, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("expected fixed:D, uniform:A..B or lognormal:MEDIAN,SIGMA, got {s:?}"))?;
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            format!("expected fixed:D, uniform:A..B or lognormal:MEDIAN,SIGMA, got {s:?}")
+        })?;
         match kind {
             "fixed" => Ok(Latency::Fixed(duration(rest)?)),
             "uniform" => {
@@ -103,10 +109,16 @@ mod tests {
 
     #[test]
     fn parses_each_kind() {
-        assert_eq!("fixed:200ms".parse(), Ok(Latency::Fixed(Duration::from_millis(200))));
+        assert_eq!(
+            "fixed:200ms".parse(),
+            Ok(Latency::Fixed(Duration::from_millis(200)))
+        );
         assert_eq!(
             "uniform:1ms..3ms".parse(),
-            Ok(Latency::Uniform(Duration::from_millis(1), Duration::from_millis(3)))
+            Ok(Latency::Uniform(
+                Duration::from_millis(1),
+                Duration::from_millis(3)
+            ))
         );
         assert_eq!(
             "lognormal:7s,0.4".parse(),

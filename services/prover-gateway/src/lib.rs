@@ -37,7 +37,11 @@ pub struct Config {
 }
 
 /// Runs the gateway until `shutdown`.
-pub async fn run(bus: Bus, config: Config, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+pub async fn run(
+    bus: Bus,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
     let registry = Registry::watch(&bus, shutdown.clone()).await?;
     let Some(team) = wait_for_team(&registry, &config.team, &shutdown).await else {
         return Ok(());
@@ -62,7 +66,9 @@ pub async fn run(bus: Bus, config: Config, shutdown: CancellationToken) -> Resul
             let g = gateway.clone();
             let c = consumer.clone();
             let stop = shutdown.clone();
-            slots.push(tokio::spawn(async move { g.slot_loop(c, slot, stop).await }));
+            slots.push(tokio::spawn(
+                async move { g.slot_loop(c, slot, stop).await },
+            ));
         }
     }
     tracing::info!(team = %team.name, classes = ?classes, slots = config.slots, gateway = %config.id, "gateway serving");
@@ -179,12 +185,15 @@ impl Gateway {
             attempt = delivery.delivered,
         );
         push0_runtime::telemetry::set_parent_from(&span, delivery.message.headers.as_ref());
-        self.prove_task(delivery, task, shutdown).instrument(span).await;
+        self.prove_task(delivery, task, shutdown)
+            .instrument(span)
+            .await;
     }
 
     async fn reject(&self, delivery: &Delivery, rejection: Rejection) {
         tracing::warn!(reason = %rejection.reason, detail = %rejection.detail, "dead-lettering task");
-        let outcome = match dead_letter(&self.bus, &self.blobs, SERVICE, &rejection, delivery).await {
+        let outcome = match dead_letter(&self.bus, &self.blobs, SERVICE, &rejection, delivery).await
+        {
             Ok(()) => AckKind::Term,
             Err(e) => {
                 tracing::error!(error = %e, "dead letter not recorded, will retry");
@@ -303,7 +312,11 @@ impl Gateway {
         let msg_id = format!("result/{}", task.task_id);
         if let Err(e) = self
             .bus
-            .publish(self.bus.subjects.results(&task.team), &result, Some(&msg_id))
+            .publish(
+                self.bus.subjects.results(&task.team),
+                &result,
+                Some(&msg_id),
+            )
             .await
         {
             tracing::warn!(error = %e, "result not published; the task will be redelivered");

@@ -47,7 +47,12 @@ struct Args {
     prover_cmd: Option<PathBuf>,
 
     /// Extra arguments for the external prover, before `--task`
-    #[arg(long, env = "PUSH0_PROVER_ARGS", value_delimiter = ' ', allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "PUSH0_PROVER_ARGS",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
     prover_args: Vec<String>,
 
     /// Proof system reported for an external prover whose report names none
@@ -88,7 +93,9 @@ async fn main() {
         }),
         ProverKind::Exec => {
             let Some(program) = args.prover_cmd.clone() else {
-                eprintln!("push0-prover-gateway: --prover exec needs --prover-cmd (PUSH0_PROVER_CMD)");
+                eprintln!(
+                    "push0-prover-gateway: --prover exec needs --prover-cmd (PUSH0_PROVER_CMD)"
+                );
                 std::process::exit(64);
             };
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -98,7 +105,10 @@ async fn main() {
                 work_dir: args.work_dir.clone(),
                 proof_system: args.proof_system.clone(),
                 timeout: args.task_timeout,
-                threads: Some(args.prover_threads.unwrap_or((cores / args.slots.max(1)).max(1))),
+                threads: Some(
+                    args.prover_threads
+                        .unwrap_or((cores / args.slots.max(1)).max(1)),
+                ),
             })
         }
     };

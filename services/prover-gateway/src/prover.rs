@@ -150,7 +150,9 @@ impl ExecProver {
         let dir = tempfile::Builder::new()
             .prefix("task-")
             .tempdir_in(&self.work_dir)
-            .map_err(|e| ProveError::Retryable(format!("work dir {}: {e}", self.work_dir.display())))?;
+            .map_err(|e| {
+                ProveError::Retryable(format!("work dir {}: {e}", self.work_dir.display()))
+            })?;
         let io = |e: std::io::Error| ProveError::Retryable(format!("writing task files: {e}"));
         let (inputs, systems, step) = match &input {
             ProverInput::Leaf(slice) => {
@@ -187,12 +189,19 @@ impl ExecProver {
             deadline_ms: task.deadline_ms,
         };
         let manifest_path = dir.path().join("task.json");
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ProveError::Retryable(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| ProveError::Retryable(e.to_string()))?;
         tokio::fs::write(&manifest_path, json).await.map_err(io)?;
-        self.run(&manifest_path, &manifest.output, &manifest.report).await
+        self.run(&manifest_path, &manifest.output, &manifest.report)
+            .await
     }
 
-    async fn run(&self, manifest: &Path, output: &Path, report: &Path) -> Result<ProofOutput, ProveError> {
+    async fn run(
+        &self,
+        manifest: &Path,
+        output: &Path,
+        report: &Path,
+    ) -> Result<ProofOutput, ProveError> {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             .arg("--task")
@@ -205,9 +214,9 @@ impl ExecProver {
         if let Some(n) = self.threads {
             cmd.env("RAYON_NUM_THREADS", n.to_string());
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| ProveError::Retryable(format!("cannot start {}: {e}", self.program.display())))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            ProveError::Retryable(format!("cannot start {}: {e}", self.program.display()))
+        })?;
         let stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
         let progress = tokio::spawn(async move {

@@ -14,17 +14,17 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, plan_key, task_id};
 use push0_protocol::{
-    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Task,
-    TaskInput, TeamConfig, now_ms,
+    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Task, TaskInput,
+    TeamConfig, now_ms,
 };
+use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
     kv_create, kv_get, kv_update, metrics, register_team,
 };
-use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use tokio::sync::Notify;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::queue::{QueueKey, Queues};
 
@@ -51,7 +51,11 @@ impl Default for Config {
 }
 
 /// Runs the scheduler until `shutdown`.
-pub async fn run(bus: Bus, config: Config, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+pub async fn run(
+    bus: Bus,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
     if let Some(teams) = &config.teams {
         for team in teams {
             register_team(&bus, team).await?;
@@ -82,8 +86,24 @@ pub async fn run(bus: Bus, config: Config, shutdown: CancellationToken) -> Resul
     let accepted_spec = bus.topology.scheduler_consumer();
     let ready_spec = bus.topology.scheduler_ready_consumer();
     let (a, r) = tokio::join!(
-        consume(&bus, &blobs, &accepted_spec, SERVICE, "block-accepted", &accepted, shutdown.clone()),
-        consume(&bus, &blobs, &ready_spec, SERVICE, "ready", &ready, shutdown.clone()),
+        consume(
+            &bus,
+            &blobs,
+            &accepted_spec,
+            SERVICE,
+            "block-accepted",
+            &accepted,
+            shutdown.clone()
+        ),
+        consume(
+            &bus,
+            &blobs,
+            &ready_spec,
+            SERVICE,
+            "ready",
+            &ready,
+            shutdown.clone()
+        ),
     );
     shutdown.cancel();
     let _ = releaser.await;
@@ -106,7 +126,13 @@ fn leaf_task(team: &TeamConfig, plan: &Plan, node: NodeId) -> Task {
     let a = &plan.accepted;
     let (offset, len) = plan.workflow.leaf_range(a.payload.len(), node.index);
     Task {
-        task_id: task_id(&team.name, &a.block.chain, a.block.number, &a.block.hash, node),
+        task_id: task_id(
+            &team.name,
+            &a.block.chain,
+            a.block.number,
+            &a.block.hash,
+            node,
+        ),
         team: team.name.clone(),
         class: team.class_of(node.level).to_string(),
         block: a.block.clone(),
@@ -179,17 +205,21 @@ impl Scheduler {
         }
         // The first block planned for (team, chain) starts its publication order; a lower block
         // arriving before anything was published moves the start down.
-        kv_update::<Cursor, _>(&self.cursors, &cursor_key(&team.name, &b.chain), |c| match c {
-            None => Some(Cursor {
-                next: b.number,
-                published: 0,
-            }),
-            Some(c) if c.published == 0 && b.number < c.next => Some(Cursor {
-                next: b.number,
-                published: 0,
-            }),
-            Some(_) => None,
-        })
+        kv_update::<Cursor, _>(
+            &self.cursors,
+            &cursor_key(&team.name, &b.chain),
+            |c| match c {
+                None => Some(Cursor {
+                    next: b.number,
+                    published: 0,
+                }),
+                Some(c) if c.published == 0 && b.number < c.next => Some(Cursor {
+                    next: b.number,
+                    published: 0,
+                }),
+                Some(_) => None,
+            },
+        )
         .await?;
         self.ensure_queue(team).await?;
         let tasks = plan
@@ -330,7 +360,9 @@ impl Scheduler {
         loop {
             let task = {
                 let mut queues = self.queues.lock().expect("queues lock");
-                let Some(q) = queues.queues.get_mut(key) else { return Ok(()) };
+                let Some(q) = queues.queues.get_mut(key) else {
+                    return Ok(());
+                };
                 let held = q.held();
                 metrics()
                     .tasks_held
@@ -396,7 +428,10 @@ impl Scheduler {
             Some(p)
         })
         .await?;
-        metrics().tasks_released.with_label_values(&[&task.team]).inc();
+        metrics()
+            .tasks_released
+            .with_label_values(&[&task.team])
+            .inc();
         tracing::debug!(parent: &span, "task released");
         Ok(())
     }
@@ -435,9 +470,12 @@ impl Handler for ReadyHandler {
         let s = &self.0;
         let Some(team) = s.registry.get(&ready.team) else {
             return Outcome::Reject(
-                Rejection::new(DlqReason::UnknownTeam, format!("team {} is not registered", ready.team))
-                    .team(&ready.team)
-                    .block(&ready.block),
+                Rejection::new(
+                    DlqReason::UnknownTeam,
+                    format!("team {} is not registered", ready.team),
+                )
+                .team(&ready.team)
+                .block(&ready.block),
             );
         };
         let b = &ready.block;

@@ -155,7 +155,9 @@ mod tests {
         q.push(task(1, 1, 0), TraceContext::default());
         q.push(task(1, 0, 0), TraceContext::default());
         q.push(task(1, 2, 0), TraceContext::default());
-        let order: Vec<String> = std::iter::from_fn(|| q.pop()).map(|(t, _)| t.task_id).collect();
+        let order: Vec<String> = std::iter::from_fn(|| q.pop())
+            .map(|(t, _)| t.task_id)
+            .collect();
         assert_eq!(order, vec!["1/2-0", "1/1-0", "1/0-0", "1/0-1", "2/0-0"]);
     }
 

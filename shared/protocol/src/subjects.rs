@@ -69,7 +69,10 @@ impl Subjects {
     // ---- stream, consumer and bucket names (no dots allowed there) ----
 
     fn upper(&self, suffix: &str) -> String {
-        format!("{}_{suffix}", self.prefix.to_ascii_uppercase().replace('-', "_"))
+        format!(
+            "{}_{suffix}",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
     }
     pub fn stream_blocks(&self) -> String {
         self.upper("BLOCKS")
@@ -167,7 +170,10 @@ pub fn block_msg_id(chain: &str, number: u64, hash: &[u8]) -> String {
 /// task, however often it is planned, so publishing it again is de-duplicated by JetStream.
 pub fn task_id(team: &str, chain: &str, number: u64, hash: &[u8], node: NodeId) -> String {
     let short = hex::encode(&hash[..hash.len().min(8)]);
-    format!("{team}/{chain}/{number}/{short}/{}-{}", node.level, node.index)
+    format!(
+        "{team}/{chain}/{number}/{short}/{}-{}",
+        node.level, node.index
+    )
 }
 
 /// `Nats-Msg-Id` of a block proof: one per (team, chain, number).
@@ -198,6 +204,9 @@ mod tests {
         let h = [0xab; 32];
         let n = NodeId { level: 0, index: 3 };
         assert_eq!(task_id("a", "eth", 5, &h, n), task_id("a", "eth", 5, &h, n));
-        assert_eq!(task_id("a", "eth", 5, &h, n), "a/eth/5/abababababababab/0-3");
+        assert_eq!(
+            task_id("a", "eth", 5, &h, n),
+            "a/eth/5/abababababababab/0-3"
+        );
     }
 }

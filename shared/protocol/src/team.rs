@@ -142,7 +142,10 @@ impl TeamConfig {
             _ => {}
         }
         if !(2..=64).contains(&self.arity) {
-            problems.push(format!("team {name}: arity must be 2 to 64, got {}", self.arity));
+            problems.push(format!(
+                "team {name}: arity must be 2 to 64, got {}",
+                self.arity
+            ));
         }
         if self.ack_wait_ms < 500 {
             problems.push(format!("team {name}: ack_wait_ms must be at least 500"));
@@ -181,10 +184,7 @@ impl TeamsFile {
 
     /// The two teams `push0 dev` runs when given no file: one `single`, one `split`.
     pub fn default_teams() -> Vec<TeamConfig> {
-        vec![
-            TeamConfig::single("alpha"),
-            TeamConfig::split("beta", 4, 2),
-        ]
+        vec![TeamConfig::single("alpha"), TeamConfig::split("beta", 4, 2)]
     }
 }
 

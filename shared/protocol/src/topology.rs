@@ -104,7 +104,11 @@ impl Topology {
     }
 
     pub fn ingest_consumer(&self) -> ConsumerSpec {
-        self.service_consumer(self.subjects.stream_blocks(), "ingest", self.subjects.blocks_all())
+        self.service_consumer(
+            self.subjects.stream_blocks(),
+            "ingest",
+            self.subjects.blocks_all(),
+        )
     }
 
     pub fn scheduler_consumer(&self) -> ConsumerSpec {

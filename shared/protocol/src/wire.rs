@@ -20,7 +20,10 @@ pub enum DecodeError {
     #[error("unsupported schema {got:?} (expected {expected})")]
     UnsupportedSchema { expected: &'static str, got: String },
     #[error("malformed {schema} message: {detail}")]
-    Malformed { schema: &'static str, detail: String },
+    Malformed {
+        schema: &'static str,
+        detail: String,
+    },
 }
 
 impl DecodeError {
@@ -221,8 +224,14 @@ impl WireMessage for BlockAccepted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskInput {
-    Leaf { payload: Blob, offset: u64, len: u64 },
-    Aggregate { children: Vec<ChildProof> },
+    Leaf {
+        payload: Blob,
+        offset: u64,
+        len: u64,
+    },
+    Aggregate {
+        children: Vec<ChildProof>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -472,7 +481,10 @@ mod tests {
             "af7375626d69747465645f61745f6d7307af7075626c69736865645f61745f6d7308"
         );
         assert_eq!(hex::encode(&bytes), expected);
-        assert_eq!(decode::<BlockProof>(Some("block-proof/v1"), &bytes).unwrap(), proof);
+        assert_eq!(
+            decode::<BlockProof>(Some("block-proof/v1"), &bytes).unwrap(),
+            proof
+        );
     }
 
     #[test]
@@ -487,7 +499,9 @@ mod tests {
     fn schema_checks() {
         let bytes = encode(&submission());
         assert_eq!(
-            decode::<BlockSubmission>(None, &bytes).unwrap_err().reason(),
+            decode::<BlockSubmission>(None, &bytes)
+                .unwrap_err()
+                .reason(),
             DlqReason::MissingSchema
         );
         assert_eq!(
@@ -510,7 +524,10 @@ mod tests {
         struct Partial {
             chain: String,
         }
-        let bytes = rmp_serde::to_vec_named(&Partial { chain: "eth".into() }).unwrap();
+        let bytes = rmp_serde::to_vec_named(&Partial {
+            chain: "eth".into(),
+        })
+        .unwrap();
         let err = decode::<BlockSubmission>(Some("block/v1"), &bytes).unwrap_err();
         assert_eq!(err.reason(), DlqReason::Malformed);
         assert!(err.to_string().contains("number"), "{err}");

@@ -7,9 +7,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, kv, stream};
 use async_nats::{HeaderMap, ServerAddr};
 use bytes::Bytes;
 use push0_protocol::wire::{WireMessage, decode, encode};
-use push0_protocol::{
-    ConsumerSpec, MSG_ID_HEADER, Retention, SCHEMA_HEADER, Subjects, Topology,
-};
+use push0_protocol::{ConsumerSpec, MSG_ID_HEADER, Retention, SCHEMA_HEADER, Subjects, Topology};
 use thiserror::Error;
 
 use crate::telemetry;
@@ -71,8 +69,7 @@ pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, RuntimeError> {
 impl Bus {
     /// Connects to the server(s) in `urls` as `name`, for subjects under `prefix`.
     pub async fn connect(urls: &str, prefix: &str, name: &str) -> Result<Self, RuntimeError> {
-        let subjects =
-            Subjects::new(prefix).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let subjects = Subjects::new(prefix).map_err(|e| RuntimeError::Config(e.to_string()))?;
         let addrs = parse_urls(urls)?;
         let client = async_nats::ConnectOptions::new()
             .name(name)
@@ -148,10 +145,9 @@ impl Bus {
             };
             if let Err(e) = self.js.create_object_store(config).await {
                 // Another service may have created it in between.
-                self.js
-                    .get_object_store(&objects)
-                    .await
-                    .map_err(|_| RuntimeError::nats(format!("declare object store {objects}"), e))?;
+                self.js.get_object_store(&objects).await.map_err(|_| {
+                    RuntimeError::nats(format!("declare object store {objects}"), e)
+                })?;
             }
         }
         Ok(())
@@ -307,7 +303,10 @@ where
                 .map(|_| ())
                 .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.into())),
             None => store.create(key, bytes).await.map(|_| ()).map_err(|e| {
-                (e.kind() == kv::CreateErrorKind::AlreadyExists, BoxError::from(e))
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    BoxError::from(e),
+                )
             }),
         };
         match written {

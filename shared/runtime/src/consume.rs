@@ -221,11 +221,15 @@ async fn handle_one<H: Handler>(
             delivery.message.ack().await
         }
         Outcome::Retry(after) => {
-            m.messages.with_label_values(&[service, kind, "retry"]).inc();
+            m.messages
+                .with_label_values(&[service, kind, "retry"])
+                .inc();
             delivery.message.ack_with(AckKind::Nak(Some(after))).await
         }
         Outcome::Reject(rejection) => {
-            m.messages.with_label_values(&[service, kind, "rejected"]).inc();
+            m.messages
+                .with_label_values(&[service, kind, "rejected"])
+                .inc();
             tracing::warn!(reason = %rejection.reason, detail = %rejection.detail, "dead-lettering message");
             match dead_letter(bus, blobs, service, &rejection, &delivery).await {
                 Ok(()) => delivery.message.ack_with(AckKind::Term).await,

@@ -39,20 +39,26 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["team"])
         .expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -61,19 +67,76 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let fast = vec![
         0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     ];
-    let slow = vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+    let slow = vec![
+        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ];
     Metrics {
-        messages: counter(&r, "push0_messages_total", "messages handled, by outcome", &["service", "type", "outcome"]),
-        dlq: counter(&r, "push0_dlq_records_total", "dead-letter records filed", &["service", "reason"]),
-        queue_wait: histogram(&r, "push0_task_queue_wait_seconds", "task publication to start of proving", fast.clone()),
-        prove_time: histogram(&r, "push0_task_prove_seconds", "prover time per task", slow.clone()),
-        blocks_finalized: counter(&r, "push0_blocks_finalized_total", "block proofs published", &["team"]),
-        overhead: histogram(&r, "push0_orchestration_overhead_seconds", "block latency minus critical-path prover time", fast),
-        block_latency: histogram(&r, "push0_block_latency_seconds", "submission to proof publication", slow),
-        tasks_released: counter(&r, "push0_tasks_released_total", "tasks released to the queues", &["team"]),
-        tasks_held: gauge(&r, "push0_tasks_held", "ready tasks held back by the scheduler", &["team", "class"]),
-        duplicates: counter(&r, "push0_duplicates_total", "deliveries recognised as already handled", &["service"]),
-        slots_busy: gauge(&r, "push0_prover_slots_busy", "prover slots proving now", &["team"]),
+        messages: counter(
+            &r,
+            "push0_messages_total",
+            "messages handled, by outcome",
+            &["service", "type", "outcome"],
+        ),
+        dlq: counter(
+            &r,
+            "push0_dlq_records_total",
+            "dead-letter records filed",
+            &["service", "reason"],
+        ),
+        queue_wait: histogram(
+            &r,
+            "push0_task_queue_wait_seconds",
+            "task publication to start of proving",
+            fast.clone(),
+        ),
+        prove_time: histogram(
+            &r,
+            "push0_task_prove_seconds",
+            "prover time per task",
+            slow.clone(),
+        ),
+        blocks_finalized: counter(
+            &r,
+            "push0_blocks_finalized_total",
+            "block proofs published",
+            &["team"],
+        ),
+        overhead: histogram(
+            &r,
+            "push0_orchestration_overhead_seconds",
+            "block latency minus critical-path prover time",
+            fast,
+        ),
+        block_latency: histogram(
+            &r,
+            "push0_block_latency_seconds",
+            "submission to proof publication",
+            slow,
+        ),
+        tasks_released: counter(
+            &r,
+            "push0_tasks_released_total",
+            "tasks released to the queues",
+            &["team"],
+        ),
+        tasks_held: gauge(
+            &r,
+            "push0_tasks_held",
+            "ready tasks held back by the scheduler",
+            &["team", "class"],
+        ),
+        duplicates: counter(
+            &r,
+            "push0_duplicates_total",
+            "deliveries recognised as already handled",
+            &["service"],
+        ),
+        slots_busy: gauge(
+            &r,
+            "push0_prover_slots_busy",
+            "prover slots proving now",
+            &["team"],
+        ),
         registry: r,
     }
 });
@@ -102,7 +165,9 @@ pub async fn serve_metrics(
                 _ = shutdown.cancelled() => return,
                 a = listener.accept() => a,
             };
-            let Ok((mut socket, _)) = accepted else { continue };
+            let Ok((mut socket, _)) = accepted else {
+                continue;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
                 let n = socket.read(&mut buf).await.unwrap_or(0);

@@ -19,7 +19,9 @@ pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started
     let shutdown = crate::shutdown::shutdown_on_signal();
     let addr = serve_metrics(common.metrics_addr, shutdown.clone())
         .await
-        .map_err(|e| RuntimeError::Config(format!("metrics address {}: {e}", common.metrics_addr)))?;
+        .map_err(|e| {
+            RuntimeError::Config(format!("metrics address {}: {e}", common.metrics_addr))
+        })?;
     let bus = Bus::connect(&common.nats_url, &common.prefix, service).await?;
     bus.ensure_topology().await?;
     tracing::info!(service, nats = %common.nats_url, prefix = %common.prefix, metrics = %addr, "started");

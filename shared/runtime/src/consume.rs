@@ -119,6 +119,9 @@ pub trait Handler: Send + Sync {
     fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
 }
 
+/// Messages one pull request may deliver ahead of handling.
+const PULL_BATCH: usize = 64;
+
 /// Pulls from the consumer `spec` until `shutdown`, handling messages one at a time in stream
 /// order. `kind` names the wire type for metrics. Messages fetched but not handled when
 /// shutdown comes are nak'ed so they are redelivered at once rather than after the ack wait.
@@ -138,7 +141,7 @@ pub async fn consume<H: Handler>(
         // within seconds instead of waiting out a long request.
         let stream = consumer
             .stream()
-            .max_messages_per_batch(64)
+            .max_messages_per_batch(PULL_BATCH)
             .expires(Duration::from_secs(2))
             .heartbeat(Duration::from_millis(500))
             .messages()
@@ -186,11 +189,17 @@ pub async fn consume<H: Handler>(
         .map_err(|e| RuntimeError::nats("flush on shutdown", e))
 }
 
+/// Hands back what the pull already delivered. Bounded: a nak'ed message is redelivered at
+/// once, possibly into this same pull, so "until nothing arrives" could go on forever.
 async fn nak_buffered(messages: &mut jetstream::consumer::pull::Stream) {
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_millis(20), messages.next()).await
-    {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    for _ in 0..PULL_BATCH {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(message))) => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+            _ => return,
+        }
     }
 }
 

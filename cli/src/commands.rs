@@ -12,13 +12,13 @@ use push0::report::{summary_table, table};
 use push0::source::{block_hash, make_block, run_source, submit as submit_block};
 use push0::watch::ProofFeed;
 use push0_protocol::subjects::{block_key, cursor_key, final_key, part_key, plan_key};
-use push0_protocol::{BlockProof, BlockStatus, Cursor, PartRecord, Plan, TeamsFile};
+use push0_protocol::{BlockProof, BlockStatus, Cursor, PartRecord, Plan, TeamConfig, TeamsFile};
 use push0_prover_gateway::prover::{Prover, SimProver};
 use push0_runtime::config::LogFormat;
 use push0_runtime::{Bus, Registry, kv_get, shutdown_on_signal, telemetry};
 use push0_testkit::NatsServer;
 
-use crate::{DevArgs, StatusArgs, SubmitArgs};
+use crate::{DevArgs, StatusArgs, SubmitArgs, VerifyArgs};
 
 pub async fn dev(args: DevArgs) -> Result<()> {
     let _telemetry = telemetry::init_with_filter("push0-dev", LogFormat::Text, "warn");
@@ -33,33 +33,59 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         }
     };
     let teams = match &args.teams {
-        None => TeamsFile::default_teams(),
+        None if args.sim => TeamsFile::default_teams(),
+        None => vec![
+            TeamConfig {
+                proof_system: Some("winterfell".into()),
+                ..TeamConfig::single("alpha")
+            },
+            TeamConfig {
+                proof_system: Some("plonky2".into()),
+                ..TeamConfig::split("beta", 2, 2)
+            },
+        ],
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            TeamsFile::parse(&text)
-                .map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
+            TeamsFile::parse(&text).map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
         }
     };
-    let prover = Prover::Sim(SimProver {
+    let sim = Prover::Sim(SimProver {
         latency: args.sim_latency.clone(),
     });
-    let mut spec = ClusterSpec::new(&url, &args.prefix, teams.clone());
+    let mut spec = ClusterSpec::new(&url, &args.prefix, Vec::new());
+    let mut described = Vec::new();
     for team in &teams {
-        spec = spec.gateways(&team.name, args.gateways, args.slots, prover.clone());
+        let system = team
+            .proof_system
+            .clone()
+            .filter(|s| !args.sim && push0::provers::SYSTEMS.contains(&s.as_str()));
+        match system {
+            Some(system) => {
+                let binary = push0::provers::ensure_built(&system)?;
+                spec.teams.push(push0::provers::with_verifier(team.clone(), &system, &binary));
+                spec = spec.gateways(&team.name, 1, 2, push0::provers::exec_prover(&system, binary, 1));
+                described.push(format!("{} ({}, {system}: 1 gateway x 2 slots)", team.name, shape_name(team)));
+            }
+            None => {
+                let mut team = team.clone();
+                team.proof_system = None;
+                team.verifier.clear();
+                spec.teams.push(team.clone());
+                spec = spec.gateways(&team.name, args.gateways, args.slots, sim.clone());
+                described.push(format!(
+                    "{} ({}, simulated {}: {} gateways x {} slots)",
+                    team.name,
+                    shape_name(&team),
+                    args.sim_latency,
+                    args.gateways,
+                    args.slots
+                ));
+            }
+        }
     }
     let cluster = LocalCluster::start(spec).await?;
-    eprintln!(
-        "push0 cluster up: teams {} · {} gateways x {} slots each · simulated prover {}",
-        teams
-            .iter()
-            .map(|t| format!("{} ({})", t.name, shape_name(t)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        args.gateways,
-        args.slots,
-        args.sim_latency,
-    );
+    eprintln!("push0 cluster up; teams: {}", described.join("; "));
     let mut feed = ProofFeed::open(&cluster.bus).await?;
 
     let source = (args.blocks > 0).then(|| {
@@ -404,4 +430,39 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     }
     stop.cancel();
     Ok(())
+}
+
+/// `push0 verify`: true when the proof is valid.
+pub async fn verify(args: VerifyArgs) -> Result<bool> {
+    let bus = match &args.nats_url {
+        Some(url) => Some(Bus::connect(url, &args.prefix, "push0-cli").await?),
+        None => None,
+    };
+    let message = match (&args.file, &args.team, &args.chain, args.number, &bus) {
+        (Some(path), ..) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        (None, Some(team), Some(chain), Some(number), Some(bus)) => {
+            push0::verify::fetch_proof_message(bus, team, chain, number).await?
+        }
+        _ => bail!("give --file, or --nats-url with --team, --chain and --number"),
+    };
+    let proof = match push0::verify::decode_proof(&message) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("invalid: {e:#}");
+            return Ok(false);
+        }
+    };
+    let bytes = push0::verify::proof_bytes(&proof, bus.as_ref()).await?;
+    let verdict = push0::verify::verify(&proof, &bytes, args.verifier.clone()).await?;
+    println!(
+        "{}: {} block proof of team {} for {}/{} (hash {}): {}",
+        if verdict.valid { "valid" } else { "invalid" },
+        proof.proof_system,
+        proof.team,
+        proof.chain,
+        proof.number,
+        hex::encode(&proof.hash),
+        verdict.detail
+    );
+    Ok(verdict.valid)
 }

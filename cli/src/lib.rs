@@ -5,3 +5,5 @@ pub mod cluster;
 pub mod report;
 pub mod source;
 pub mod watch;
+pub mod provers;
+pub mod verify;

@@ -26,6 +26,34 @@ enum Command {
     Submit(SubmitArgs),
     /// Show the status of a chain, or of one block
     Status(StatusArgs),
+    /// Verify a block proof: a saved block-proof/v1 message, or one fetched from the PROOFS stream
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// A block-proof/v1 message saved as its MessagePack bytes
+    #[arg(long, conflicts_with_all = ["team", "chain", "number"])]
+    file: Option<PathBuf>,
+    /// NATS server to fetch the proof from (with --team, --chain, --number) or its stored bytes
+    #[arg(long, env = "PUSH0_NATS_URL")]
+    nats_url: Option<String>,
+    /// Subject prefix
+    #[arg(long, env = "PUSH0_PREFIX", default_value = "push0")]
+    prefix: String,
+    /// Team whose proof to fetch
+    #[arg(long, requires = "nats_url")]
+    team: Option<String>,
+    /// Chain of the block
+    #[arg(long, requires = "team")]
+    chain: Option<String>,
+    /// Block number
+    #[arg(long, requires = "team")]
+    number: Option<u64>,
+    /// Verifier command (program and arguments, space-separated); default: the reference
+    /// prover of the proof's system
+    #[arg(long, value_delimiter = ' ')]
+    verifier: Option<Vec<String>>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -50,8 +78,9 @@ pub struct DevArgs {
     /// <prefix>.blocks.<chain> until SIGTERM
     #[arg(long, default_value_t = 20)]
     blocks: u64,
-    /// Blocks per second from the source (0 = all at once)
-    #[arg(long, default_value_t = 2.0)]
+    /// Blocks per second from the source (0 = all at once); the default keeps the reference
+    /// provers of the default teams busy without a backlog on 2 cores
+    #[arg(long, default_value_t = 0.3)]
     rate: f64,
     /// Chain the source publishes
     #[arg(long, default_value = "devnet")]
@@ -59,16 +88,21 @@ pub struct DevArgs {
     /// First block number of the source
     #[arg(long, default_value_t = 1)]
     first: u64,
-    /// Payload bytes per block
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// Payload bytes per block (the plonky2 prover takes at most 4 KiB per part)
+    #[arg(long, default_value_t = 8 * 1024)]
     payload_size: usize,
-    /// Teams file (TOML); default: team `alpha` (single) and team `beta` (split into 4, arity 2)
+    /// Teams file (TOML); default: team `alpha` (single, winterfell STARK) and team `beta`
+    /// (split into 2 parts, aggregated recursively with plonky2). A team whose
+    /// `proof_system` is plonky2 or winterfell runs that reference prover; others the simulated one
     #[arg(long)]
     teams: Option<PathBuf>,
-    /// Gateways per team
+    /// Simulated provers for every team (no real proofs: fast, for load and demos)
+    #[arg(long)]
+    sim: bool,
+    /// Gateways per team with simulated provers
     #[arg(long, default_value_t = 2)]
     gateways: usize,
-    /// Prover slots per gateway
+    /// Prover slots per gateway with simulated provers (reference provers: 1 gateway, 2 slots)
     #[arg(long, default_value_t = 4)]
     slots: usize,
     /// Simulated prover latency: fixed:D, uniform:A..B or lognormal:MEDIAN,SIGMA
@@ -123,6 +157,11 @@ async fn main() {
         Command::Dev(args) => commands::dev(args).await,
         Command::Submit(args) => commands::submit(args).await,
         Command::Status(args) => commands::status(args).await,
+        Command::Verify(args) => match commands::verify(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = result {
         eprintln!("push0: {e:#}");

@@ -8,9 +8,10 @@ use async_nats::jetstream::kv;
 use push0_protocol::DlqReason;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, proof_msg_id};
 use push0_protocol::{
-    Blob, BlockProof, ChildProof, Cursor, NodeId, PartRecord, Ready, TaskOutcome, TaskResult,
-    now_ms,
+    Blob, BlockProof, ChildProof, Cursor, InvalidCount, NodeId, PartRecord, Ready, Redo,
+    TaskOutcome, TaskResult, TeamConfig, now_ms,
 };
+use push0_runtime::verifier::run_verifier;
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
     kv_create, kv_get, kv_update, metrics,
@@ -19,11 +20,15 @@ use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "aggregator";
 
+/// A verifier taking longer than this is treated as a failure of the verifier, not the proof.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs the aggregator until `shutdown`.
 pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeError> {
     let registry = Registry::watch(&bus, shutdown.clone()).await?;
     let blobs = BlobStore::open(&bus, push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD).await?;
     let handler = Aggregator {
+        blobs: blobs.clone(),
         parts: bus.kv(&bus.subjects.bucket_parts()).await?,
         cursors: bus.kv(&bus.subjects.bucket_cursors()).await?,
         bus: bus.clone(),
@@ -44,6 +49,7 @@ pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeErr
 
 struct Aggregator {
     bus: Bus,
+    blobs: BlobStore,
     registry: Registry,
     parts: kv::Store,
     cursors: kv::Store,
@@ -55,7 +61,7 @@ impl Handler for Aggregator {
             Ok(r) => r,
             Err(e) => return Outcome::Reject(e.into()),
         };
-        if self.registry.get(&result.team).is_none() {
+        let Some(team) = self.registry.get(&result.team) else {
             return Outcome::Reject(
                 Rejection::new(
                     DlqReason::UnknownTeam,
@@ -65,7 +71,7 @@ impl Handler for Aggregator {
                 .block(&result.block)
                 .task(&result.task_id),
             );
-        }
+        };
         if !result.workflow.contains(result.node) {
             return Outcome::Reject(
                 Rejection::new(
@@ -79,7 +85,7 @@ impl Handler for Aggregator {
                 .task(&result.task_id),
             );
         }
-        match self.record(result).await {
+        match self.record(&team, result).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "recording result failed, will retry");
@@ -90,7 +96,7 @@ impl Handler for Aggregator {
 }
 
 impl Aggregator {
-    async fn record(&self, result: TaskResult) -> Result<Outcome, RuntimeError> {
+    async fn record(&self, team: &TeamConfig, result: TaskResult) -> Result<Outcome, RuntimeError> {
         let (proof, proof_system) = match &result.outcome {
             TaskOutcome::Proved {
                 proof,
@@ -121,6 +127,13 @@ impl Aggregator {
             recorded_at_ms: now_ms(),
         };
         let key = part_key(&result.team, &b.chain, b.number, result.node);
+        // Verify before accepting, unless this node is already recorded (then this result is a
+        // duplicate and changes nothing anyway).
+        if kv_get::<PartRecord>(&self.parts, &key).await?.is_none()
+            && let Some(reason) = self.check_proof(team, &record).await?
+        {
+            return self.reject_proof(team, &result, &key, reason).await;
+        }
         if !kv_create(&self.parts, &key, &record).await? {
             // A redelivery or a late duplicate: the first result stands. The steps below are
             // idempotent and run again in case the first handling stopped half-way.
@@ -137,6 +150,70 @@ impl Aggregator {
         } else {
             self.signal_parent(&result, result.node).await?;
         }
+        Ok(Outcome::Ack)
+    }
+
+    /// Why a proof is not acceptable, or None if it is: the team's proof system, then the
+    /// team's verifier (when one is configured).
+    async fn check_proof(&self, team: &TeamConfig, record: &PartRecord) -> Result<Option<String>, RuntimeError> {
+        if let Some(expected) = &team.proof_system
+            && *expected != record.proof_system
+        {
+            return Ok(Some(format!("proof system {} where {expected} is expected", record.proof_system)));
+        }
+        if team.verifier.is_empty() {
+            return Ok(None);
+        }
+        let bytes = self.blobs.get(&record.proof).await?;
+        let verdict = run_verifier(&team.verifier, &bytes, VERIFY_TIMEOUT).await?;
+        Ok((!verdict.valid).then_some(verdict.detail))
+    }
+
+    /// A proof failed verification: count it against its gateway and have the task run again,
+    /// or, past the team's retry limit, dead-letter it (the block fails for this team).
+    async fn reject_proof(
+        &self,
+        team: &TeamConfig,
+        result: &TaskResult,
+        key: &str,
+        reason: String,
+    ) -> Result<Outcome, RuntimeError> {
+        metrics()
+            .invalid_proofs
+            .with_label_values(&[&result.team, &result.gateway])
+            .inc();
+        let counted = kv_update::<InvalidCount, _>(&self.parts, &format!("{key}.invalid"), |c| {
+            Some(InvalidCount {
+                count: c.map_or(0, |c| c.count) + 1,
+            })
+        })
+        .await?;
+        let attempt = counted.map_or(1, |c| c.count);
+        tracing::warn!(team = %result.team, gateway = %result.gateway, task = %result.task_id, attempt, reason = %reason, "proof rejected");
+        if attempt >= team.max_deliver.max(1) as u64 {
+            tracing::error!(team = %result.team, chain = %result.block.chain, number = result.block.number, node = %result.node, "no valid proof after {attempt} attempts; block fails for this team");
+            return Ok(Outcome::Reject(
+                Rejection::new(
+                    DlqReason::InvalidProof,
+                    format!("{attempt} invalid proofs, last from gateway {}: {reason}", result.gateway),
+                )
+                .team(&result.team)
+                .block(&result.block)
+                .task(&result.task_id),
+            ));
+        }
+        let redo = Redo {
+            team: result.team.clone(),
+            block: result.block.clone(),
+            node: result.node,
+            workflow: result.workflow,
+            attempt,
+            reason,
+            gateway: result.gateway.clone(),
+        };
+        self.bus
+            .publish(self.bus.subjects.ready(&result.team), &redo, Some(&format!("redo/{key}/{attempt}")))
+            .await?;
         Ok(Outcome::Ack)
     }
 

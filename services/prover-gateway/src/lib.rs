@@ -339,9 +339,17 @@ impl Gateway {
                 len,
             } => {
                 let bytes = self.blobs.get(payload).await?;
-                let start = (*offset as usize).min(bytes.len());
-                let end = (start + *len as usize).min(bytes.len());
-                Ok(ProverInput::Leaf(bytes[start..end].to_vec()))
+                let total = bytes.len() as u64;
+                let part_ranges = task
+                    .workflow
+                    .leaves()
+                    .map(|leaf| task.workflow.leaf_range(total, leaf.index))
+                    .collect();
+                Ok(ProverInput::Leaf {
+                    payload: bytes,
+                    range: (*offset, *len),
+                    part_ranges,
+                })
             }
             TaskInput::Aggregate { children } => {
                 let mut proofs = Vec::with_capacity(children.len());

@@ -19,8 +19,23 @@ pub const EXIT_INVALID_INPUT: i32 = 3;
 /// What a task gives its prover: the payload slice of a leaf, or the children's proofs.
 #[derive(Debug, Clone)]
 pub enum ProverInput {
-    Leaf(Vec<u8>),
+    /// A leaf: the whole block payload, this leaf's range in it, and every leaf's range (so a
+    /// prover can derive the state before its part from the parts before it).
+    Leaf {
+        payload: Vec<u8>,
+        range: (u64, u64),
+        part_ranges: Vec<(u64, u64)>,
+    },
     Aggregate(Vec<(String, Vec<u8>)>),
+}
+
+impl ProverInput {
+    /// A leaf's own bytes.
+    pub fn slice(payload: &[u8], (offset, len): (u64, u64)) -> &[u8] {
+        let start = (offset as usize).min(payload.len());
+        let end = (start + len as usize).min(payload.len());
+        &payload[start..end]
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +111,9 @@ impl SimProver {
             tokio::time::sleep(delay).await;
         }
         let proof = match &input {
-            ProverInput::Leaf(slice) => sim_leaf_proof(slice),
+            ProverInput::Leaf { payload, range, .. } => {
+                sim_leaf_proof(ProverInput::slice(payload, *range))
+            }
             ProverInput::Aggregate(children) => {
                 sim_aggregate_proof(children.iter().map(|(_, p)| p.as_slice()))
             }
@@ -141,6 +158,10 @@ pub struct Manifest<'a> {
     pub output: PathBuf,
     pub report: PathBuf,
     pub deadline_ms: Option<u64>,
+    /// Leaf only: the whole block payload.
+    pub block_payload: Option<PathBuf>,
+    /// Leaf only: every leaf's `[offset, len]` in the block payload, in order.
+    pub part_ranges: Option<Vec<(u64, u64)>>,
 }
 
 const STDERR_KEEP: usize = 4096;
@@ -154,10 +175,22 @@ impl ExecProver {
                 ProveError::Retryable(format!("work dir {}: {e}", self.work_dir.display()))
             })?;
         let io = |e: std::io::Error| ProveError::Retryable(format!("writing task files: {e}"));
+        let mut block_payload = None;
+        let mut ranges = None;
         let (inputs, systems, step) = match &input {
-            ProverInput::Leaf(slice) => {
+            ProverInput::Leaf {
+                payload,
+                range,
+                part_ranges,
+            } => {
                 let path = dir.path().join("input-0.bin");
-                tokio::fs::write(&path, slice).await.map_err(io)?;
+                tokio::fs::write(&path, ProverInput::slice(payload, *range))
+                    .await
+                    .map_err(io)?;
+                let whole = dir.path().join("block-payload.bin");
+                tokio::fs::write(&whole, payload).await.map_err(io)?;
+                block_payload = Some(whole);
+                ranges = Some(part_ranges.clone());
                 (vec![path], Vec::new(), "leaf")
             }
             ProverInput::Aggregate(children) => {
@@ -187,6 +220,8 @@ impl ExecProver {
             output: dir.path().join("proof.bin"),
             report: dir.path().join("report.json"),
             deadline_ms: task.deadline_ms,
+            block_payload,
+            part_ranges: ranges,
         };
         let manifest_path = dir.path().join("task.json");
         let json = serde_json::to_vec_pretty(&manifest)

@@ -14,8 +14,8 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, plan_key, task_id};
 use push0_protocol::{
-    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Task, TaskInput,
-    TeamConfig, now_ms,
+    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Redo, Task, TaskInput,
+    TeamConfig, WireMessage, now_ms,
 };
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use push0_runtime::{
@@ -230,6 +230,40 @@ impl Scheduler {
             .collect();
         self.enqueue(tasks);
         Ok(())
+    }
+
+    /// The task of `redo.node` as first planned: a leaf from the plan, an aggregation from its
+    /// children's recorded proofs. None if the plan or an input is missing.
+    async fn rebuild_task(&self, team: &TeamConfig, redo: &Redo) -> Result<Option<Task>, RuntimeError> {
+        let b = &redo.block;
+        let Some((plan, _)) = kv_get::<Plan>(&self.plans, &plan_key(&team.name, &b.chain, b.number)).await? else {
+            return Ok(None);
+        };
+        if redo.node.level == 0 {
+            return Ok(Some(leaf_task(team, &plan, redo.node)));
+        }
+        let mut children = Vec::new();
+        for child in plan.workflow.children(redo.node) {
+            let Some((rec, _)) = kv_get::<PartRecord>(&self.parts, &part_key(&team.name, &b.chain, b.number, child)).await? else {
+                return Ok(None);
+            };
+            children.push(ChildProof {
+                node: child,
+                proof: rec.proof,
+                proof_system: rec.proof_system,
+                critical_ms: rec.critical_ms,
+            });
+        }
+        let ready = Ready {
+            team: team.name.clone(),
+            block: b.clone(),
+            node: redo.node,
+            workflow: plan.workflow,
+            children,
+            submitted_at_ms: plan.accepted.submitted_at_ms,
+            deadline_ms: plan.accepted.deadline_ms,
+        };
+        Ok(Some(aggregate_task(team, &ready)))
     }
 
     async fn ensure_queue(&self, team: &TeamConfig) -> Result<(), RuntimeError> {
@@ -461,8 +495,51 @@ impl Handler for AcceptedHandler {
 
 struct ReadyHandler(Arc<Scheduler>);
 
+impl ReadyHandler {
+    /// A rejected result: rebuild the node's task from KV and queue it again under a fresh
+    /// task id (so neither the task nor its result is dropped as a duplicate).
+    async fn redo(&self, delivery: &Delivery) -> Outcome {
+        let redo: Redo = match delivery.decode() {
+            Ok(r) => r,
+            Err(e) => return Outcome::Reject(e.into()),
+        };
+        let s = &self.0;
+        let Some(team) = s.registry.get(&redo.team) else {
+            return Outcome::Reject(
+                Rejection::new(DlqReason::UnknownTeam, format!("team {} is not registered", redo.team))
+                    .team(&redo.team)
+                    .block(&redo.block),
+            );
+        };
+        match s.rebuild_task(&team, &redo).await {
+            Ok(Some(mut task)) => {
+                task.task_id = format!("{}#r{}", task.task_id, redo.attempt);
+                tracing::warn!(team = %team.name, task = %task.task_id, gateway = %redo.gateway, reason = %redo.reason, "re-running a task whose proof was rejected");
+                if let Err(e) = s.ensure_queue(&team).await {
+                    tracing::warn!(error = %e, "queue not ready, will retry");
+                    return Outcome::Retry(Duration::from_millis(500));
+                }
+                s.enqueue(vec![task]);
+                Outcome::Ack
+            }
+            Ok(None) => Outcome::Reject(
+                Rejection::new(DlqReason::InvalidField, format!("no plan or inputs for node {} of this block", redo.node))
+                    .team(&redo.team)
+                    .block(&redo.block),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "rebuilding task failed, will retry");
+                Outcome::Retry(Duration::from_millis(500))
+            }
+        }
+    }
+}
+
 impl Handler for ReadyHandler {
     async fn handle(&self, delivery: &Delivery) -> Outcome {
+        if delivery.schema.as_deref() == Some(Redo::SCHEMA) {
+            return self.redo(delivery).await;
+        }
         let ready: Ready = match delivery.decode() {
             Ok(r) => r,
             Err(e) => return Outcome::Reject(e.into()),

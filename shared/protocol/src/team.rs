@@ -53,9 +53,17 @@ pub struct TeamConfig {
     /// Ack deadline of a task; gateways renew it with heartbeats while proving.
     #[serde(default = "default_ack_wait_ms")]
     pub ack_wait_ms: u64,
-    /// Deliveries of one task before it is dead-lettered.
+    /// Deliveries of one task before it is dead-lettered; also the number of invalid proofs
+    /// of one node tolerated before the block fails for this team.
     #[serde(default = "default_max_deliver")]
     pub max_deliver: i64,
+    /// Proof system the team's provers produce; a result naming another is rejected.
+    #[serde(default)]
+    pub proof_system: Option<String>,
+    /// Verifier command (program and arguments) run as `<verifier…> verify --proof FILE`
+    /// on every sub-proof before the aggregator accepts it; empty means no verification.
+    #[serde(default)]
+    pub verifier: Vec<String>,
 }
 
 impl TeamConfig {
@@ -70,6 +78,8 @@ impl TeamConfig {
             aggregate_class: default_class(),
             ack_wait_ms: default_ack_wait_ms(),
             max_deliver: default_max_deliver(),
+            proof_system: None,
+            verifier: Vec::new(),
         }
     }
 

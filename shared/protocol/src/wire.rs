@@ -314,6 +314,35 @@ impl WireMessage for Ready {
     const SCHEMA: &'static str = "ready/v1";
 }
 
+/// `redo/v1`: aggregator → scheduler, on `<prefix>.ready.<team>`: a result for `node` was
+/// rejected (its proof did not verify), so the task must run again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redo {
+    pub team: String,
+    pub block: BlockRef,
+    pub node: NodeId,
+    pub workflow: Workflow,
+    /// How many results of this node were rejected so far.
+    pub attempt: u64,
+    pub reason: String,
+    /// The gateway whose proof was rejected.
+    pub gateway: String,
+}
+
+impl WireMessage for Redo {
+    const SCHEMA: &'static str = "redo/v1";
+}
+
+/// Rejected results of one node, bucket `parts`, key `<part key>.invalid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidCount {
+    pub count: u64,
+}
+
+impl WireMessage for InvalidCount {
+    const SCHEMA: &'static str = "invalid-count/v1";
+}
+
 /// `dead-letter/v1`, on `<prefix>.dlq.<service>.<reason>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {

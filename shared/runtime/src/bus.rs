@@ -26,6 +26,8 @@ pub enum RuntimeError {
     Corrupt { key: String, detail: String },
     #[error("blob {key}: {detail}")]
     Blob { key: String, detail: String },
+    #[error("verifier {program}: {detail}")]
+    Verifier { program: String, detail: String },
 }
 
 impl RuntimeError {

@@ -11,6 +11,7 @@ pub mod registry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod verifier;
 
 pub use blobs::BlobStore;
 pub use bus::{Bus, RuntimeError, kv_create, kv_get, kv_update};

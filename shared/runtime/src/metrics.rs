@@ -35,6 +35,8 @@ pub struct Metrics {
     pub duplicates: IntCounterVec,
     /// push0_prover_slots_busy{team}
     pub slots_busy: IntGaugeVec,
+    /// push0_invalid_proofs_total{team, gateway}: sub-proofs rejected by verification
+    pub invalid_proofs: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -136,6 +138,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "push0_prover_slots_busy",
             "prover slots proving now",
             &["team"],
+        ),
+        invalid_proofs: counter(
+            &r,
+            "push0_invalid_proofs_total",
+            "sub-proofs rejected by verification, by gateway",
+            &["team", "gateway"],
         ),
         registry: r,
     }

@@ -17,6 +17,8 @@ pub struct GatewaySpec {
     pub count: usize,
     pub slots: usize,
     pub prover: Prover,
+    /// Bundle aggregation tasks instead of proving them (systems without recursion).
+    pub bundler: Option<push0_prover_gateway::prover::Bundler>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +52,24 @@ impl ClusterSpec {
             count,
             slots,
             prover,
+            bundler: None,
         });
+        self
+    }
+
+    /// Adds gateways whose aggregation tasks are bundles checked with `verifier`.
+    pub fn bundling_gateways(
+        mut self,
+        team: &str,
+        count: usize,
+        slots: usize,
+        prover: Prover,
+        verifier: Vec<String>,
+    ) -> Self {
+        self = self.gateways(team, count, slots, prover);
+        if let Some(last) = self.gateways.last_mut() {
+            last.bundler = Some(push0_prover_gateway::prover::Bundler { verifier });
+        }
         self
     }
 }
@@ -119,6 +138,7 @@ impl LocalCluster {
                     classes: Vec::new(),
                     slots: g.slots,
                     prover: g.prover.clone(),
+                    bundler: g.bundler.clone(),
                     grace: spec.grace,
                     id: format!("{}-gw{i}", g.team),
                     inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,

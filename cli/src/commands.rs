@@ -47,7 +47,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            TeamsFile::parse(&text).map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
+            TeamsFile::parse(&text)
+                .map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
         }
     };
     let sim = Prover::Sim(SimProver {
@@ -63,9 +64,22 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         match system {
             Some(system) => {
                 let binary = push0::provers::ensure_built(&system)?;
-                spec.teams.push(push0::provers::with_verifier(team.clone(), &system, &binary));
-                spec = spec.gateways(&team.name, 1, 2, push0::provers::exec_prover(&system, binary, 1));
-                described.push(format!("{} ({}, {system}: 1 gateway x 2 slots)", team.name, shape_name(team)));
+                spec.teams.push(push0::provers::with_verifier(
+                    team.clone(),
+                    &system,
+                    &binary,
+                ));
+                spec = spec.gateways(
+                    &team.name,
+                    1,
+                    2,
+                    push0::provers::exec_prover(&system, binary, 1),
+                );
+                described.push(format!(
+                    "{} ({}, {system}: 1 gateway x 2 slots)",
+                    team.name,
+                    shape_name(team)
+                ));
             }
             None => {
                 let mut team = team.clone();
@@ -439,7 +453,9 @@ pub async fn verify(args: VerifyArgs) -> Result<bool> {
         None => None,
     };
     let message = match (&args.file, &args.team, &args.chain, args.number, &bus) {
-        (Some(path), ..) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        (Some(path), ..) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
         (None, Some(team), Some(chain), Some(number), Some(bus)) => {
             push0::verify::fetch_proof_message(bus, team, chain, number).await?
         }

@@ -2,8 +2,8 @@
 //! watcher and the reports `push0 dev` prints. Tests and the load harness use the same parts.
 
 pub mod cluster;
+pub mod provers;
 pub mod report;
 pub mod source;
-pub mod watch;
-pub mod provers;
 pub mod verify;
+pub mod watch;

@@ -23,7 +23,9 @@ pub fn binary(system: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(var) {
         return Some(PathBuf::from(p));
     }
-    let built = crate_dir(system).join("target/release").join(format!("push0-{system}"));
+    let built = crate_dir(system)
+        .join("target/release")
+        .join(format!("push0-{system}"));
     if built.exists() {
         return Some(built);
     }

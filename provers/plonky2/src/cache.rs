@@ -57,7 +57,10 @@ impl DiskCache {
     /// A cache rooted at `base` (the versioned sub-directory is added here).
     pub fn new(base: PathBuf) -> DiskCache {
         DiskCache {
-            dir: base.join(format!("v{CIRCUIT_VERSION}-{:016x}", fnv1a(CACHE_KEY.as_bytes()))),
+            dir: base.join(format!(
+                "v{CIRCUIT_VERSION}-{:016x}",
+                fnv1a(CACHE_KEY.as_bytes())
+            )),
         }
     }
 
@@ -103,7 +106,6 @@ impl DiskCache {
             f.write_all(key)?;
             f.write_all(&(payload.len() as u64).to_le_bytes())?;
             f.write_all(payload)?;
-            f.sync_all()?;
             std::fs::rename(&tmp, self.dir.join(name))
         })();
         if result.is_err() {
@@ -126,7 +128,8 @@ mod tests {
 
     #[test]
     fn store_load_round_trip_and_rejects_garbage() {
-        let base = std::env::temp_dir().join(format!("push0-plonky2-cache-test-{}", std::process::id()));
+        let base =
+            std::env::temp_dir().join(format!("push0-plonky2-cache-test-{}", std::process::id()));
         let c = DiskCache::new(base.clone());
         assert!(c.load("x").is_none());
         c.store("x", b"hello").unwrap();

@@ -186,7 +186,10 @@ impl LeafCircuit {
         let (data, mut t) = split_circuit_bytes(bytes)?;
         let prev = t.read_target_hash().map_err(io)?;
         let packed = t.read_target_vec().map_err(io)?;
-        anyhow::ensure!(packed.len() == PACKED_LEN && t.remaining() == 0, "bad targets");
+        anyhow::ensure!(
+            packed.len() == PACKED_LEN && t.remaining() == 0,
+            "bad targets"
+        );
         Ok(LeafCircuit { data, prev, packed })
     }
 }
@@ -194,8 +197,10 @@ impl LeafCircuit {
 impl AggCircuit {
     fn to_cache_bytes(&self) -> anyhow::Result<Vec<u8>> {
         let mut t = Vec::new();
-        t.write_target_proof_with_public_inputs(&self.left).map_err(io)?;
-        t.write_target_proof_with_public_inputs(&self.right).map_err(io)?;
+        t.write_target_proof_with_public_inputs(&self.left)
+            .map_err(io)?;
+        t.write_target_proof_with_public_inputs(&self.right)
+            .map_err(io)?;
         t.write_target_bool(self.single).map_err(io)?;
         circuit_bytes(&self.data, t)
     }
@@ -258,7 +263,6 @@ struct Memo {
 #[derive(Clone)]
 pub struct Verified {
     pub level: u8,
-    pub single_child: bool,
     pub proof: Proof,
     pub prev: State,
     pub new: State,
@@ -417,7 +421,10 @@ impl Circuits {
     }
 
     fn agg_locked(&self, m: &mut Memo, level: u8) -> anyhow::Result<Arc<AggCircuit>> {
-        anyhow::ensure!((1..=MAX_LEVEL).contains(&level), "no aggregation level {level}");
+        anyhow::ensure!(
+            (1..=MAX_LEVEL).contains(&level),
+            "no aggregation level {level}"
+        );
         if let Some(a) = m.aggs.get(&level) {
             return Ok(a.clone());
         }
@@ -512,7 +519,9 @@ impl Circuits {
             .map_err(|e| Error::Invalid(format!("malformed proof: {e}")))?;
         // Canonical encoding only: no trailing bytes, no non-canonical field elements.
         if proof.to_bytes() != env.proof {
-            return Err(Error::Invalid("malformed proof: non-canonical encoding".into()));
+            return Err(Error::Invalid(
+                "malformed proof: non-canonical encoding".into(),
+            ));
         }
         if proof.public_inputs.len() != NUM_PUBLIC_INPUTS {
             return Err(Error::Invalid(format!(
@@ -527,7 +536,6 @@ impl Circuits {
         let (prev, new) = states_of(&proof);
         Ok(Verified {
             level: env.level,
-            single_child: env.single_child,
             proof,
             prev,
             new,
@@ -550,7 +558,6 @@ impl Circuits {
             .map_err(|e| Error::Internal(format!("leaf proving failed: {e:#}")))?;
         let env = Envelope {
             level: 0,
-            single_child: false,
             proof: proof.to_bytes(),
         };
         Ok((env, proof))
@@ -583,7 +590,9 @@ impl Circuits {
             }
         }
         if left.level >= MAX_LEVEL {
-            return Err(Error::Invalid(format!("tree deeper than {MAX_LEVEL} levels")));
+            return Err(Error::Invalid(format!(
+                "tree deeper than {MAX_LEVEL} levels"
+            )));
         }
         let level = left.level + 1;
         let agg = self
@@ -594,7 +603,6 @@ impl Circuits {
             .map_err(|e| Error::Internal(format!("aggregation proving failed: {e:#}")))?;
         let env = Envelope {
             level,
-            single_child: right.is_none(),
             proof: proof.to_bytes(),
         };
         Ok((env, proof))

@@ -105,7 +105,11 @@ impl Opts {
     }
 
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
     }
 
     fn check_known(&self, known: &[&str]) -> Result<(), String> {
@@ -272,7 +276,9 @@ fn leaf_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
     let initial = initial_state(&block_hash);
     let index = m.index as usize;
     let payload = match &m.block_payload {
-        Some(p) => Some(std::fs::read(p).map_err(|e| internal_io("cannot read block_payload", p, e))?),
+        Some(p) => {
+            Some(std::fs::read(p).map_err(|e| internal_io("cannot read block_payload", p, e))?)
+        }
         None => None,
     };
     let prev = match (&payload, &m.part_ranges) {
@@ -283,7 +289,8 @@ fn leaf_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
                     ranges.len()
                 ))
             })?;
-            let own = slice_of(payload, range).map_err(|e| Error::Invalid(format!("part {index}: {e}")))?;
+            let own = slice_of(payload, range)
+                .map_err(|e| Error::Invalid(format!("part {index}: {e}")))?;
             if own != part.as_slice() {
                 return Err(Error::Invalid(format!(
                     "inputs[0] differs from block_payload[{}..+{}]",
@@ -297,7 +304,8 @@ fn leaf_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
                     ranges.len()
                 );
             }
-            let states = chain_states(initial, payload, &ranges[..index]).map_err(Error::Invalid)?;
+            let states =
+                chain_states(initial, payload, &ranges[..index]).map_err(Error::Invalid)?;
             states.last().copied().unwrap_or(initial)
         }
         _ if index == 0 => initial,
@@ -308,7 +316,9 @@ fn leaf_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
         }
     };
     let t = Instant::now();
-    let leaf = circuits.leaf().map_err(|e| Error::Internal(format!("{e:#}")))?;
+    let leaf = circuits
+        .leaf()
+        .map_err(|e| Error::Internal(format!("{e:#}")))?;
     let events = circuits.take_events();
     let build_ms = ms(t);
     progress(0.3);
@@ -323,7 +333,9 @@ fn leaf_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
     let (p, n) = crate::circuits::states_of(&proof);
     let expected = step(prev, &part).map_err(Error::Invalid)?;
     if p != prev || n != expected {
-        return Err(Error::Internal("leaf public inputs differ from the native states".into()));
+        return Err(Error::Internal(
+            "leaf public inputs differ from the native states".into(),
+        ));
     }
     let bytes = env.encode();
     write_proof(m, &bytes)?;
@@ -357,7 +369,11 @@ fn aggregate_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
                 m.input_proof_systems.len()
             )));
         }
-        if let Some(s) = m.input_proof_systems.iter().find(|s| s.as_str() != PROOF_SYSTEM) {
+        if let Some(s) = m
+            .input_proof_systems
+            .iter()
+            .find(|s| s.as_str() != PROOF_SYSTEM)
+        {
             return Err(Error::Invalid(format!(
                 "cannot aggregate a {s:?} proof (only \"{PROOF_SYSTEM}\")"
             )));
@@ -387,7 +403,9 @@ fn aggregate_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
         )));
     }
     if child_level >= MAX_LEVEL {
-        return Err(Error::Invalid(format!("tree deeper than {MAX_LEVEL} levels")));
+        return Err(Error::Invalid(format!(
+            "tree deeper than {MAX_LEVEL} levels"
+        )));
     }
     let level = child_level + 1;
     if m.level != level as u32 {
@@ -413,7 +431,9 @@ fn aggregate_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
     }
     progress(0.1);
     let t = Instant::now();
-    let agg = circuits.agg(level).map_err(|e| Error::Internal(format!("{e:#}")))?;
+    let agg = circuits
+        .agg(level)
+        .map_err(|e| Error::Internal(format!("{e:#}")))?;
     let events = circuits.take_events();
     let build_ms = ms(t);
     progress(0.3);
@@ -506,7 +526,6 @@ fn cmd_verify(o: &Opts) -> i32 {
             "valid": true,
             "kind": v.kind(),
             "level": v.level,
-            "single_child": v.single_child,
             "prev_state": state_hex(&v.prev),
             "new_state": state_hex(&v.new),
             "verify_ms": (v.verify_ms * 100.0).round() / 100.0,
@@ -568,7 +587,7 @@ fn cmd_warm(o: &Opts) -> i32 {
     }
     let levels: u8 = match o.get("--levels").unwrap_or("3").parse() {
         Ok(l) if l <= MAX_LEVEL => l,
-        _ => return usage_error("--levels must be 0..=40"),
+        _ => return usage_error(&format!("--levels must be 0..={MAX_LEVEL}")),
     };
     let circuits = Circuits::new(DiskCache::from_env());
     let t = Instant::now();
@@ -584,10 +603,15 @@ fn cmd_warm(o: &Opts) -> i32 {
         return EXIT_FAILED;
     }
     let events = circuits.take_events();
+    let degree_bits: Vec<Value> = (0..=levels)
+        .filter_map(|l| circuits.verifier(l).ok())
+        .map(|v| json!(v.common.degree_bits()))
+        .collect();
     println!(
         "{}",
         json!({
             "cache_dir": circuits.cache().map(|c| c.dir().display().to_string()),
+            "degree_bits_by_level": degree_bits,
             "total_ms": ms(t),
             "circuits": events_json(&events),
         })

@@ -115,7 +115,9 @@ pub fn parse_state_hex(s: &str) -> Result<State, String> {
     for (i, w) in bytes.chunks_exact(8).enumerate() {
         let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
         if v >= F::ORDER {
-            return Err(format!("state element {i} is not a canonical field element"));
+            return Err(format!(
+                "state element {i} is not a canonical field element"
+            ));
         }
         elements[i] = F::from_canonical_u64(v);
     }
@@ -137,7 +139,7 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..s.len())
@@ -158,8 +160,14 @@ pub fn parse_parts(s: &str) -> Result<Vec<(u64, u64)>, String> {
             let (o, l) = p
                 .split_once(':')
                 .ok_or_else(|| format!("part {p:?} is not OFFSET:LEN"))?;
-            let o = o.trim().parse::<u64>().map_err(|e| format!("offset {o:?}: {e}"))?;
-            let l = l.trim().parse::<u64>().map_err(|e| format!("length {l:?}: {e}"))?;
+            let o = o
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| format!("offset {o:?}: {e}"))?;
+            let l = l
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| format!("length {l:?}: {e}"))?;
             Ok((o, l))
         })
         .collect()
@@ -199,7 +207,10 @@ mod tests {
         assert_eq!(parse_state_hex(&h).unwrap(), s);
         assert!(parse_state_hex(&"ff".repeat(32)).is_err());
         assert!(parse_state_hex("00").is_err());
-        assert_eq!(parse_block_hash(&format!("0x{}", "ab".repeat(32))).unwrap(), [0xab; 32]);
+        assert_eq!(
+            parse_block_hash(&format!("0x{}", "ab".repeat(32))).unwrap(),
+            [0xab; 32]
+        );
         assert!(parse_block_hash("abcd").is_err());
     }
 

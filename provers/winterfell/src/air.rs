@@ -14,8 +14,8 @@
 use winterfell::{
     Air, AirContext, Assertion, AuxRandElements, BatchingMethod, CompositionPoly,
     CompositionPolyTrace, ConstraintCompositionCoefficients, DefaultConstraintCommitment,
-    DefaultConstraintEvaluator, DefaultTraceLde, EvaluationFrame, FieldExtension,
-    PartitionOptions, ProofOptions, Prover, StarkDomain, TraceInfo, TracePolyTable, TraceTable,
+    DefaultConstraintEvaluator, DefaultTraceLde, EvaluationFrame, FieldExtension, PartitionOptions,
+    ProofOptions, Prover, StarkDomain, TraceInfo, TracePolyTable, TraceTable,
     TransitionConstraintDegree,
     crypto::{DefaultRandomCoin, MerkleTree, hashers::Blake3_256},
     math::{FieldElement, ToElements},

@@ -84,7 +84,8 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
     fn state(&mut self, what: &str) -> Result<Felt, String> {
-        state_from_le(self.array(what)?).ok_or_else(|| format!("{what} is not a canonical field element"))
+        state_from_le(self.array(what)?)
+            .ok_or_else(|| format!("{what} is not a canonical field element"))
     }
 }
 
@@ -95,17 +96,23 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, String> {
     }
     let version = r.u16("version")?;
     if version != VERSION {
-        return Err(format!("unsupported envelope version {version} (this build reads {VERSION})"));
+        return Err(format!(
+            "unsupported envelope version {version} (this build reads {VERSION})"
+        ));
     }
     let statement = r.u16("statement id")?;
     if statement != STATEMENT_ID {
-        return Err(format!("unknown statement id {statement} (this build knows {STATEMENT_ID})"));
+        return Err(format!(
+            "unknown statement id {statement} (this build knows {STATEMENT_ID})"
+        ));
     }
     let prev_state = r.state("prev_state")?;
     let new_state = r.state("new_state")?;
     let part_len = r.u32("part length")? as usize;
     if part_len > MAX_PART_BYTES {
-        return Err(format!("part length {part_len} exceeds the {MAX_PART_BYTES}-byte limit"));
+        return Err(format!(
+            "part length {part_len} exceeds the {MAX_PART_BYTES}-byte limit"
+        ));
     }
     let part_sha256: [u8; 32] = r.array("part digest")?;
     let part = r.take(part_len, "part bytes")?;
@@ -115,7 +122,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope<'_>, String> {
     let proof_len = r.u32("proof length")? as usize;
     let stark_proof = r.take(proof_len, "STARK proof")?;
     if r.pos != bytes.len() {
-        return Err(format!("{} unexpected bytes after the STARK proof", bytes.len() - r.pos));
+        return Err(format!(
+            "{} unexpected bytes after the STARK proof",
+            bytes.len() - r.pos
+        ));
     }
     Ok(Envelope {
         prev_state,

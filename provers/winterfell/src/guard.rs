@@ -42,7 +42,10 @@ impl ByteReader for BoundedReader<'_> {
     }
 
     fn peek_u8(&self) -> Result<u8, DeserializationError> {
-        self.bytes.get(self.pos).copied().ok_or(DeserializationError::UnexpectedEOF)
+        self.bytes
+            .get(self.pos)
+            .copied()
+            .ok_or(DeserializationError::UnexpectedEOF)
     }
 
     fn read_slice(&mut self, len: usize) -> Result<&[u8], DeserializationError> {

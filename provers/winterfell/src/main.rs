@@ -307,12 +307,15 @@ impl Manifest {
             .collect::<Result<Vec<_>, _>>()?;
         let part_ranges = field("part_ranges")
             .map(|r| {
-                let bad = || "field \"part_ranges\" must be an array of [offset, len] pairs".to_string();
+                let bad =
+                    || "field \"part_ranges\" must be an array of [offset, len] pairs".to_string();
                 r.as_array()
                     .ok_or_else(bad)?
                     .iter()
                     .map(|pair| match pair.as_array().map(Vec::as_slice) {
-                        Some([o, l]) => Ok((o.as_u64().ok_or_else(bad)?, l.as_u64().ok_or_else(bad)?)),
+                        Some([o, l]) => {
+                            Ok((o.as_u64().ok_or_else(bad)?, l.as_u64().ok_or_else(bad)?))
+                        }
                         _ => Err(bad()),
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -320,7 +323,11 @@ impl Manifest {
             .transpose()?;
         let task_id = match field("task_id") {
             None => None,
-            Some(t) => Some(t.as_str().ok_or("field \"task_id\" must be a string")?.to_string()),
+            Some(t) => Some(
+                t.as_str()
+                    .ok_or("field \"task_id\" must be a string")?
+                    .to_string(),
+            ),
         };
         Ok(Manifest {
             task_id,
@@ -329,7 +336,9 @@ impl Manifest {
             inputs,
             output: path("output")?,
             report: path("report")?,
-            block_payload: field("block_payload").map(|p| path_of("block_payload", p)).transpose()?,
+            block_payload: field("block_payload")
+                .map(|p| path_of("block_payload", p))
+                .transpose()?,
             part_ranges,
         })
     }
@@ -393,7 +402,11 @@ fn run_task(manifest_path: &Path) -> Result<(), TaskError> {
             ));
         }
         Some(other) => return Err(TaskError::Invalid(format!("unknown step {other:?}"))),
-        None => return Err(TaskError::Invalid("manifest has no string field \"step\"".into())),
+        None => {
+            return Err(TaskError::Invalid(
+                "manifest has no string field \"step\"".into(),
+            ));
+        }
     }
     let m = Manifest::parse(&value).map_err(|e| TaskError::Invalid(format!("manifest: {e}")))?;
     let block_hash = block_hash_from_hex(&m.block_hash).map_err(TaskError::Invalid)?;
@@ -455,7 +468,7 @@ fn run_task(manifest_path: &Path) -> Result<(), TaskError> {
         "trace_length": proved.trace_length,
         "security_bits": proved.security_bits,
         "threads": rayon::current_num_threads(),
-        "total_ms": started.elapsed().as_millis() as u64,
+        "total_ms": (started.elapsed().as_secs_f64() * 1e3).round() as u64,
         "task_id": m.task_id,
         "index": m.index,
         "prover": format!("push0-winterfell {} (winterfell {WINTERFELL_VERSION})", env!("CARGO_PKG_VERSION")),

@@ -104,10 +104,12 @@ pub fn state_to_hex(s: Felt) -> String {
 /// Parses a state written by [`state_to_hex`]; rejects values ≥ p.
 pub fn state_from_hex(text: &str) -> Result<Felt, String> {
     let bytes = hex_decode(text)?;
-    let le: [u8; 16] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("a state is 16 bytes (32 hex digits), got {} bytes", bytes.len()))?;
+    let le: [u8; 16] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "a state is 16 bytes (32 hex digits), got {} bytes",
+            bytes.len()
+        )
+    })?;
     state_from_le(le).ok_or_else(|| "state is not below the field modulus".to_string())
 }
 
@@ -120,10 +122,12 @@ pub fn state_from_le(le: [u8; 16]) -> Option<Felt> {
 /// Parses a 32-byte block hash in hex (an optional `0x` prefix is allowed).
 pub fn block_hash_from_hex(text: &str) -> Result<[u8; 32], String> {
     let bytes = hex_decode(text)?;
-    bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("block_hash must be 32 bytes (64 hex digits), got {} bytes", bytes.len()))
+    bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "block_hash must be 32 bytes (64 hex digits), got {} bytes",
+            bytes.len()
+        )
+    })
 }
 
 pub fn hex_encode(bytes: &[u8]) -> String {
@@ -139,9 +143,15 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// Decodes hex (either case, optional `0x` prefix).
 pub fn hex_decode(text: &str) -> Result<Vec<u8>, String> {
     let t = text.trim();
-    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
-    if t.len() % 2 != 0 {
-        return Err(format!("hex string has an odd number of digits ({})", t.len()));
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    if !t.len().is_multiple_of(2) {
+        return Err(format!(
+            "hex string has an odd number of digits ({})",
+            t.len()
+        ));
     }
     let digit = |c: u8| -> Result<u8, String> {
         match c {

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use push0_protocol::DlqReason;
+use push0_protocol::bundle::bundled_system;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, proof_msg_id};
 use push0_protocol::{
     Blob, BlockProof, ChildProof, Cursor, InvalidCount, NodeId, PartRecord, Ready, Redo,
     TaskOutcome, TaskResult, TeamConfig, now_ms,
 };
-use push0_runtime::verifier::run_verifier;
+use push0_runtime::verifier::{run_verifier, verify_bundle};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
     kv_create, kv_get, kv_update, metrics,
@@ -155,17 +156,29 @@ impl Aggregator {
 
     /// Why a proof is not acceptable, or None if it is: the team's proof system, then the
     /// team's verifier (when one is configured).
-    async fn check_proof(&self, team: &TeamConfig, record: &PartRecord) -> Result<Option<String>, RuntimeError> {
+    async fn check_proof(
+        &self,
+        team: &TeamConfig,
+        record: &PartRecord,
+    ) -> Result<Option<String>, RuntimeError> {
+        let bundle = bundled_system(&record.proof_system);
         if let Some(expected) = &team.proof_system
             && *expected != record.proof_system
+            && bundle != Some(expected.as_str())
         {
-            return Ok(Some(format!("proof system {} where {expected} is expected", record.proof_system)));
+            return Ok(Some(format!(
+                "proof system {} where {expected} is expected",
+                record.proof_system
+            )));
         }
         if team.verifier.is_empty() {
             return Ok(None);
         }
         let bytes = self.blobs.get(&record.proof).await?;
-        let verdict = run_verifier(&team.verifier, &bytes, VERIFY_TIMEOUT).await?;
+        let verdict = match bundle {
+            Some(_) => verify_bundle(&team.verifier, &bytes, VERIFY_TIMEOUT).await?,
+            None => run_verifier(&team.verifier, &bytes, VERIFY_TIMEOUT).await?,
+        };
         Ok((!verdict.valid).then_some(verdict.detail))
     }
 
@@ -195,7 +208,10 @@ impl Aggregator {
             return Ok(Outcome::Reject(
                 Rejection::new(
                     DlqReason::InvalidProof,
-                    format!("{attempt} invalid proofs, last from gateway {}: {reason}", result.gateway),
+                    format!(
+                        "{attempt} invalid proofs, last from gateway {}: {reason}",
+                        result.gateway
+                    ),
                 )
                 .team(&result.team)
                 .block(&result.block)
@@ -212,7 +228,11 @@ impl Aggregator {
             gateway: result.gateway.clone(),
         };
         self.bus
-            .publish(self.bus.subjects.ready(&result.team), &redo, Some(&format!("redo/{key}/{attempt}")))
+            .publish(
+                self.bus.subjects.ready(&result.team),
+                &redo,
+                Some(&format!("redo/{key}/{attempt}")),
+            )
             .await?;
         Ok(Outcome::Ack)
     }

@@ -17,7 +17,7 @@ use push0_runtime::{BlobStore, Bus, Delivery, Registry, Rejection, RuntimeError,
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::prover::{ProveError, Prover, ProverInput};
+use crate::prover::{Bundler, ProveError, Prover, ProverInput};
 
 pub const SERVICE: &str = "prover-gateway";
 
@@ -29,6 +29,8 @@ pub struct Config {
     /// Concurrent provers per class.
     pub slots: usize,
     pub prover: Prover,
+    /// When set, aggregation tasks are bundled instead of proved (systems without recursion).
+    pub bundler: Option<Bundler>,
     /// On shutdown, in-flight tasks get this long to finish before they are nak'ed.
     pub grace: Duration,
     /// Name of this gateway in results and logs.
@@ -239,7 +241,12 @@ impl Gateway {
 
         m.slots_busy.with_label_values(&[&task.team]).inc();
         let started = Instant::now();
-        let proving = self.config.prover.prove(&task, input);
+        let proving = async {
+            match (&self.config.bundler, &input) {
+                (Some(bundler), ProverInput::Aggregate(children)) => bundler.bundle(children).await,
+                _ => self.config.prover.prove(&task, input).await,
+            }
+        };
         tokio::pin!(proving);
         let outcome = tokio::select! {
             r = &mut proving => Some(r),

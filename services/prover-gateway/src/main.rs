@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use push0_prover_gateway::latency::Latency;
-use push0_prover_gateway::prover::{ExecProver, Prover, SimProver};
+use push0_prover_gateway::prover::{Bundler, ExecProver, Prover, SimProver};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ProverKind {
@@ -54,6 +54,12 @@ struct Args {
         allow_hyphen_values = true
     )]
     prover_args: Vec<String>,
+
+    /// Aggregate by bundling instead of proving (for proof systems without recursion): each
+    /// child is checked with `<prover-cmd> <prover-args> verify --proof FILE` and the children
+    /// are listed in order with their states chained
+    #[arg(long, env = "PUSH0_BUNDLE_AGGREGATES")]
+    bundle_aggregates: bool,
 
     /// Proof system reported for an external prover whose report names none
     #[arg(long, env = "PUSH0_PROOF_SYSTEM", default_value = "exec")]
@@ -112,12 +118,25 @@ async fn main() {
             })
         }
     };
+    let bundler = match (&args.prover_cmd, args.bundle_aggregates) {
+        (_, false) => None,
+        (Some(cmd), true) => {
+            let mut verifier = vec![cmd.display().to_string()];
+            verifier.extend(args.prover_args.iter().cloned());
+            Some(Bundler { verifier })
+        }
+        (None, true) => {
+            eprintln!("push0-prover-gateway: --bundle-aggregates needs --prover-cmd");
+            std::process::exit(64);
+        }
+    };
     let id = args.gateway_id.clone().unwrap_or_else(default_id);
     let config = push0_prover_gateway::Config {
         team: args.team.clone(),
         classes: args.classes.clone(),
         slots: args.slots.max(1),
         prover,
+        bundler,
         grace: args.shutdown_grace,
         id,
         inline_threshold: args.inline_threshold,

@@ -314,3 +314,65 @@ impl ExecProver {
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Aggregation for proof systems without recursion: verifies each child with the system's
+/// verifier and lists the children in order, with their states checked to chain, as a
+/// `<system>-bundle` proof. Children that are bundles themselves are spliced in, so a block's
+/// root bundle holds every leaf proof of the block.
+#[derive(Debug, Clone)]
+pub struct Bundler {
+    pub verifier: Vec<String>,
+}
+
+impl Bundler {
+    pub async fn bundle(&self, children: &[(String, Vec<u8>)]) -> Result<ProofOutput, ProveError> {
+        use push0_protocol::bundle::{BUNDLE_FORMAT, BundlePart, ProofBundle, bundled_system};
+        use push0_runtime::verifier::{reported_states, run_verifier};
+        let mut parts = Vec::new();
+        let mut system = None;
+        for (i, (child_system, bytes)) in children.iter().enumerate() {
+            if let Some(inner) = bundled_system(child_system) {
+                let nested = ProofBundle::decode(bytes).map_err(ProveError::Invalid)?;
+                parts.extend(nested.parts);
+                system = Some(inner.to_string());
+                continue;
+            }
+            let verdict = run_verifier(&self.verifier, bytes, Duration::from_secs(60))
+                .await
+                .map_err(|e| ProveError::Retryable(e.to_string()))?;
+            if !verdict.valid {
+                return Err(ProveError::Invalid(format!(
+                    "child {i} does not verify: {}",
+                    verdict.detail
+                )));
+            }
+            let (prev_state, new_state) = reported_states(&verdict.detail).ok_or_else(|| {
+                ProveError::Invalid(format!("the verifier reported no states for child {i}"))
+            })?;
+            parts.push(BundlePart {
+                proof_system: child_system.clone(),
+                sha256: Sha256::digest(bytes).to_vec(),
+                prev_state,
+                new_state,
+                proof: bytes.clone(),
+            });
+            system = Some(child_system.clone());
+        }
+        let bundle = ProofBundle {
+            format: BUNDLE_FORMAT.to_string(),
+            parts,
+        };
+        if let Some(i) = bundle.chain_break() {
+            return Err(ProveError::Invalid(format!(
+                "part {i} does not start where part {} ends",
+                i - 1
+            )));
+        }
+        let system = system.ok_or_else(|| ProveError::Invalid("nothing to bundle".into()))?;
+        Ok(ProofOutput {
+            proof: bundle.encode(),
+            proof_system: format!("{system}{}", push0_protocol::bundle::BUNDLE_SUFFIX),
+            report: None,
+        })
+    }
+}

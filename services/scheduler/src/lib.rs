@@ -14,8 +14,8 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, plan_key, task_id};
 use push0_protocol::{
-    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Redo, Task, TaskInput,
-    TeamConfig, WireMessage, now_ms,
+    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Redo, Task,
+    TaskInput, TeamConfig, WireMessage, now_ms,
 };
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use push0_runtime::{
@@ -234,9 +234,15 @@ impl Scheduler {
 
     /// The task of `redo.node` as first planned: a leaf from the plan, an aggregation from its
     /// children's recorded proofs. None if the plan or an input is missing.
-    async fn rebuild_task(&self, team: &TeamConfig, redo: &Redo) -> Result<Option<Task>, RuntimeError> {
+    async fn rebuild_task(
+        &self,
+        team: &TeamConfig,
+        redo: &Redo,
+    ) -> Result<Option<Task>, RuntimeError> {
         let b = &redo.block;
-        let Some((plan, _)) = kv_get::<Plan>(&self.plans, &plan_key(&team.name, &b.chain, b.number)).await? else {
+        let Some((plan, _)) =
+            kv_get::<Plan>(&self.plans, &plan_key(&team.name, &b.chain, b.number)).await?
+        else {
             return Ok(None);
         };
         if redo.node.level == 0 {
@@ -244,7 +250,12 @@ impl Scheduler {
         }
         let mut children = Vec::new();
         for child in plan.workflow.children(redo.node) {
-            let Some((rec, _)) = kv_get::<PartRecord>(&self.parts, &part_key(&team.name, &b.chain, b.number, child)).await? else {
+            let Some((rec, _)) = kv_get::<PartRecord>(
+                &self.parts,
+                &part_key(&team.name, &b.chain, b.number, child),
+            )
+            .await?
+            else {
                 return Ok(None);
             };
             children.push(ChildProof {
@@ -506,9 +517,12 @@ impl ReadyHandler {
         let s = &self.0;
         let Some(team) = s.registry.get(&redo.team) else {
             return Outcome::Reject(
-                Rejection::new(DlqReason::UnknownTeam, format!("team {} is not registered", redo.team))
-                    .team(&redo.team)
-                    .block(&redo.block),
+                Rejection::new(
+                    DlqReason::UnknownTeam,
+                    format!("team {} is not registered", redo.team),
+                )
+                .team(&redo.team)
+                .block(&redo.block),
             );
         };
         match s.rebuild_task(&team, &redo).await {
@@ -523,9 +537,12 @@ impl ReadyHandler {
                 Outcome::Ack
             }
             Ok(None) => Outcome::Reject(
-                Rejection::new(DlqReason::InvalidField, format!("no plan or inputs for node {} of this block", redo.node))
-                    .team(&redo.team)
-                    .block(&redo.block),
+                Rejection::new(
+                    DlqReason::InvalidField,
+                    format!("no plan or inputs for node {} of this block", redo.node),
+                )
+                .team(&redo.team)
+                .block(&redo.block),
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "rebuilding task failed, will retry");

@@ -229,3 +229,50 @@ async fn winterfell_stark_blocks_prove_and_verify_from_the_stream() -> anyhow::R
     }
     cluster.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn winterfell_split_block_proof_is_a_verified_bundle() -> anyhow::Result<()> {
+    let bin = ensure_built("winterfell")?;
+    let env = Env::new().await?;
+    let team = with_verifier(TeamConfig::split("bundled", 3, 2), "winterfell", &bin);
+    let workflow = team.workflow();
+    let spec = env.spec(vec![team]).bundling_gateways(
+        "bundled",
+        1,
+        2,
+        exec_prover("winterfell", bin.clone(), 1),
+        vec![bin.display().to_string()],
+    );
+    let cluster = LocalCluster::start(spec).await?;
+    let block = make_block("eth", 1, 30_000);
+    submit(&env.bus, &block).await?;
+    let proofs = collect_proofs(&env.bus, 1, Duration::from_secs(120)).await?;
+    let proof = &proofs[0];
+    assert_eq!(
+        proof.proof_system, "winterfell-bundle",
+        "the format says it is a bundle"
+    );
+    let (valid, out) = cli_verify(&encode(proof));
+    assert!(valid, "the bundle verifies: {out}");
+    assert!(
+        out.contains("\"parts\":3"),
+        "all three leaf proofs are in it: {out}"
+    );
+    let ranges: Vec<(u64, u64)> = workflow
+        .leaves()
+        .map(|l| workflow.leaf_range(30_000, l.index))
+        .collect();
+    let (initial, last) = native_states(&bin, &block.hash, &block.payload, &ranges);
+    assert!(
+        out.contains(&initial) && out.contains(&last),
+        "the chain runs from the block's first to its last state: {out}"
+    );
+
+    let mut tampered: BlockProof = proof.clone();
+    let bytes = tampered.proof.as_mut().expect("inline proof");
+    let at = bytes.len() * 2 / 3;
+    bytes[at] ^= 0x01;
+    let (valid, out) = cli_verify(&encode(&tampered));
+    assert!(!valid, "one flipped byte is caught: {out}");
+    cluster.stop().await
+}

@@ -18,7 +18,7 @@ use push0_runtime::config::LogFormat;
 use push0_runtime::{Bus, Registry, kv_get, shutdown_on_signal, telemetry};
 use push0_testkit::NatsServer;
 
-use crate::{DevArgs, StatusArgs, SubmitArgs, VerifyArgs};
+use crate::{DevArgs, DlqArgs, DlqCommand, StatusArgs, SubmitArgs, VerifyArgs};
 
 pub async fn dev(args: DevArgs) -> Result<()> {
     let _telemetry = telemetry::init_with_filter("push0-dev", LogFormat::Text, "warn");
@@ -481,4 +481,113 @@ pub async fn verify(args: VerifyArgs) -> Result<bool> {
         verdict.detail
     );
     Ok(verdict.valid)
+}
+
+async fn dead_letter_at(bus: &Bus, seq: u64) -> Result<push0_protocol::DeadLetter> {
+    let stream = bus.js.get_stream(bus.subjects.stream_dlq()).await?;
+    let message = stream
+        .get_raw_message(seq)
+        .await
+        .with_context(|| format!("no dead letter at sequence {seq}"))?;
+    let schema = message
+        .headers
+        .get(push0_protocol::SCHEMA_HEADER)
+        .map(|v| v.as_str().to_string());
+    Ok(push0_protocol::decode(schema.as_deref(), &message.payload)?)
+}
+
+fn block_label(d: &push0_protocol::DeadLetter) -> String {
+    d.block
+        .as_ref()
+        .map_or("-".to_string(), |b| format!("{}/{}", b.chain, b.number))
+}
+
+pub async fn dlq(args: DlqArgs) -> Result<()> {
+    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
+    match args.command {
+        DlqCommand::List { reason } => {
+            let stream = bus.js.get_stream(bus.subjects.stream_dlq()).await?;
+            let (first, last) = {
+                let mut stream = stream.clone();
+                let state = stream.info().await?.state.clone();
+                (state.first_sequence, state.last_sequence)
+            };
+            let mut rows = vec![vec![
+                "seq".to_string(),
+                "service".into(),
+                "reason".into(),
+                "team".into(),
+                "block".into(),
+                "detail".into(),
+            ]];
+            for seq in first..=last {
+                let Ok(d) = dead_letter_at(&bus, seq).await else {
+                    continue;
+                };
+                if reason.as_deref().is_some_and(|r| r != d.reason.as_str()) {
+                    continue;
+                }
+                let mut detail = d.detail.replace('\n', " ");
+                if detail.chars().count() > 70 {
+                    detail = detail.chars().take(69).collect::<String>() + "…";
+                }
+                rows.push(vec![
+                    seq.to_string(),
+                    d.service.clone(),
+                    d.reason.as_str().to_string(),
+                    d.team.clone().unwrap_or_else(|| "-".into()),
+                    block_label(&d),
+                    detail,
+                ]);
+            }
+            if rows.len() == 1 {
+                println!("no dead letters");
+            } else {
+                print!("{}", table(&rows));
+            }
+        }
+        DlqCommand::Show { seq } => {
+            let d = dead_letter_at(&bus, seq).await?;
+            println!("sequence     {seq}");
+            println!("service      {}", d.service);
+            println!("reason       {}", d.reason);
+            println!("detail       {}", d.detail);
+            println!(
+                "subject      {} (stream sequence {})",
+                d.subject, d.stream_sequence
+            );
+            println!("schema       {}", d.schema.as_deref().unwrap_or("-"));
+            println!("team         {}", d.team.as_deref().unwrap_or("-"));
+            println!("block        {}", block_label(&d));
+            println!("task         {}", d.task_id.as_deref().unwrap_or("-"));
+            println!("filed at     {} ms", d.at_ms);
+            println!("original     {} bytes", d.original.len());
+        }
+        DlqCommand::Replay { seq } => {
+            let d = dead_letter_at(&bus, seq).await?;
+            let blobs = push0_runtime::BlobStore::open(&bus, 0).await?;
+            let original = blobs.get(&d.original).await?;
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(schema) = &d.schema {
+                headers.insert(push0_protocol::SCHEMA_HEADER, schema.as_str());
+            }
+            // Replaying the same record twice is harmless: the stream drops the second.
+            headers.insert(
+                push0_protocol::MSG_ID_HEADER,
+                format!("replay/{seq}").as_str(),
+            );
+            let ack = bus
+                .publish_raw(d.subject.clone(), headers, original.into())
+                .await?;
+            if ack.duplicate {
+                println!("dead letter {seq} was replayed before; nothing published");
+            } else {
+                println!(
+                    "replayed dead letter {seq} ({}) to {} as {} sequence {}",
+                    d.reason, d.subject, ack.stream, ack.sequence
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -28,6 +28,36 @@ enum Command {
     Status(StatusArgs),
     /// Verify a block proof: a saved block-proof/v1 message, or one fetched from the PROOFS stream
     Verify(VerifyArgs),
+    /// Inspect and replay dead letters
+    Dlq(DlqArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead letters (oldest first)
+    List {
+        /// Only this reason (e.g. max_deliveries, malformed)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Show one dead letter in full
+    Show {
+        /// Its sequence number in the DLQ stream (first column of `list`)
+        seq: u64,
+    },
+    /// Publish a dead letter's original message again, to its original subject
+    Replay {
+        /// Its sequence number in the DLQ stream
+        seq: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -157,6 +187,7 @@ async fn main() {
         Command::Dev(args) => commands::dev(args).await,
         Command::Submit(args) => commands::submit(args).await,
         Command::Status(args) => commands::status(args).await,
+        Command::Dlq(args) => commands::dlq(args).await,
         Command::Verify(args) => match commands::verify(args).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

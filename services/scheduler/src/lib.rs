@@ -83,9 +83,15 @@ pub async fn run(
     });
     let accepted = AcceptedHandler(scheduler.clone());
     let ready = ReadyHandler(scheduler.clone());
+    let poison = PoisonHandler {
+        scheduler: scheduler.clone(),
+        blobs: blobs.clone(),
+    };
     let accepted_spec = bus.topology.scheduler_consumer();
     let ready_spec = bus.topology.scheduler_ready_consumer();
-    let (a, r) = tokio::join!(
+    let advisory_spec = bus.topology.scheduler_advisory_consumer();
+    let stop = || shutdown.clone();
+    let (a, r, p) = tokio::join!(
         consume(
             &bus,
             &blobs,
@@ -93,21 +99,22 @@ pub async fn run(
             SERVICE,
             "block-accepted",
             &accepted,
-            shutdown.clone()
+            stop()
         ),
+        consume(&bus, &blobs, &ready_spec, SERVICE, "ready", &ready, stop()),
         consume(
             &bus,
             &blobs,
-            &ready_spec,
+            &advisory_spec,
             SERVICE,
-            "ready",
-            &ready,
-            shutdown.clone()
+            "advisory",
+            &poison,
+            stop()
         ),
     );
     shutdown.cancel();
     let _ = releaser.await;
-    a.and(r)
+    a.and(r).and(p)
 }
 
 pub struct Scheduler {
@@ -190,6 +197,7 @@ impl Scheduler {
             workflow: team.workflow(),
             released: Vec::new(),
             planned_at_ms: now_ms(),
+            failed: None,
         };
         let plan = if kv_create(&self.plans, &key, &fresh).await? {
             fresh
@@ -591,5 +599,101 @@ impl Handler for ReadyHandler {
         }
         s.enqueue(vec![aggregate_task(&team, &ready)]);
         Outcome::Ack
+    }
+}
+
+/// Poison tasks: when a task runs out of deliveries the server leaves it in the work queue and
+/// says so in an advisory (NATS.md pitfall 6). This files the task as a dead letter with its
+/// delivery count, marks the block failed for the team, and deletes the task from the queue.
+struct PoisonHandler {
+    scheduler: Arc<Scheduler>,
+    blobs: BlobStore,
+}
+
+impl Handler for PoisonHandler {
+    async fn handle(&self, delivery: &Delivery) -> Outcome {
+        let advisory: serde_json::Value = match serde_json::from_slice(delivery.payload()) {
+            Ok(v) => v,
+            Err(e) => {
+                return Outcome::Reject(Rejection::new(
+                    DlqReason::Malformed,
+                    format!("advisory is not JSON: {e}"),
+                ));
+            }
+        };
+        let (Some(sequence), Some(deliveries)) = (
+            advisory["stream_seq"].as_u64(),
+            advisory["deliveries"].as_u64(),
+        ) else {
+            return Outcome::Reject(Rejection::new(
+                DlqReason::Malformed,
+                "advisory without stream_seq or deliveries",
+            ));
+        };
+        let consumer = advisory["consumer"].as_str().unwrap_or("?").to_string();
+        match self.dead_letter_task(sequence, deliveries, &consumer).await {
+            Ok(()) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "poison task not handled yet, will retry");
+                Outcome::Retry(Duration::from_secs(1))
+            }
+        }
+    }
+}
+
+impl PoisonHandler {
+    async fn dead_letter_task(
+        &self,
+        sequence: u64,
+        deliveries: u64,
+        consumer: &str,
+    ) -> Result<(), RuntimeError> {
+        let bus = &self.scheduler.bus;
+        let stream = bus
+            .js
+            .get_stream(bus.subjects.stream_tasks())
+            .await
+            .map_err(|e| RuntimeError::nats("get task stream", e))?;
+        let Ok(message) = stream.get_raw_message(sequence).await else {
+            // Gone already: handled before a crash, or acked late by a slow gateway.
+            return Ok(());
+        };
+        let schema = message
+            .headers
+            .get(push0_protocol::SCHEMA_HEADER)
+            .map(|v| v.as_str().to_string());
+        let task = push0_protocol::decode::<Task>(schema.as_deref(), &message.payload).ok();
+        let detail = format!("gave up after {deliveries} deliveries to consumer {consumer}");
+        let mut rejection = Rejection::new(DlqReason::MaxDeliveries, detail.clone());
+        if let Some(t) = &task {
+            rejection = rejection.team(&t.team).block(&t.block).task(&t.task_id);
+        }
+        push0_runtime::consume::file_dead_letter(
+            bus,
+            &self.blobs,
+            SERVICE,
+            &rejection,
+            message.subject.as_str(),
+            sequence,
+            schema,
+            &message.payload,
+        )
+        .await?;
+        if let Some(t) = &task {
+            tracing::error!(team = %t.team, chain = %t.block.chain, number = t.block.number, node = %t.node, deliveries, "poison task dead-lettered; the block fails for this team");
+            let key = plan_key(&t.team, &t.block.chain, t.block.number);
+            let reason = format!("task {} {detail}", t.task_id);
+            kv_update::<Plan, _>(&self.scheduler.plans, &key, |p| {
+                let mut p = p?.clone();
+                p.failed = Some(reason.clone());
+                Some(p)
+            })
+            .await?;
+        }
+        stream
+            .delete_message(sequence)
+            .await
+            .map_err(|e| RuntimeError::nats("delete poison task", e))?;
+        Ok(())
     }
 }

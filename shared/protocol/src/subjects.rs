@@ -66,6 +66,14 @@ impl Subjects {
         format!("{}.dlq.>", self.prefix)
     }
 
+    /// Server advisories for tasks that ran out of deliveries (poison tasks).
+    pub fn max_deliveries_advisories(&self) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.stream_tasks()
+        )
+    }
+
     // ---- stream, consumer and bucket names (no dots allowed there) ----
 
     fn upper(&self, suffix: &str) -> String {
@@ -94,6 +102,11 @@ impl Subjects {
     }
     pub fn stream_dlq(&self) -> String {
         self.upper("DLQ")
+    }
+    /// Keeps max-deliveries advisories durable, so a poison task is dead-lettered even if the
+    /// scheduler was down when the server gave up on it.
+    pub fn stream_advisories(&self) -> String {
+        self.upper("ADVISORIES")
     }
 
     /// The consumer group a team's gateways share for one task class.

@@ -77,6 +77,11 @@ impl Topology {
             stream(s.stream_ready(), s.ready_all(), Retention::WorkQueue),
             stream(s.stream_proofs(), s.proofs_all(), Retention::Limits),
             stream(s.stream_dlq(), s.dlq_all(), Retention::Limits),
+            stream(
+                s.stream_advisories(),
+                s.max_deliveries_advisories(),
+                Retention::WorkQueue,
+            ),
         ]
     }
 
@@ -124,6 +129,14 @@ impl Topology {
             self.subjects.stream_ready(),
             "scheduler-ready",
             self.subjects.ready_all(),
+        )
+    }
+
+    pub fn scheduler_advisory_consumer(&self) -> ConsumerSpec {
+        self.service_consumer(
+            self.subjects.stream_advisories(),
+            "scheduler-advisories",
+            self.subjects.max_deliveries_advisories(),
         )
     }
 

@@ -402,6 +402,9 @@ pub struct Plan {
     pub workflow: Workflow,
     pub released: Vec<NodeId>,
     pub planned_at_ms: u64,
+    /// Why the block cannot be proved for this team (a poison task), if it cannot.
+    #[serde(default)]
+    pub failed: Option<String>,
 }
 
 impl WireMessage for Plan {

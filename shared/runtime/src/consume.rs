@@ -265,14 +265,39 @@ pub async fn dead_letter(
     rejection: &Rejection,
     delivery: &Delivery,
 ) -> Result<(), RuntimeError> {
-    let original = blobs.put(delivery.payload().to_vec()).await?;
+    file_dead_letter(
+        bus,
+        blobs,
+        service,
+        rejection,
+        &delivery.subject,
+        delivery.stream_sequence,
+        delivery.schema.clone(),
+        delivery.payload(),
+    )
+    .await
+}
+
+/// Files a dead-letter record for a message known by subject and stream sequence.
+#[allow(clippy::too_many_arguments)]
+pub async fn file_dead_letter(
+    bus: &Bus,
+    blobs: &BlobStore,
+    service: &'static str,
+    rejection: &Rejection,
+    subject: &str,
+    stream_sequence: u64,
+    schema: Option<String>,
+    payload: &[u8],
+) -> Result<(), RuntimeError> {
+    let original = blobs.put(payload.to_vec()).await?;
     let record = DeadLetter {
         service: service.to_string(),
         reason: rejection.reason,
         detail: rejection.detail.clone(),
-        subject: delivery.subject.clone(),
-        stream_sequence: delivery.stream_sequence,
-        schema: delivery.schema.clone(),
+        subject: subject.to_string(),
+        stream_sequence,
+        schema,
         team: rejection.team.clone(),
         block: rejection.block.clone(),
         task_id: rejection.task_id.clone(),
@@ -280,7 +305,7 @@ pub async fn dead_letter(
         original,
     };
     // One record per offending message, however often it is redelivered.
-    let msg_id = format!("dlq/{}/{}", delivery.subject, delivery.stream_sequence);
+    let msg_id = format!("dlq/{subject}/{stream_sequence}");
     bus.publish(
         bus.subjects.dlq(service, rejection.reason.as_str()),
         &record,

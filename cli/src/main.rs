@@ -110,7 +110,7 @@ pub struct DevArgs {
     blocks: u64,
     /// Blocks per second from the source (0 = all at once); the default keeps the reference
     /// provers of the default teams busy without a backlog on 2 cores
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.2)]
     rate: f64,
     /// Chain the source publishes
     #[arg(long, default_value = "devnet")]

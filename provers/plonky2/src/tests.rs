@@ -182,6 +182,8 @@ fn flipped_bytes_and_foreign_circuits_are_rejected() {
         // Header bytes, the first proof bytes, then positions spread over the whole proof.
         let mut positions: Vec<usize> = (0..40).collect();
         positions.extend((0..200).map(|k| 40 + k * (n - 41) / 199));
+        // The tail: the public-input count and the public inputs (prev_state ‖ new_state).
+        positions.extend(n - 80..n);
         for &pos in &positions {
             for mask in [0x01u8, 0x80] {
                 let mut b = bytes.clone();

@@ -83,32 +83,21 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
         let mut dlq = env.bus.js.get_stream(env.bus.subjects.stream_dlq()).await?;
         dlq.info().await?.state.last_sequence
     };
-    let list = std::process::Command::new(binary("push0"))
-        .args([
-            "dlq",
-            "--nats-url",
-            &env.server.url(),
-            "--prefix",
-            &env.prefix,
-            "list",
-        ])
-        .output()?;
+    let dlq_cli = |command: &[&str]| {
+        let url = env.server.url();
+        let mut args = vec!["dlq", "--nats-url", &url, "--prefix", &env.prefix];
+        args.extend_from_slice(command);
+        std::process::Command::new(binary("push0"))
+            .args(&args)
+            .output()
+    };
+    let list = dlq_cli(&["list"])?;
     let listing = String::from_utf8_lossy(&list.stdout);
     assert!(
         listing.contains("max_deliveries") && listing.contains("eth/2"),
         "{listing}"
     );
-    let replay = std::process::Command::new(binary("push0"))
-        .args([
-            "dlq",
-            "--nats-url",
-            &env.server.url(),
-            "--prefix",
-            &env.prefix,
-            "replay",
-            &dlq_seq.to_string(),
-        ])
-        .output()?;
+    let replay = dlq_cli(&["replay", &dlq_seq.to_string()])?;
     assert!(
         replay.status.success(),
         "{}",

@@ -9,9 +9,10 @@ use push0_protocol::DlqReason;
 use push0_protocol::bundle::bundled_system;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, proof_msg_id};
 use push0_protocol::{
-    Blob, BlockProof, ChildProof, Cursor, InvalidCount, NodeId, PartRecord, Ready, Redo,
-    TaskOutcome, TaskResult, TeamConfig, now_ms,
+    Blob, BlockProof, Cursor, InvalidCount, NodeId, PartRecord, Ready, Redo, TaskOutcome,
+    TaskResult, TeamConfig, now_ms,
 };
+use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
@@ -244,19 +245,10 @@ impl Aggregator {
             return Ok(());
         };
         let b = &result.block;
-        let mut children = Vec::new();
-        for child in w.children(parent) {
-            let key = part_key(&result.team, &b.chain, b.number, child);
-            let Some((rec, _)) = kv_get::<PartRecord>(&self.parts, &key).await? else {
-                return Ok(());
-            };
-            children.push(ChildProof {
-                node: child,
-                proof: rec.proof,
-                proof_system: rec.proof_system,
-                critical_ms: rec.critical_ms,
-            });
-        }
+        let Some(children) = recorded_children(&self.parts, &result.team, b, w, parent).await?
+        else {
+            return Ok(());
+        };
         let ready = Ready {
             team: result.team.clone(),
             block: b.clone(),

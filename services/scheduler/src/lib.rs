@@ -12,11 +12,12 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use push0_protocol::subjects::{cursor_key, final_key, part_key, plan_key, task_id};
+use push0_protocol::subjects::{cursor_key, final_key, plan_key, task_id};
 use push0_protocol::{
-    BlockAccepted, ChildProof, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Redo, Task,
-    TaskInput, TeamConfig, WireMessage, now_ms,
+    BlockAccepted, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Redo, Task, TaskInput,
+    TeamConfig, WireMessage, now_ms,
 };
+use push0_runtime::parts::recorded_children;
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
@@ -256,27 +257,27 @@ impl Scheduler {
         if redo.node.level == 0 {
             return Ok(Some(leaf_task(team, &plan, redo.node)));
         }
-        let mut children = Vec::new();
-        for child in plan.workflow.children(redo.node) {
-            let Some((rec, _)) = kv_get::<PartRecord>(
-                &self.parts,
-                &part_key(&team.name, &b.chain, b.number, child),
-            )
-            .await?
-            else {
-                return Ok(None);
-            };
-            children.push(ChildProof {
-                node: child,
-                proof: rec.proof,
-                proof_system: rec.proof_system,
-                critical_ms: rec.critical_ms,
-            });
-        }
+        self.aggregation_from_records(team, &plan, redo.node).await
+    }
+
+    /// The aggregation task of `node` with its children's recorded proofs; None while a child
+    /// is unproved.
+    async fn aggregation_from_records(
+        &self,
+        team: &TeamConfig,
+        plan: &Plan,
+        node: NodeId,
+    ) -> Result<Option<Task>, RuntimeError> {
+        let b = &plan.accepted.block;
+        let Some(children) =
+            recorded_children(&self.parts, &team.name, b, plan.workflow, node).await?
+        else {
+            return Ok(None);
+        };
         let ready = Ready {
             team: team.name.clone(),
             block: b.clone(),
-            node: redo.node,
+            node,
             workflow: plan.workflow,
             children,
             submitted_at_ms: plan.accepted.submitted_at_ms,
@@ -336,30 +337,8 @@ impl Scheduler {
                 if node.level == 0 || plan.released.contains(&node) {
                     continue;
                 }
-                let mut children = Vec::new();
-                for child in plan.workflow.children(node) {
-                    let key = part_key(&team.name, &b.chain, b.number, child);
-                    match kv_get::<PartRecord>(&self.parts, &key).await? {
-                        Some((rec, _)) => children.push(ChildProof {
-                            node: child,
-                            proof: rec.proof,
-                            proof_system: rec.proof_system,
-                            critical_ms: rec.critical_ms,
-                        }),
-                        None => break,
-                    }
-                }
-                if children.len() == plan.workflow.children(node).len() {
-                    let ready = Ready {
-                        team: team.name.clone(),
-                        block: b.clone(),
-                        node,
-                        workflow: plan.workflow,
-                        children,
-                        submitted_at_ms: plan.accepted.submitted_at_ms,
-                        deadline_ms: plan.accepted.deadline_ms,
-                    };
-                    tasks.push(aggregate_task(&team, &ready));
+                if let Some(task) = self.aggregation_from_records(&team, &plan, node).await? {
+                    tasks.push(task);
                 }
             }
             recovered += tasks.len();

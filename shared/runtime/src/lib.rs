@@ -7,6 +7,7 @@ pub mod bus;
 pub mod config;
 pub mod consume;
 pub mod metrics;
+pub mod parts;
 pub mod registry;
 pub mod service;
 pub mod shutdown;

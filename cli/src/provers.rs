@@ -49,6 +49,8 @@ pub fn ensure_built(system: &str) -> Result<PathBuf> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--locked", "--quiet"])
         .current_dir(&dir)
+        // The binary is looked up in the prover's own target folder, whatever the caller uses.
+        .env_remove("CARGO_TARGET_DIR")
         .status()
         .context("running cargo")?;
     if !status.success() {

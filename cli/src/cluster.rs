@@ -183,7 +183,7 @@ impl LocalCluster {
         }
     }
 
-    /// A service that has already stopped, with its error: a healthy cluster has none.
+    /// The name of a service that has already stopped: a healthy cluster has none.
     pub fn failed(&self) -> Option<String> {
         self.services
             .iter()

@@ -164,11 +164,6 @@ pub fn final_key(team: &str, chain: &str, number: u64) -> String {
     format!("{team}.{chain}.{number}.final")
 }
 
-/// KV key prefix of all parts of one block, for listing.
-pub fn part_prefix(team: &str, chain: &str, number: u64) -> String {
-    format!("{team}.{chain}.{number}.")
-}
-
 /// KV key of a (team, chain) publication cursor.
 pub fn cursor_key(team: &str, chain: &str) -> String {
     format!("{team}.{chain}")

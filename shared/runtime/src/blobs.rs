@@ -34,10 +34,6 @@ impl BlobStore {
         })
     }
 
-    pub fn threshold(&self) -> usize {
-        self.threshold
-    }
-
     pub async fn put(&self, bytes: Vec<u8>) -> Result<Blob, RuntimeError> {
         if bytes.len() <= self.threshold {
             return Ok(Blob::Inline(bytes));

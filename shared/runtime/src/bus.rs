@@ -92,11 +92,6 @@ impl Bus {
         })
     }
 
-    pub fn with_replicas(mut self, replicas: usize) -> Self {
-        self.replicas = replicas.max(1);
-        self
-    }
-
     /// Declares every stream and bucket. Idempotent; every service calls it at start so the
     /// start order of services does not matter.
     pub async fn ensure_topology(&self) -> Result<(), RuntimeError> {

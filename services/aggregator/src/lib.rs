@@ -65,13 +65,7 @@ impl Handler for Aggregator {
         };
         let Some(team) = self.registry.get(&result.team) else {
             return Outcome::Reject(
-                Rejection::new(
-                    DlqReason::UnknownTeam,
-                    format!("result for unregistered team {}", result.team),
-                )
-                .team(&result.team)
-                .block(&result.block)
-                .task(&result.task_id),
+                Rejection::unknown_team(&result.team, &result.block).task(&result.task_id),
             );
         };
         if !result.workflow.contains(result.node) {
@@ -129,21 +123,34 @@ impl Aggregator {
             recorded_at_ms: now_ms(),
         };
         let key = part_key(&result.team, &b.chain, b.number, result.node);
-        // Verify before accepting, unless this node is already recorded (then this result is a
-        // duplicate and changes nothing anyway).
-        if kv_get::<PartRecord>(&self.parts, &key).await?.is_none()
-            && let Some(reason) = self.check_proof(team, &record).await?
-        {
-            return self.reject_proof(team, &result, &key, reason).await;
-        }
-        if !kv_create(&self.parts, &key, &record).await? {
-            // A redelivery or a late duplicate: the first result stands. The steps below are
-            // idempotent and run again in case the first handling stopped half-way.
-            metrics().duplicates.with_label_values(&[SERVICE]).inc();
-        }
-        let record = match kv_get::<PartRecord>(&self.parts, &key).await? {
-            Some((r, _)) => r,
-            None => record,
+        // The first recorded result of a node stands; only a new one is verified. A team that
+        // checks nothing goes straight to the create, which settles duplicates by itself.
+        let first = match team.checks_proofs() {
+            true => kv_get::<PartRecord>(&self.parts, &key)
+                .await?
+                .map(|(r, _)| r),
+            false => None,
+        };
+        let record = match first {
+            Some(first) => {
+                metrics().duplicates.with_label_values(&[SERVICE]).inc();
+                first
+            }
+            None => {
+                if let Some(reason) = self.check_proof(team, &record).await? {
+                    return self.reject_proof(team, &result, &key, reason).await;
+                }
+                if kv_create(&self.parts, &key, &record).await? {
+                    record
+                } else {
+                    // A redelivery or a late duplicate. The steps below are idempotent and run
+                    // again in case the first handling stopped half-way.
+                    metrics().duplicates.with_label_values(&[SERVICE]).inc();
+                    kv_get::<PartRecord>(&self.parts, &key)
+                        .await?
+                        .map_or(record, |(r, _)| r)
+                }
+            }
         };
         if result.workflow.is_root(result.node) {
             let fkey = final_key(&result.team, &b.chain, b.number);

@@ -503,14 +503,7 @@ impl ReadyHandler {
         };
         let s = &self.0;
         let Some(team) = s.registry.get(&redo.team) else {
-            return Outcome::Reject(
-                Rejection::new(
-                    DlqReason::UnknownTeam,
-                    format!("team {} is not registered", redo.team),
-                )
-                .team(&redo.team)
-                .block(&redo.block),
-            );
+            return Outcome::Reject(Rejection::unknown_team(&redo.team, &redo.block));
         };
         match s.rebuild_task(&team, &redo).await {
             Ok(Some(mut task)) => {
@@ -550,14 +543,7 @@ impl Handler for ReadyHandler {
         };
         let s = &self.0;
         let Some(team) = s.registry.get(&ready.team) else {
-            return Outcome::Reject(
-                Rejection::new(
-                    DlqReason::UnknownTeam,
-                    format!("team {} is not registered", ready.team),
-                )
-                .team(&ready.team)
-                .block(&ready.block),
-            );
+            return Outcome::Reject(Rejection::unknown_team(&ready.team, &ready.block));
         };
         let b = &ready.block;
         let key = plan_key(&team.name, &b.chain, b.number);

@@ -102,6 +102,11 @@ impl TeamConfig {
         }
     }
 
+    /// Whether results of this team are checked before they are accepted.
+    pub fn checks_proofs(&self) -> bool {
+        self.proof_system.is_some() || !self.verifier.is_empty()
+    }
+
     pub fn proves_chain(&self, chain: &str) -> bool {
         self.chains.is_empty() || self.chains.iter().any(|c| c == chain)
     }

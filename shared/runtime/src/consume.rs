@@ -48,6 +48,16 @@ impl Rejection {
             task_id: None,
         }
     }
+    /// A message about a team the registry does not know (never registered, or removed).
+    pub fn unknown_team(team: &str, block: &BlockRef) -> Self {
+        Rejection::new(
+            DlqReason::UnknownTeam,
+            format!("team {team} is not registered"),
+        )
+        .team(team)
+        .block(block)
+    }
+
     pub fn team(mut self, team: &str) -> Self {
         self.team = Some(team.to_string());
         self

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use push0::source::{make_block, submit};
-use push0_protocol::subjects::plan_key;
-use push0_protocol::{DlqReason, Plan, TeamConfig};
+use push0_protocol::subjects::{final_key, plan_key};
+use push0_protocol::{DlqReason, PartRecord, Plan, TeamConfig};
 use push0_prover_gateway::prover::{ExecProver, Prover};
 use push0_runtime::kv_get;
 use push0_tests::*;
@@ -70,7 +70,24 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let proofs = all_proofs(&env.bus, Duration::from_millis(500)).await?;
+    // Block 3 is proved, yet not published: it waits behind the failed block 2.
+    let parts = env.bus.kv(&env.bus.subjects.bucket_parts()).await?;
+    eventually(
+        Duration::from_secs(20),
+        "block 3's proof to be recorded",
+        || {
+            let parts = parts.clone();
+            async move {
+                kv_get::<PartRecord>(&parts, &final_key("rollup", "eth", 3))
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|_| ())
+            }
+        },
+    )
+    .await?;
+    let proofs = all_proofs(&env.bus, Duration::ZERO).await?;
     assert_eq!(
         proofs.iter().map(|p| p.number).collect::<Vec<_>>(),
         vec![1],

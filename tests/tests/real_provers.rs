@@ -124,7 +124,7 @@ async fn a_tampering_prover_is_caught_and_an_honest_one_finishes_the_block() -> 
         let bus_url = env.server.url();
         let prefix = env.prefix.clone();
         tokio::spawn(async move {
-            let bus = push0_runtime::Bus::connect(&bus_url, &prefix, id_static(&config.id)).await?;
+            let bus = push0_runtime::Bus::connect(&bus_url, &prefix, &config.id).await?;
             push0_prover_gateway::run(bus, config, token).await
         })
     };
@@ -174,10 +174,6 @@ async fn a_tampering_prover_is_caught_and_an_honest_one_finishes_the_block() -> 
     honest_token.cancel();
     honest.await??;
     cluster.stop().await
-}
-
-fn id_static(id: &str) -> &'static str {
-    Box::leak(id.to_string().into_boxed_str())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,43 +1,154 @@
-//! `push0-loadtest`: measures, in one run on one server, the JetStream floor (a chain of k
-//! work-queue hops, the same k as push0's path from submission to proof) and push0's
-//! end-to-end latency with a zero-time prover, and reports the overhead as a ratio to the floor.
-//!
-//! This is the first part of the load harness: the services run in-process (the same library
-//! code as the binaries); throughput, scaling, memory and cluster runs are still to come.
+//! `push0-loadtest`: starts nats-server (or a 3-node cluster) and the real service binaries
+//! as child processes, drives them with a block source and simulated provers, and reports the
+//! same-run JetStream floor, orchestration overhead, throughput, scaling efficiency, a
+//! realistic workload and memory — as markdown on stdout, JSON and SVG in a results folder.
+//! `BENCHMARKS.md` at the repository root describes the method and the latest figures.
 
-use std::time::{Duration, Instant};
+mod deploy;
+mod floor;
+mod phases;
+mod procs;
+mod report;
+mod stats;
+mod tap;
 
-use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
 use clap::Parser;
-use futures::StreamExt;
-use push0::cluster::{ClusterSpec, LocalCluster};
-use push0::report::{percentile, table};
-use push0::source::{make_block, submit};
-use push0::watch::ProofFeed;
-use push0_protocol::TeamConfig;
-use push0_prover_gateway::prover::{Prover, SimProver};
-use push0_testkit::NatsServer;
+use push0_testkit::{NatsCluster, NatsServer};
 
-/// push0 load harness (floor vs orchestration overhead)
+use crate::deploy::{Target, ensure_dir};
+use crate::procs::Sampler;
+use crate::report::{Machine, Report, Section};
+use crate::stats::ratio;
+
+const SECTIONS: &[&str] = &[
+    "latency",
+    "sweep",
+    "burst",
+    "scaling",
+    "realistic",
+    "memory",
+    "cluster",
+];
+
+/// push0 load harness: floor, overhead, throughput, scaling, realistic workload, memory, R3
 #[derive(Parser, Debug)]
 #[command(name = "push0-loadtest", version)]
 struct Args {
-    /// Attach to this NATS server instead of starting one
+    /// Small sizes for the test suite: finishes in well under a minute, no R3 cluster
+    #[arg(long)]
+    quick: bool,
+    /// Sections to run, comma-separated, from: latency, sweep, burst, scaling, realistic,
+    /// memory, cluster (default all; with --quick all but cluster)
+    #[arg(long, value_delimiter = ',')]
+    sections: Vec<String>,
+    /// Attach to this NATS server for the R1 figures instead of starting one
     #[arg(long, env = "PUSH0_NATS_URL")]
     nats_url: Option<String>,
-    /// Measurements per series
-    #[arg(long, default_value_t = 300)]
-    samples: usize,
+    /// Closed-loop samples per latency series [default: 300, quick 60]
+    #[arg(long)]
+    samples: Option<usize>,
     /// Work-queue hops in the floor chain: BLOCKS → ACCEPTED → TASKS → RESULTS → PROOFS is 4
     #[arg(long, default_value_t = 4)]
     hops: usize,
+    /// Block payload bytes
+    #[arg(long, default_value_t = 256)]
+    payload_size: usize,
+    /// Offered loads of the open-loop sweep, blocks/s [default: 100,300,1000,2000,4000,8000;
+    /// quick 200,1000]
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    /// Seconds per sweep point [default: 3, quick 1]
+    #[arg(long)]
+    rate_secs: Option<f64>,
+    /// Blocks of the saturation burst (8 tasks each) [default: 2000, quick 200]
+    #[arg(long)]
+    burst_blocks: Option<u64>,
+    /// Slot counts of the scaling runs [default: 1,8,32,256,1024; quick 1,32,1024]
+    #[arg(long, value_delimiter = ',')]
+    slots: Vec<usize>,
+    /// Tasks per slot in each scaling run [default: 4, quick 2]
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Blocks of the realistic workload [default: 3, quick 2]
+    #[arg(long)]
+    realistic_blocks: Option<u64>,
+    /// Block interval of the realistic workload [default: 12s, quick 1200ms]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    realistic_interval: Option<Duration>,
+    /// Prover latency of the realistic workload [default: lognormal:7s,0.3; quick
+    /// lognormal:700ms,0.3]
+    #[arg(long)]
+    realistic_latency: Option<String>,
+    /// Blocks in flight for the memory reading [default: 10000, quick 1000]
+    #[arg(long)]
+    in_flight_blocks: Option<u64>,
+    /// Slot counts of the scaling runs on the R3 cluster [default: 1,32,256]
+    #[arg(long, value_delimiter = ',')]
+    cluster_slots: Vec<usize>,
+    /// Where the JSON, SVG and service logs go [default: loadtest/results in the repository]
+    #[arg(long)]
+    results_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn wants(&self, section: &str) -> bool {
+        if self.sections.is_empty() {
+            return !(self.quick && section == "cluster");
+        }
+        self.sections.iter().any(|s| s == section)
+    }
+
+    fn pick<T: Clone>(&self, given: &Option<T>, full: T, quick: T) -> T {
+        given
+            .clone()
+            .unwrap_or(if self.quick { quick } else { full })
+    }
+
+    fn list<T: Clone>(&self, given: &[T], full: &[T], quick: &[T]) -> Vec<T> {
+        if !given.is_empty() {
+            given.to_vec()
+        } else if self.quick {
+            quick.to_vec()
+        } else {
+            full.to_vec()
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let (_server, url) = match &args.nats_url {
+    for s in &args.sections {
+        anyhow::ensure!(
+            SECTIONS.contains(&s.as_str()),
+            "unknown section {s:?} (known: {})",
+            SECTIONS.join(", ")
+        );
+    }
+    let results = ensure_dir(
+        &args
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| push0_testkit::repo_root().join("loadtest/results")),
+    )?;
+    let logs = results.join("logs");
+    if logs.exists() {
+        std::fs::remove_dir_all(&logs)?;
+    }
+    ensure_dir(&logs)?;
+    let sampler = Sampler::start();
+    let mut report = Report {
+        started_at: now_utc(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::detect(),
+        ..Default::default()
+    };
+
+    let (server, url) = match &args.nats_url {
         Some(u) => (None, u.clone()),
         None => {
             let s = NatsServer::start()?;
@@ -45,151 +156,166 @@ async fn main() -> Result<()> {
             (Some(s), u)
         }
     };
-    eprintln!(
-        "measuring the floor: {} samples through {} chained work-queue hops",
-        args.samples, args.hops
-    );
-    let floor = floor_latencies(&url, args.hops, args.samples).await?;
-    eprintln!(
-        "measuring push0: {} blocks, one at a time, team `single` with a 0 ms simulated prover",
-        args.samples
-    );
-    let e2e = push0_latencies(&url, args.samples).await?;
-
-    let us = |v: &[u64], q: f64| percentile(v, q);
-    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
-    let mut rows = vec![vec![
-        "series".to_string(),
-        "p50".into(),
-        "p90".into(),
-        "p99".into(),
-        "max".into(),
-    ]];
-    for (name, v) in [("floor (µs)", &floor), ("push0 end-to-end (µs)", &e2e)] {
-        rows.push(vec![
-            name.to_string(),
-            us(v, 0.5).to_string(),
-            us(v, 0.9).to_string(),
-            us(v, 0.99).to_string(),
-            v.last().copied().unwrap_or(0).to_string(),
-        ]);
+    let nats_pids: Vec<u32> = server
+        .as_ref()
+        .and_then(NatsServer::pid)
+        .into_iter()
+        .collect();
+    for pid in &nats_pids {
+        sampler.watch("nats-server", *pid);
     }
-    println!("{}", table(&rows));
-    let (p50x, p99x) = (
-        ratio(us(&e2e, 0.5), us(&floor, 0.5)),
-        ratio(us(&e2e, 0.99), us(&floor, 0.99)),
+    let target = Target {
+        url,
+        replicas: 1,
+        log_dir: logs.clone(),
+        sampler: sampler.clone(),
+        nats_pids,
+    };
+    eprintln!(
+        "R1: one nats-server, services as processes (logs in {})",
+        logs.display()
     );
+    let r1 = run_section(&args, &target, "R1: one nats-server", false).await?;
+    drop(server);
+    report.sections.push(r1);
+
+    if args.wants("cluster") {
+        eprintln!("R3: a 3-node nats-server cluster, streams and buckets with 3 replicas");
+        let cluster = NatsCluster::start()?;
+        for pid in &target.nats_pids {
+            sampler.unwatch(*pid);
+        }
+        for pid in cluster.pids() {
+            sampler.watch("nats-server", pid);
+        }
+        let target = Target {
+            url: cluster.url(),
+            replicas: 3,
+            nats_pids: cluster.pids(),
+            ..target.clone()
+        };
+        let r3 = run_section(&args, &target, "R3: 3-node nats-server cluster", true).await?;
+        report.sections.push(r3);
+    }
+
+    let r1 = &report.sections[0];
+    report.summary = report::summary_line(r1);
+    let json = results.join("latest.json");
+    let svg = results.join("latest.svg");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(&svg, report::svg(&report))?;
+
+    println!("# push0 load harness — {}\n", report.started_at);
+    let m = &report.machine;
     println!(
-        "overhead = push0 end-to-end with a 0 ms prover; ratio to the same-run floor: p50 {p50x:.2}x, p99 {p99x:.2}x"
+        "Machine: {} cores ({}), {} MiB, kernel {}, {}.\n",
+        m.cores, m.cpu, m.memory_mb, m.kernel, m.nats_server
     );
-    println!(
-        "loadtest: floor_p50_us={} floor_p99_us={} overhead_p50_us={} overhead_p99_us={} overhead_p50_x={p50x:.2} overhead_p99_x={p99x:.2}",
-        us(&floor, 0.5),
-        us(&floor, 0.99),
-        us(&e2e, 0.5),
-        us(&e2e, 0.99)
-    );
+    for s in &report.sections {
+        println!("{}", report::section_markdown(s));
+    }
+    println!("## Targets (R1)\n\n{}", report::targets_markdown(r1));
+    println!("Written: {} and {}\n", json.display(), svg.display());
+    println!("{}", report.summary);
     Ok(())
 }
 
-/// One message at a time through `hops` chained work-queue hops: each hop is a durable pull
-/// consumer whose handler republishes to the next subject (awaiting the publish ack) and acks.
-async fn floor_latencies(url: &str, hops: usize, samples: usize) -> Result<Vec<u64>> {
-    let client = async_nats::connect(url).await?;
-    let js = jetstream::new(client.clone());
-    let prefix = push0_testkit::random_prefix();
-    let name = format!("FLOOR_{prefix}");
-    js.create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{prefix}.hop.*")],
-        retention: stream::RetentionPolicy::WorkQueue,
+async fn run_section(args: &Args, target: &Target, label: &str, cluster: bool) -> Result<Section> {
+    let payload = args.payload_size;
+    let mut s = Section {
+        label: label.to_string(),
+        replicas: target.replicas,
+        floor_hops: args.hops,
         ..Default::default()
-    })
-    .await?;
-    let stream = js.get_stream(&name).await?;
-    let mut workers = Vec::new();
-    for hop in 0..=hops {
-        let consumer: PullConsumer = stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some(format!("hop{hop}")),
-                filter_subject: format!("{prefix}.hop.{hop}"),
-                ..Default::default()
-            })
-            .await?;
-        let js = js.clone();
-        let next = (hop < hops).then(|| format!("{prefix}.hop.{}", hop + 1));
-        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-        workers.push(done_rx);
-        tokio::spawn(async move {
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(64)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await?;
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| anyhow::anyhow!(e))?;
-                if let Some(next) = &next {
-                    js.publish(next.clone(), m.payload.clone()).await?.await?;
-                } else {
-                    let _ = done_tx.send(Instant::now());
-                }
-                m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-            }
-            anyhow::Ok(())
-        });
+    };
+    target.sampler.take_phase();
+    if args.wants("latency") {
+        let samples = args.pick(&args.samples, 300, 60);
+        eprintln!(
+            "floor: {samples} samples through {} chained work-queue hops",
+            args.hops
+        );
+        let floor = floor::latencies(&target.url, target.replicas, args.hops, samples).await?;
+        let floor = stats::Pct::of(floor);
+        eprintln!("latency: {samples} blocks per series, one at a time");
+        let lat = phases::latency(target, samples, payload).await?;
+        s.overhead_p50_x = Some(ratio(lat.task.p50, floor.p50));
+        s.overhead_p99_x = Some(ratio(lat.task.p99, floor.p99));
+        s.floor = Some(floor);
+        s.latency = Some(lat);
     }
-    let mut done = workers.pop().context("final hop")?;
-    let mut latencies = Vec::with_capacity(samples);
-    for i in 0..samples + 20 {
-        let start = Instant::now();
-        js.publish(
-            format!("{prefix}.hop.0"),
-            bytes::Bytes::from(vec![0u8; 128]),
-        )
-        .await?
-        .await?;
-        let end = tokio::time::timeout(Duration::from_secs(10), done.recv())
-            .await?
-            .context("floor chain stopped")?;
-        if i >= 20 {
-            latencies.push(end.duration_since(start).as_micros() as u64);
-        }
+    if args.wants("sweep") && !cluster {
+        let rates = args.list(
+            &args.rates,
+            &[100.0, 300.0, 1000.0, 2000.0, 4000.0, 8000.0],
+            &[200.0, 1000.0],
+        );
+        let secs = args.pick(&args.rate_secs, 3.0, 1.0);
+        eprintln!("sweep: offered loads {rates:?} blocks/s for {secs} s each");
+        s.sweep = phases::sweep(target, &rates, secs, payload).await?;
+        s.saturation_per_s = Some(phases::saturation(&s.sweep));
     }
-    js.delete_stream(&name).await?;
-    latencies.sort_unstable();
-    Ok(latencies)
+    if args.wants("burst") {
+        let blocks = args.pick(&args.burst_blocks, 2000, 200);
+        eprintln!("burst: {blocks} blocks at once, 8 tasks each");
+        let b = phases::burst(target, blocks, payload).await?;
+        eprintln!("  {:.0} tasks/s", b.tasks_per_s);
+        s.burst = Some(b);
+    }
+    if args.wants("scaling") {
+        let slots = if cluster {
+            args.list(&args.cluster_slots, &[1, 32, 256], &[1, 32])
+        } else {
+            args.list(&args.slots, &[1, 8, 32, 256, 1024], &[1, 32, 1024])
+        };
+        let rounds = args.pick(&args.rounds, 4, 2);
+        eprintln!("scaling: 1 s provers at {slots:?} slots, {rounds} tasks per slot");
+        s.scaling = phases::scaling(target, &slots, rounds, payload).await?;
+    }
+    if args.wants("realistic") && !cluster {
+        let blocks = args.pick(&args.realistic_blocks, 3, 2);
+        let interval = args.pick(
+            &args.realistic_interval,
+            Duration::from_secs(12),
+            Duration::from_millis(1200),
+        );
+        let latency = args.pick(
+            &args.realistic_latency,
+            "lognormal:7s,0.3".to_string(),
+            "lognormal:700ms,0.3".to_string(),
+        );
+        eprintln!("realistic: {blocks} blocks every {interval:?}, 3 teams, provers {latency}");
+        s.realistic = phases::realistic(target, blocks, interval, &latency, payload).await?;
+    }
+    if args.wants("memory") && !cluster {
+        let blocks = args.pick(&args.in_flight_blocks, 10_000, 1000);
+        eprintln!("memory: {blocks} blocks in flight");
+        s.in_flight = Some(phases::in_flight(target, blocks, payload).await?);
+    }
+    s.rss_peak_mb = target.sampler.take_phase();
+    Ok(s)
 }
 
-/// Blocks submitted one at a time to an in-process push0 with a 0 ms prover; the latency from
-/// the submit call to the proof's arrival at a subscriber, on one clock.
-async fn push0_latencies(url: &str, samples: usize) -> Result<Vec<u64>> {
-    let prefix = push0_testkit::random_prefix();
-    let prover = Prover::Sim(SimProver {
-        latency: "fixed:0ms".parse().map_err(anyhow::Error::msg)?,
-    });
-    let spec = ClusterSpec::new(url, &prefix, vec![TeamConfig::single("bench")])
-        .gateways("bench", 1, 4, prover);
-    let cluster = LocalCluster::start(spec).await?;
-    let mut feed = ProofFeed::open(&cluster.bus).await?;
-    let mut latencies = Vec::with_capacity(samples);
-    for n in 1..=(samples + 20) as u64 {
-        let block = make_block("bench", n, 256);
-        let start = Instant::now();
-        submit(&cluster.bus, &block).await?;
-        let proof = tokio::time::timeout(Duration::from_secs(10), feed.next())
-            .await??
-            .context("proof feed ended")?;
-        anyhow::ensure!(
-            proof.number == n,
-            "proof of block {} while waiting for {n}",
-            proof.number
-        );
-        if n > 20 {
-            latencies.push(start.elapsed().as_micros() as u64);
-        }
-    }
-    cluster.stop().await?;
-    latencies.sort_unstable();
-    Ok(latencies)
+/// UTC time as `YYYY-MM-DD HH:MM:SS UTC`, from the system clock (no date library needed).
+fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

@@ -22,6 +22,11 @@ pub struct CommonArgs {
     #[arg(long, env = "PUSH0_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
 
+    /// Replicas of every stream, bucket and consumer this service declares: 1 on a single
+    /// server, 3 on a 3-node cluster (an existing stream keeps the replicas it was made with)
+    #[arg(long, env = "PUSH0_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+
     /// Log format
     #[arg(long, env = "PUSH0_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

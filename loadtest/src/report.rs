@@ -1,0 +1,629 @@
+//! What a run produces: markdown tables, the JSON record and a hand-written SVG plot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::phases::{Burst, InFlight, Latency, RealisticTeam, ScalePoint, SweepPoint};
+use crate::stats::{Pct, ms, ratio};
+
+/// The figures of one NATS setup (R1 single server, or R3 cluster).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Section {
+    pub label: String,
+    pub replicas: u8,
+    pub floor_hops: usize,
+    pub floor: Option<Pct>,
+    pub latency: Option<Latency>,
+    pub overhead_p50_x: Option<f64>,
+    pub overhead_p99_x: Option<f64>,
+    pub sweep: Vec<SweepPoint>,
+    pub saturation_per_s: Option<f64>,
+    pub burst: Option<Burst>,
+    pub scaling: Vec<ScalePoint>,
+    pub realistic: Vec<RealisticTeam>,
+    pub in_flight: Option<InFlight>,
+    /// Peak RSS per process role (MiB) over this section's phases
+    pub rss_peak_mb: BTreeMap<String, f64>,
+}
+
+impl Section {
+    pub fn tasks_per_s(&self) -> f64 {
+        let swept = self
+            .sweep
+            .iter()
+            .map(|p| p.achieved_per_s)
+            .fold(0.0, f64::max);
+        self.burst
+            .as_ref()
+            .map_or(0.0, |b| b.tasks_per_s)
+            .max(swept)
+    }
+
+    pub fn efficiency_at(&self, slots: usize) -> Option<f64> {
+        self.scaling
+            .iter()
+            .find(|p| p.slots == slots)
+            .map(|p| p.efficiency_pct)
+    }
+
+    /// Largest RSS of any push0 service process (MiB; the NATS server is not one), over the
+    /// run and with blocks in flight.
+    pub fn max_service_rss(&self) -> f64 {
+        let in_flight = self.in_flight.iter().flat_map(|f| f.rss_mb.iter());
+        self.rss_peak_mb
+            .iter()
+            .chain(in_flight)
+            .filter(|(role, _)| role.as_str() != "nats-server")
+            .map(|(_, mb)| *mb)
+            .fold(0.0, f64::max)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub memory_mb: u64,
+    pub kernel: String,
+    pub nats_server: String,
+}
+
+impl Machine {
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let nats = push0_testkit::nats_server_binary()
+            .ok()
+            .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Self {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+                .unwrap_or_default(),
+            memory_mb: meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .map_or(0, |kb| kb / 1024),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            nats_server: nats,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub started_at: String,
+    pub command: String,
+    pub machine: Machine,
+    pub sections: Vec<Section>,
+    pub summary: String,
+}
+
+/// A markdown table, first row the header.
+pub fn md_table(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+        if i == 0 {
+            let _ = writeln!(out, "|{}", "---|".repeat(row.len()));
+        }
+    }
+    out
+}
+
+fn header(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+fn f1(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+fn roles_cells(m: &BTreeMap<String, f64>, fmt: fn(f64) -> String) -> String {
+    m.iter()
+        .map(|(r, v)| format!("{r} {}", fmt(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The markdown for one section.
+pub fn section_markdown(s: &Section) -> String {
+    let mut out = format!("## {}\n\n", s.label);
+    if let (Some(floor), Some(lat)) = (&s.floor, &s.latency) {
+        let mut rows = vec![header(&[
+            "series (ms)",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "p50 ÷ floor",
+            "p99 ÷ floor",
+        ])];
+        let row = |name: &str, p: &Pct| {
+            let mut r = vec![name.to_string()];
+            r.extend(p.ms_cells());
+            r.push(format!("{:.2}×", ratio(p.p50, floor.p50)));
+            r.push(format!("{:.2}×", ratio(p.p99, floor.p99)));
+            r
+        };
+        rows.push(row(
+            &format!("floor: {} work-queue hops", s.floor_hops),
+            floor,
+        ));
+        rows.push(row("overhead per task (`single`, 1 task)", &lat.task));
+        rows.push(row(
+            "overhead per block (`split` 4/2, 7 tasks)",
+            &lat.block_split,
+        ));
+        let h = &lat.hops;
+        rows.push(row("· hop: ingest (block → accepted)", &h.ingest));
+        rows.push(row("· hop: scheduler (accepted → task)", &h.scheduler));
+        rows.push(row("· hop: gateway (task → result, − prover)", &h.gateway));
+        rows.push(row("· hop: aggregator (result → proof)", &h.aggregator));
+        let _ = writeln!(
+            out,
+            "Closed loop, one block at a time, 0 ms simulated provers; {} samples per series \
+             (per-hop split from {} blocks observed by a core subscriber).\n",
+            lat.task.n, h.samples
+        );
+        out.push_str(&md_table(&rows));
+        out.push('\n');
+    }
+    if !s.sweep.is_empty() {
+        let mut rows = vec![header(&[
+            "offered blocks/s",
+            "achieved/s",
+            "overhead p50 ms",
+            "p90",
+            "p99",
+            "max",
+            "CPU % of a core",
+        ])];
+        for p in &s.sweep {
+            let mut r = vec![f1(p.offered_per_s), f1(p.achieved_per_s)];
+            r.extend(p.overhead.ms_cells());
+            r.push(roles_cells(&p.cpu_pct, |v| format!("{v:.0}")));
+            rows.push(r);
+        }
+        let _ = writeln!(
+            out,
+            "Open loop, team `single` (1 task per block), 2 gateways × 32 slots, 0 ms provers. \
+             Saturation (highest rate sustained at ≥ 95 %): {} blocks/s.\n",
+            s.saturation_per_s.map_or("-".into(), f1)
+        );
+        out.push_str(&md_table(&rows));
+        out.push('\n');
+    }
+    if let Some(b) = &s.burst {
+        let _ = writeln!(
+            out,
+            "Burst: {} blocks submitted at once to `single` + `split` 4/2 on one chain ({} tasks), \
+             0 ms provers: **{:.0} tasks/s**, {:.0} blocks/s over {:.2} s.\n",
+            b.blocks, b.tasks, b.tasks_per_s, b.blocks_per_s, b.secs
+        );
+        let mut rows = vec![vec![
+            "role".to_string(),
+            "CPU % of a core".into(),
+            "CPU µs per task".into(),
+        ]];
+        for (role, pct) in &b.cpu_pct {
+            let per = b.cpu_us_per_task.get(role).copied().unwrap_or(0.0);
+            rows.push(vec![role.clone(), format!("{pct:.0}"), format!("{per:.0}")]);
+        }
+        out.push_str(&md_table(&rows));
+        out.push('\n');
+    }
+    if !s.scaling.is_empty() {
+        let mut rows = vec![header(&[
+            "slots",
+            "teams",
+            "gateway processes",
+            "tasks",
+            "seconds",
+            "tasks/s",
+            "efficiency %",
+        ])];
+        for p in &s.scaling {
+            rows.push(vec![
+                p.slots.to_string(),
+                p.teams.to_string(),
+                p.gateway_processes.to_string(),
+                p.tasks.to_string(),
+                format!("{:.2}", p.secs),
+                f1(p.tasks_per_s),
+                f1(p.efficiency_pct),
+            ]);
+        }
+        out.push_str("Scaling, 1 s simulated provers, every slot busy from the start:\n\n");
+        out.push_str(&md_table(&rows));
+        out.push('\n');
+    }
+    if !s.realistic.is_empty() {
+        let mut rows = vec![header(&[
+            "team",
+            "workflow",
+            "blocks",
+            "proving p50 ms",
+            "overhead p50 ms",
+            "overhead p99 ms",
+            "overhead ÷ proving p50",
+            "p99",
+        ])];
+        for t in &s.realistic {
+            rows.push(vec![
+                t.team.clone(),
+                t.workflow.clone(),
+                t.blocks.to_string(),
+                ms(t.proving.p50),
+                ms(t.overhead.p50),
+                ms(t.overhead.p99),
+                format!("{:.3} %", t.overhead_pct_p50),
+                format!("{:.3} %", t.overhead_pct_p99),
+            ]);
+        }
+        out.push_str("Realistic workload:\n\n");
+        out.push_str(&md_table(&rows));
+        out.push('\n');
+    }
+    let mut rows = vec![vec![
+        "role".to_string(),
+        "peak RSS MiB over the run".into(),
+        "RSS MiB with blocks in flight".into(),
+    ]];
+    for (role, mb) in &s.rss_peak_mb {
+        let inflight = s
+            .in_flight
+            .as_ref()
+            .and_then(|f| f.rss_mb.get(role))
+            .map_or("-".to_string(), |v| f1(*v));
+        rows.push(vec![role.clone(), f1(*mb), inflight]);
+    }
+    if let Some(f) = &s.in_flight {
+        let _ = writeln!(
+            out,
+            "Memory (largest process of each role): in flight = {} blocks accepted and planned \
+             for 2 teams (5 leaf tasks each) with provers that never finish, {:.1} s to accept.\n",
+            f.blocks, f.secs_to_accept
+        );
+    } else {
+        out.push_str("Memory (largest process of each role):\n\n");
+    }
+    out.push_str(&md_table(&rows));
+    out
+}
+
+/// Targets of issue 6 against the R1 section.
+pub fn targets_markdown(s: &Section) -> String {
+    let yes = |ok: bool| if ok { "met" } else { "**missed**" }.to_string();
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+    let p50x = s.overhead_p50_x;
+    let p99x = s.overhead_p99_x;
+    let rows = vec![
+        vec!["target".to_string(), "measured".into(), "".into()],
+        vec![
+            "overhead p50 ≤ 1.5× floor".into(),
+            opt(p50x, &|v| format!("{v:.2}×")),
+            yes(p50x.is_some_and(|v| v <= 1.5)),
+        ],
+        vec![
+            "overhead p99 ≤ 2× floor".into(),
+            opt(p99x, &|v| format!("{v:.2}×")),
+            yes(p99x.is_some_and(|v| v <= 2.0)),
+        ],
+        vec![
+            "≥ 5,000 tasks/s, 0 ms provers".into(),
+            format!("{:.0}", s.tasks_per_s()),
+            yes(s.tasks_per_s() >= 5000.0),
+        ],
+        vec![
+            "efficiency ≥ 99 % at 32 slots".into(),
+            opt(s.efficiency_at(32), &|v| format!("{v:.1} %")),
+            yes(s.efficiency_at(32).is_some_and(|v| v >= 99.0)),
+        ],
+        vec![
+            "efficiency ≥ 95 % at 1,024 slots".into(),
+            opt(s.efficiency_at(1024), &|v| format!("{v:.1} %")),
+            yes(s.efficiency_at(1024).is_some_and(|v| v >= 95.0)),
+        ],
+        vec![
+            "< 100 MB RSS per service (10k blocks in flight)".into(),
+            format!("{:.1} MiB", s.max_service_rss()),
+            yes(s.max_service_rss() < 100.0),
+        ],
+    ];
+    md_table(&rows)
+}
+
+/// The one-line summary the issue asks for.
+pub fn summary_line(s: &Section) -> String {
+    let pct = |v: Option<f64>| v.map_or("na".to_string(), |v| format!("{v:.1}"));
+    format!(
+        "loadtest: overhead_p50_x={:.2} overhead_p99_x={:.2} tasks_per_s={:.0} eff32={} eff1024={} max_rss_mb={:.1}",
+        s.overhead_p50_x.unwrap_or(0.0),
+        s.overhead_p99_x.unwrap_or(0.0),
+        s.tasks_per_s(),
+        pct(s.efficiency_at(32)),
+        pct(s.efficiency_at(1024)),
+        s.max_service_rss()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// SVG
+
+struct Series {
+    name: String,
+    color: &'static str,
+    dashed: bool,
+    points: Vec<(f64, f64)>,
+}
+
+struct Panel {
+    title: String,
+    x_label: String,
+    y_label: String,
+    x_log: bool,
+    y_log: bool,
+    series: Vec<Series>,
+    /// Horizontal reference lines: (y, label)
+    marks: Vec<(f64, String)>,
+}
+
+fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
+    if log {
+        let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        return (a..=b).map(|e| 10f64.powi(e)).collect();
+    }
+    let step = nice_step((hi - lo) / 5.0);
+    let mut v = (lo / step).floor() * step;
+    let mut out = Vec::new();
+    while v <= hi + step * 0.01 {
+        out.push(v);
+        v += step;
+    }
+    out
+}
+
+fn nice_step(raw: f64) -> f64 {
+    let mag = 10f64.powf(raw.max(1e-9).log10().floor());
+    let n = raw / mag;
+    mag * if n <= 1.0 {
+        1.0
+    } else if n <= 2.0 {
+        2.0
+    } else if n <= 5.0 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
+fn label(v: f64) -> String {
+    if v >= 1000.0 && v.fract() == 0.0 {
+        format!("{}k", v / 1000.0)
+    } else if v >= 1.0 || v == 0.0 {
+        format!("{v}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn draw_panel(out: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
+    let pts = p.series.iter().flat_map(|s| s.points.iter());
+    let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        xmin = xmin.min(x);
+        xmax = xmax.max(x);
+        ymin = ymin.min(y);
+        ymax = ymax.max(y);
+    }
+    for (y, _) in &p.marks {
+        ymin = ymin.min(*y);
+        ymax = ymax.max(*y);
+    }
+    if xmin > xmax {
+        (xmin, xmax, ymin, ymax) = (1.0, 10.0, 1.0, 10.0);
+    }
+    if !p.y_log {
+        ymin = ymin.min(0.0);
+    }
+    let xt = ticks(xmin.max(1e-9), xmax.max(xmin * 1.01), p.x_log);
+    let yt = ticks(ymin.max(1e-3), ymax.max(ymin * 1.01), p.y_log);
+    let (xlo, xhi) = (*xt.first().unwrap_or(&xmin), *xt.last().unwrap_or(&xmax));
+    let (ylo, yhi) = if p.y_log {
+        (*yt.first().unwrap_or(&ymin), *yt.last().unwrap_or(&ymax))
+    } else {
+        (ymin, *yt.last().unwrap_or(&ymax))
+    };
+    let map = |v: f64, lo: f64, hi: f64, log: bool| {
+        if log {
+            (v.max(1e-9).log10() - lo.log10()) / (hi.log10() - lo.log10()).max(1e-9)
+        } else {
+            (v - lo) / (hi - lo).max(1e-9)
+        }
+    };
+    let sx = |x: f64| x0 + w * map(x, xlo, xhi, p.x_log);
+    let sy = |y: f64| y0 + h - h * map(y, ylo, yhi, p.y_log);
+    let _ = writeln!(
+        out,
+        r##"<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#888"/>"##
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
+        x0 + w / 2.0,
+        y0 - 12.0,
+        p.title
+    );
+    for &t in &xt {
+        let x = sx(t);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
+            y0 + h,
+            y0 + h + 14.0,
+            label(t)
+        );
+    }
+    for &t in &yt {
+        let y = sy(t);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"##,
+            x0 + w,
+            x0 - 4.0,
+            y + 4.0,
+            label(t)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="12">{}</text>"#,
+        x0 + w / 2.0,
+        y0 + h + 32.0,
+        p.x_label
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="12" transform="rotate(-90 {} {})">{}</text>"#,
+        x0 - 42.0,
+        y0 + h / 2.0,
+        x0 - 42.0,
+        y0 + h / 2.0,
+        p.y_label
+    );
+    for (y, text) in &p.marks {
+        let yy = sy(*y);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x0}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#999" stroke-dasharray="2,3"/><text x="{}" y="{:.1}" font-size="10" fill="#666">{text}</text>"##,
+            x0 + w,
+            x0 + 4.0,
+            yy - 3.0
+        );
+    }
+    for (i, s) in p.series.iter().enumerate() {
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6,4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
+            path.join(" "),
+            s.color
+        );
+        for &(x, y) in &s.points {
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                sx(x),
+                sy(y),
+                s.color
+            );
+        }
+        let ly = y0 + 14.0 + 14.0 * i as f64;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            x0 + w - 150.0,
+            x0 + w - 130.0,
+            s.color,
+            x0 + w - 125.0,
+            ly + 4.0,
+            s.name
+        );
+    }
+}
+
+/// Overhead percentiles against offered load, and scaling efficiency against slots.
+pub fn svg(report: &Report) -> String {
+    let mut load = Panel {
+        title: "Orchestration overhead vs offered load (0 ms provers)".into(),
+        x_label: "offered load, blocks (= tasks) per second".into(),
+        y_label: "overhead per task, ms".into(),
+        x_log: true,
+        y_log: true,
+        series: Vec::new(),
+        marks: Vec::new(),
+    };
+    let mut scale = Panel {
+        title: "Scaling efficiency (1 s provers)".into(),
+        x_label: "prover slots".into(),
+        y_label: "efficiency, %".into(),
+        x_log: true,
+        y_log: false,
+        series: Vec::new(),
+        marks: vec![(99.0, "99 %".into()), (95.0, "95 %".into())],
+    };
+    let colors = [("#1f77b4", "#d62728"), ("#2ca02c", "#9467bd")];
+    for (s, (c50, c99)) in report.sections.iter().zip(colors) {
+        let tag = if s.replicas > 1 { " R3" } else { "" };
+        let series = |q: fn(&Pct) -> u64| -> Vec<(f64, f64)> {
+            s.sweep
+                .iter()
+                .map(|p| (p.offered_per_s, q(&p.overhead) as f64 / 1000.0))
+                .collect()
+        };
+        if !s.sweep.is_empty() {
+            load.series.push(Series {
+                name: format!("p50{tag}"),
+                color: c50,
+                dashed: s.replicas > 1,
+                points: series(|p| p.p50),
+            });
+            load.series.push(Series {
+                name: format!("p99{tag}"),
+                color: c99,
+                dashed: s.replicas > 1,
+                points: series(|p| p.p99),
+            });
+        }
+        if let Some(f) = &s.floor {
+            load.marks
+                .push((f.p50 as f64 / 1000.0, format!("floor p50{tag}")));
+        }
+        if !s.scaling.is_empty() {
+            scale.series.push(Series {
+                name: format!("efficiency{tag}"),
+                color: c50,
+                dashed: s.replicas > 1,
+                points: s
+                    .scaling
+                    .iter()
+                    .map(|p| (p.slots as f64, p.efficiency_pct))
+                    .collect(),
+            });
+        }
+    }
+    let mut out = String::from(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="400" font-family="sans-serif" font-size="12">
+<rect width="1000" height="400" fill="white"/>
+"#,
+    );
+    draw_panel(&mut out, &load, 70.0, 40.0, 380.0, 290.0);
+    draw_panel(&mut out, &scale, 580.0, 40.0, 380.0, 290.0);
+    let _ = writeln!(
+        out,
+        r##"<text x="10" y="392" font-size="10" fill="#666">push0-loadtest {} · {} cores · {}</text>"##,
+        report.started_at, report.machine.cores, report.machine.nats_server
+    );
+    out.push_str("</svg>\n");
+    out
+}

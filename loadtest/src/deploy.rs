@@ -11,9 +11,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use push0::source::make_block;
-use push0::watch::ProofFeed;
 use push0_protocol::subjects::block_msg_id;
-use push0_protocol::{BlockProof, MSG_ID_HEADER, SCHEMA_HEADER, TeamConfig, WireMessage, encode};
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use push0_protocol::{
+    BlockProof, MSG_ID_HEADER, SCHEMA_HEADER, TeamConfig, WireMessage, decode, encode,
+};
 use push0_runtime::Bus;
 use tokio::sync::mpsc;
 
@@ -269,13 +271,50 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// Reads proofs with a durable pull consumer, like the floor's last hop (an ordered
+    /// consumer stalled on the 3-node cluster).
     pub async fn new(bus: &Bus, payload_size: usize) -> Result<Self> {
-        let mut feed = ProofFeed::open(bus).await?;
+        let consumer: PullConsumer = bus
+            .js
+            .get_stream(bus.subjects.stream_proofs())
+            .await?
+            .get_or_create_consumer(
+                "loadtest",
+                pull::Config {
+                    durable_name: Some("loadtest".into()),
+                    filter_subject: bus.subjects.proofs_all(),
+                    num_replicas: bus.replicas,
+                    ..Default::default()
+                },
+            )
+            .await?;
         let (tx, arrivals) = mpsc::unbounded_channel();
         let reader = tokio::spawn(async move {
-            while let Ok(Some(proof)) = feed.next().await {
-                if tx.send((proof, Instant::now())).is_err() {
-                    return;
+            loop {
+                let Ok(mut messages) = consumer
+                    .stream()
+                    .max_messages_per_batch(64)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                while let Some(Ok(m)) = messages.next().await {
+                    let at = Instant::now();
+                    let schema = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(SCHEMA_HEADER))
+                        .map(|v| v.as_str().to_string());
+                    let _ = m.ack().await;
+                    let Ok(proof) = decode::<BlockProof>(schema.as_deref(), &m.payload) else {
+                        continue;
+                    };
+                    if tx.send((proof, at)).is_err() {
+                        return;
+                    }
                 }
             }
         });

@@ -194,8 +194,14 @@ async fn main() -> Result<()> {
             nats_pids: cluster.pids(),
             ..target.clone()
         };
-        let r3 = run_section(&args, &target, "R3: 3-node nats-server cluster", true).await?;
-        report.sections.push(r3);
+        match run_section(&args, &target, "R3: 3-node nats-server cluster", true).await {
+            Ok(r3) => report.sections.push(r3),
+            // The R1 figures still stand; say what failed instead of losing them.
+            Err(e) => {
+                eprintln!("R3 section failed: {e:#}");
+                report.r3_error = Some(format!("{e:#}"));
+            }
+        }
     }
 
     let r1 = &report.sections[0];
@@ -213,6 +219,9 @@ async fn main() -> Result<()> {
     );
     for s in &report.sections {
         println!("{}", report::section_markdown(s));
+    }
+    if let Some(e) = &report.r3_error {
+        println!("## R3: 3-node nats-server cluster\n\nFailed: {e}\n");
     }
     println!("## Targets (R1)\n\n{}", report::targets_markdown(r1));
     println!("Written: {} and {}\n", json.display(), svg.display());

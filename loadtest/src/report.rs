@@ -106,6 +106,8 @@ pub struct Report {
     pub command: String,
     pub machine: Machine,
     pub sections: Vec<Section>,
+    /// Why the R3 section did not finish, if it did not
+    pub r3_error: Option<String>,
     pub summary: String,
 }
 

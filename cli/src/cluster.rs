@@ -29,6 +29,7 @@ pub struct ClusterSpec {
     pub gateways: Vec<GatewaySpec>,
     pub ingest: push0_ingest::Config,
     pub max_undelivered: u64,
+    pub alerts: push0_scheduler::track::AlertConfig,
     pub grace: Duration,
 }
 
@@ -41,6 +42,7 @@ impl ClusterSpec {
             gateways: Vec::new(),
             ingest: push0_ingest::Config::default(),
             max_undelivered: 16,
+            alerts: Default::default(),
             grace: Duration::from_secs(5),
         }
     }
@@ -83,6 +85,10 @@ type Service = (
 pub struct LocalCluster {
     pub bus: Bus,
     services: Vec<Service>,
+    nats_url: String,
+    prefix: String,
+    grace: Duration,
+    started_gateways: usize,
 }
 
 impl LocalCluster {
@@ -107,6 +113,7 @@ impl LocalCluster {
         let scheduler_config = push0_scheduler::Config {
             teams: Some(spec.teams.clone()),
             max_undelivered: spec.max_undelivered,
+            alerts: spec.alerts.clone(),
             ..Default::default()
         };
         spawn(
@@ -130,28 +137,61 @@ impl LocalCluster {
             Box::new(move |t| tokio::spawn(push0_aggregator::run(aggregator_bus, t))),
         );
 
+        let mut cluster = Self {
+            bus,
+            services,
+            nats_url: spec.nats_url.clone(),
+            prefix: spec.prefix.clone(),
+            grace: spec.grace,
+            started_gateways: 0,
+        };
         for g in &spec.gateways {
-            for i in 0..g.count {
-                let gateway_bus = connect("prover-gateway").await?;
-                let config = push0_prover_gateway::Config {
-                    team: g.team.clone(),
-                    classes: Vec::new(),
-                    slots: g.slots,
-                    prover: g.prover.clone(),
-                    bundler: g.bundler.clone(),
-                    grace: spec.grace,
-                    id: format!("{}-gw{i}", g.team),
-                    inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
-                };
-                spawn(
-                    format!("gateway {}-{i}", g.team),
-                    Box::new(move |t| {
-                        tokio::spawn(push0_prover_gateway::run(gateway_bus, config, t))
-                    }),
-                );
-            }
+            cluster.add_gateways(g).await?;
         }
-        Ok(Self { bus, services })
+        Ok(cluster)
+    }
+
+    /// Starts `g.count` more gateways (for example a fleet coming back after an outage).
+    pub async fn add_gateways(&mut self, g: &GatewaySpec) -> Result<()> {
+        for _ in 0..g.count {
+            let i = self.started_gateways;
+            self.started_gateways += 1;
+            let bus = Bus::connect(&self.nats_url, &self.prefix, "prover-gateway").await?;
+            let config = push0_prover_gateway::Config {
+                team: g.team.clone(),
+                classes: Vec::new(),
+                slots: g.slots,
+                prover: g.prover.clone(),
+                bundler: g.bundler.clone(),
+                grace: self.grace,
+                id: format!("{}-gw{i}", g.team),
+                inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
+            };
+            let token = CancellationToken::new();
+            let handle = tokio::spawn(push0_prover_gateway::run(bus, config, token.clone()));
+            self.services
+                .push((format!("gateway {}-{i}", g.team), token, handle));
+        }
+        Ok(())
+    }
+
+    /// Stops every gateway of `team` (gracefully) and waits for them to exit.
+    pub async fn stop_gateways(&mut self, team: &str) -> Result<()> {
+        let prefix = format!("gateway {team}-");
+        let (stopping, keep): (Vec<Service>, Vec<Service>) = std::mem::take(&mut self.services)
+            .into_iter()
+            .partition(|(name, _, _)| name.starts_with(&prefix));
+        self.services = keep;
+        for (_, token, _) in &stopping {
+            token.cancel();
+        }
+        for (name, _, handle) in stopping {
+            handle
+                .await
+                .with_context(|| format!("{name} panicked"))?
+                .with_context(|| format!("{name} failed"))?;
+        }
+        Ok(())
     }
 
     /// Stops every service (gateways first, then the others) and reports the first failure.

@@ -333,7 +333,12 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     let plans = bus.kv(&bus.subjects.bucket_plans()).await?;
     let parts = bus.kv(&bus.subjects.bucket_parts()).await?;
     let cursors = bus.kv(&bus.subjects.bucket_cursors()).await?;
-    let chain = &args.chain;
+    print!("{}", crate::teams::overview(&bus).await?);
+    let Some(chain) = &args.chain else {
+        stop.cancel();
+        return Ok(());
+    };
+    println!();
     match args.number {
         Some(number) => {
             match kv_get::<BlockStatus>(&blocks, &block_key(chain, number)).await? {

@@ -2,6 +2,7 @@
 //! `push0 submit` publishes a block; `push0 status` shows what happened to blocks.
 
 mod commands;
+mod teams;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,12 +25,14 @@ enum Command {
     Dev(DevArgs),
     /// Submit one block
     Submit(SubmitArgs),
-    /// Show the status of a chain, or of one block
+    /// Show each team's provers, queues, deadlines and alerts; with a chain, its blocks
     Status(StatusArgs),
     /// Verify a block proof: a saved block-proof/v1 message, or one fetched from the PROOFS stream
     Verify(VerifyArgs),
     /// Inspect and replay dead letters
     Dlq(DlqArgs),
+    /// Add, remove or list proving teams at runtime
+    Team(teams::TeamArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -174,9 +177,10 @@ pub struct SubmitArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     conn: Connection,
-    /// Chain id
-    chain: String,
+    /// Chain id; without it, only the per-team overview
+    chain: Option<String>,
     /// Block number; without it, the chain's overview
+    #[arg(requires = "chain")]
     number: Option<u64>,
 }
 
@@ -188,6 +192,7 @@ async fn main() {
         Command::Submit(args) => commands::submit(args).await,
         Command::Status(args) => commands::status(args).await,
         Command::Dlq(args) => commands::dlq(args).await,
+        Command::Team(args) => teams::team(args).await,
         Command::Verify(args) => match commands::verify(args).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

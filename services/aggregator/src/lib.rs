@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use push0_protocol::DlqReason;
 use push0_protocol::bundle::bundled_system;
-use push0_protocol::subjects::{cursor_key, final_key, part_key, proof_msg_id};
+use push0_protocol::subjects::{cursor_key, final_key, part_key, plan_key, proof_msg_id};
 use push0_protocol::{
-    Blob, BlockProof, Cursor, InvalidCount, NodeId, PartRecord, Ready, Redo, TaskOutcome,
+    Blob, BlockProof, Cursor, InvalidCount, NodeId, PartRecord, Plan, Ready, Redo, TaskOutcome,
     TaskResult, TeamConfig, now_ms,
 };
 use push0_runtime::parts::recorded_children;
@@ -33,6 +33,7 @@ pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeErr
         blobs: blobs.clone(),
         parts: bus.kv(&bus.subjects.bucket_parts()).await?,
         cursors: bus.kv(&bus.subjects.bucket_cursors()).await?,
+        plans: bus.kv(&bus.subjects.bucket_plans()).await?,
         bus: bus.clone(),
         registry,
     };
@@ -55,6 +56,7 @@ struct Aggregator {
     registry: Registry,
     parts: kv::Store,
     cursors: kv::Store,
+    plans: kv::Store,
 }
 
 impl Handler for Aggregator {
@@ -155,7 +157,12 @@ impl Aggregator {
         if result.workflow.is_root(result.node) {
             let fkey = final_key(&result.team, &b.chain, b.number);
             kv_create(&self.parts, &fkey, &record).await?;
-            self.publish_in_order(&result.team, &b.chain).await?;
+            if team.is_realtime() {
+                self.publish_now(&result.team, &b.chain, b.number, &record)
+                    .await?;
+            } else {
+                self.publish_in_order(&result.team, &b.chain).await?;
+            }
         } else {
             self.signal_parent(&result, result.node).await?;
         }
@@ -297,6 +304,51 @@ impl Aggregator {
                 _ => None,
             })
             .await?;
+        }
+    }
+
+    /// Realtime teams: the proof goes out as soon as it exists, unless the scheduler withdrew
+    /// the block first. Marking the plan finalized (compare-and-set) settles that race: a block
+    /// is either withdrawn or published, never both.
+    async fn publish_now(
+        &self,
+        team: &str,
+        chain: &str,
+        number: u64,
+        root: &PartRecord,
+    ) -> Result<(), RuntimeError> {
+        let plan = kv_update::<Plan, _>(&self.plans, &plan_key(team, chain, number), |p| {
+            let p = p?;
+            if p.finalized || p.withdrawn.is_some() {
+                return None;
+            }
+            let mut p = p.clone();
+            p.finalized = true;
+            Some(p)
+        })
+        .await?;
+        match plan {
+            Some(p) if p.finalized && p.accepted.block.hash == root.block.hash => {
+                self.publish_proof(team, chain, number, root).await
+            }
+            Some(p) if p.withdrawn.is_some() => {
+                tracing::info!(
+                    team,
+                    chain,
+                    number,
+                    "proof of a withdrawn block is not published"
+                );
+                Ok(())
+            }
+            _ => {
+                tracing::warn!(
+                    team,
+                    chain,
+                    number,
+                    "no plan for a proved block; not published"
+                );
+                Ok(())
+            }
         }
     }
 

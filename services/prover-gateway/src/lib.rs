@@ -5,13 +5,20 @@
 pub mod latency;
 pub mod prover;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
+use bytes::Bytes;
 use futures::StreamExt;
-use push0_protocol::{DlqReason, Task, TaskInput, TaskOutcome, TaskResult, TeamConfig, now_ms};
+use push0_protocol::topology::CAPACITY_TTL;
+use push0_protocol::{
+    BlockRef, Cancel, Capacity, DlqReason, Task, TaskInput, TaskOutcome, TaskResult, TeamConfig,
+    encode, now_ms,
+};
 use push0_runtime::consume::dead_letter;
 use push0_runtime::{BlobStore, Bus, Delivery, Registry, Rejection, RuntimeError, metrics};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +66,15 @@ pub async fn run(
         blobs,
         config: config.clone(),
         heartbeat: Duration::from_millis(team.ack_wait_ms / 3).max(Duration::from_millis(100)),
+        running: Mutex::new(HashMap::new()),
+        busy: AtomicU32::new(0),
+    });
+    gateway.listen_for_cancels(shutdown.clone()).await?;
+    let advertiser = tokio::spawn({
+        let g = gateway.clone();
+        let classes = classes.clone();
+        let stop = shutdown.clone();
+        async move { g.advertise_capacity(classes, stop).await }
     });
     let mut slots = Vec::new();
     for class in &classes {
@@ -77,6 +93,7 @@ pub async fn run(
     for s in slots {
         let _ = s.await;
     }
+    let _ = advertiser.await;
     // Acks and naks are fire-and-forget: flush them before exit (NATS.md pitfall 3).
     bus.client
         .flush()
@@ -112,12 +129,90 @@ struct Gateway {
     blobs: BlobStore,
     config: Config,
     heartbeat: Duration,
+    /// Tasks proving now, by task id: their block and the token that stops them.
+    running: Mutex<HashMap<String, (BlockRef, CancellationToken)>>,
+    busy: AtomicU32,
+}
+
+/// Unregisters a running task when its proving ends, however it ends.
+struct Running<'a> {
+    gateway: &'a Gateway,
+    task_id: String,
+    token: CancellationToken,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.gateway
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&self.task_id);
+    }
 }
 
 /// How long one pull request waits for a task before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 impl Gateway {
+    /// Stops running provers named by a cancellation (a withdrawn block or a removed team).
+    async fn listen_for_cancels(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), RuntimeError> {
+        let g = self.clone();
+        self.bus
+            .follow(self.bus.subjects.cancel(), shutdown, move |cancel: Cancel| {
+                if cancel.team != g.config.team {
+                    return;
+                }
+                let running = g.running.lock().expect("running lock");
+                for (task_id, (block, token)) in running.iter() {
+                    let hit = cancel.block.as_ref().is_none_or(|b| {
+                        b.chain == block.chain && b.number == block.number && b.hash == block.hash
+                    });
+                    if hit {
+                        tracing::info!(task = %task_id, reason = %cancel.reason, "stopping prover: work withdrawn");
+                        token.cancel();
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Keeps this gateway's capacity record alive while it runs and removes it on the way out.
+    async fn advertise_capacity(&self, classes: Vec<String>, shutdown: CancellationToken) {
+        let kv = match self.bus.kv(&self.bus.subjects.bucket_capacity()).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                tracing::warn!(error = %e, "capacity bucket unavailable; not advertising");
+                return;
+            }
+        };
+        let key = capacity_key(&self.config.team, &self.config.id);
+        let started_at_ms = now_ms();
+        loop {
+            let record = Capacity {
+                gateway: self.config.id.clone(),
+                team: self.config.team.clone(),
+                classes: classes.clone(),
+                slots: self.config.slots as u32,
+                busy: self.busy.load(Ordering::Relaxed),
+                priority: 0,
+                started_at_ms,
+                updated_at_ms: now_ms(),
+            };
+            if let Err(e) = kv.put(&key, Bytes::from(encode(&record))).await {
+                tracing::debug!(error = %e, "capacity not advertised");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(CAPACITY_TTL / 3) => {}
+            }
+        }
+        let _ = kv.delete(&key).await;
+    }
+
     /// One prover slot: pull exactly one task, prove it, repeat. One-message `batch` pulls
     /// never stall (NATS.md pitfall 1) and hold no task a free prover elsewhere could take
     /// (pitfall 7).
@@ -240,6 +335,8 @@ impl Gateway {
         };
 
         m.slots_busy.with_label_values(&[&task.team]).inc();
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        let running = self.register(&task);
         let started = Instant::now();
         let proving = async {
             match (&self.config.bundler, &input) {
@@ -250,12 +347,26 @@ impl Gateway {
         tokio::pin!(proving);
         let outcome = tokio::select! {
             r = &mut proving => Some(r),
+            _ = running.token.cancelled() => {
+                // Withdrawn: the prover stops (dropping it kills a child process) and the task
+                // goes, so nobody proves it again.
+                drop(proving);
+                drop(running);
+                m.slots_busy.with_label_values(&[&task.team]).dec();
+                self.busy.fetch_sub(1, Ordering::Relaxed);
+                m.tasks_cancelled.with_label_values(&[&task.team]).inc();
+                let _ = delivery.message.ack_with(AckKind::Ack).await;
+                tracing::info!("prover stopped; task withdrawn");
+                return;
+            }
             _ = shutdown.cancelled() => {
                 // Give in-flight work its grace period, then hand it back at once.
                 tokio::time::timeout(self.config.grace, &mut proving).await.ok()
             }
         };
+        drop(running);
         m.slots_busy.with_label_values(&[&task.team]).dec();
+        self.busy.fetch_sub(1, Ordering::Relaxed);
         let Some(outcome) = outcome else {
             tracing::info!("shutting down mid-proof; task handed back");
             let _ = delivery.message.ack_with(AckKind::Nak(None)).await;
@@ -338,6 +449,19 @@ impl Gateway {
         tracing::info!(prove_ms, failed, "task done");
     }
 
+    fn register(&self, task: &Task) -> Running<'_> {
+        let token = CancellationToken::new();
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(task.task_id.clone(), (task.block.clone(), token.clone()));
+        Running {
+            gateway: self,
+            task_id: task.task_id.clone(),
+            token,
+        }
+    }
+
     async fn fetch_input(&self, task: &Task) -> Result<ProverInput, RuntimeError> {
         match &task.input {
             TaskInput::Leaf {
@@ -367,6 +491,21 @@ impl Gateway {
             }
         }
     }
+}
+
+/// KV key of a gateway's capacity record; characters a key cannot hold become `_`.
+fn capacity_key(team: &str, gateway: &str) -> String {
+    let id: String = gateway
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{team}.{id}")
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

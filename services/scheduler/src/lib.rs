@@ -3,7 +3,9 @@
 //! undelivered tasks. Every decision is recorded in KV, so a restarted scheduler re-releases
 //! exactly what is missing.
 
+mod oversight;
 pub mod queue;
+pub mod track;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +16,8 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use push0_protocol::subjects::{cursor_key, final_key, plan_key, task_id};
 use push0_protocol::{
-    BlockAccepted, Cursor, DlqReason, NodeId, PartRecord, Plan, Ready, Redo, Task, TaskInput,
-    TeamConfig, WireMessage, now_ms,
+    BlockAccepted, Cursor, DlqReason, LatePolicy, NodeId, PartRecord, Plan, Ready, Redo, Task,
+    TaskInput, TeamConfig, WireMessage, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::queue::{QueueKey, Queues};
+use crate::track::{AlertConfig, CapacityView, Tracked, Tracker};
 
 pub const SERVICE: &str = "scheduler";
 
@@ -39,6 +42,9 @@ pub struct Config {
     pub max_undelivered: u64,
     /// How often a queue with held work is re-read from the server.
     pub poll_interval: Duration,
+    pub alerts: AlertConfig,
+    /// How often each team's status record is rewritten and its alerts judged.
+    pub status_interval: Duration,
 }
 
 impl Default for Config {
@@ -47,6 +53,8 @@ impl Default for Config {
             teams: None,
             max_undelivered: 16,
             poll_interval: Duration::from_millis(20),
+            alerts: AlertConfig::default(),
+            status_interval: Duration::from_secs(1),
         }
     }
 }
@@ -68,6 +76,9 @@ pub async fn run(
         plans: bus.kv(&bus.subjects.bucket_plans()).await?,
         parts: bus.kv(&bus.subjects.bucket_parts()).await?,
         cursors: bus.kv(&bus.subjects.bucket_cursors()).await?,
+        status: bus.kv(&bus.subjects.bucket_status()).await?,
+        tracker: Mutex::new(Tracker::default()),
+        capacity: Mutex::new(CapacityView::default()),
         bus: bus.clone(),
         registry,
         config,
@@ -82,6 +93,13 @@ pub async fn run(
         let stop = shutdown.clone();
         async move { s.release_loop(stop).await }
     });
+    let housekeeper = tokio::spawn({
+        let s = scheduler.clone();
+        let stop = shutdown.clone();
+        async move { s.housekeeping_loop(stop).await }
+    });
+    scheduler.watch_proofs(shutdown.clone()).await?;
+    scheduler.watch_capacity(shutdown.clone()).await?;
     let accepted = AcceptedHandler(scheduler.clone());
     let ready = ReadyHandler(scheduler.clone());
     let poison = PoisonHandler {
@@ -115,6 +133,7 @@ pub async fn run(
     );
     shutdown.cancel();
     let _ = releaser.await;
+    let _ = housekeeper.await;
     a.and(r).and(p)
 }
 
@@ -125,6 +144,9 @@ pub struct Scheduler {
     plans: kv::Store,
     parts: kv::Store,
     cursors: kv::Store,
+    status: kv::Store,
+    tracker: Mutex<Tracker>,
+    capacity: Mutex<CapacityView>,
     queues: Mutex<Queues>,
     consumers: tokio::sync::Mutex<HashMap<QueueKey, PullConsumer>>,
     wake: Notify,
@@ -152,7 +174,7 @@ fn leaf_task(team: &TeamConfig, plan: &Plan, node: NodeId) -> Task {
             len,
         },
         submitted_at_ms: a.submitted_at_ms,
-        deadline_ms: a.deadline_ms,
+        deadline_ms: plan.deadline_ms,
     }
 }
 
@@ -191,6 +213,9 @@ impl Scheduler {
     /// released (all of them, unless this is a redelivery after a crash).
     async fn plan(&self, team: &TeamConfig, accepted: &BlockAccepted) -> Result<(), RuntimeError> {
         let b = &accepted.block;
+        if !team.samples(b.number) {
+            return Ok(());
+        }
         let key = plan_key(&team.name, &b.chain, b.number);
         let fresh = Plan {
             team: team.name.clone(),
@@ -199,6 +224,9 @@ impl Scheduler {
             released: Vec::new(),
             planned_at_ms: now_ms(),
             failed: None,
+            deadline_ms: team.deadline_for(accepted.submitted_at_ms, accepted.deadline_ms),
+            withdrawn: None,
+            finalized: false,
         };
         let plan = if kv_create(&self.plans, &key, &fresh).await? {
             fresh
@@ -210,6 +238,16 @@ impl Scheduler {
         };
         if plan.accepted.block.hash != b.hash {
             tracing::warn!(team = %team.name, chain = %b.chain, number = b.number, "a different block is planned at this height; ignoring");
+            return Ok(());
+        }
+        if plan.withdrawn.is_some() || plan.failed.is_some() {
+            return Ok(());
+        }
+        self.track(team, &plan);
+        if team.is_realtime() {
+            // Realtime proofs are published as they come; there is no order to keep.
+            self.ensure_queue(team).await?;
+            self.enqueue_leaves(team, &plan);
             return Ok(());
         }
         // The first block planned for (team, chain) starts its publication order; a lower block
@@ -231,14 +269,33 @@ impl Scheduler {
         )
         .await?;
         self.ensure_queue(team).await?;
+        self.enqueue_leaves(team, &plan);
+        Ok(())
+    }
+
+    fn enqueue_leaves(&self, team: &TeamConfig, plan: &Plan) {
         let tasks = plan
             .workflow
             .leaves()
             .filter(|n| !plan.released.contains(n))
-            .map(|n| leaf_task(team, &plan, n))
+            .map(|n| leaf_task(team, plan, n))
             .collect();
         self.enqueue(tasks);
-        Ok(())
+    }
+
+    /// Follows a planned block until its proof appears or its work stops.
+    fn track(&self, team: &TeamConfig, plan: &Plan) {
+        let b = &plan.accepted.block;
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        tracker.team(&team.name).planned(
+            &b.chain,
+            b.number,
+            Tracked {
+                deadline_ms: plan.deadline_ms,
+                submitted_at_ms: plan.accepted.submitted_at_ms,
+                first_release_ms: (!plan.released.is_empty()).then_some(plan.planned_at_ms),
+            },
+        );
     }
 
     /// The task of `redo.node` as first planned: a leaf from the plan, an aggregation from its
@@ -319,6 +376,9 @@ impl Scheduler {
             let Some(team) = self.registry.get(&plan.team) else {
                 continue;
             };
+            if plan.withdrawn.is_some() || plan.failed.is_some() {
+                continue;
+            }
             let b = &plan.accepted.block;
             if kv_get::<PartRecord>(&self.parts, &final_key(&team.name, &b.chain, b.number))
                 .await?
@@ -326,6 +386,7 @@ impl Scheduler {
             {
                 continue;
             }
+            self.track(&team, &plan);
             self.ensure_queue(&team).await?;
             let mut tasks: Vec<Task> = plan
                 .workflow
@@ -377,6 +438,11 @@ impl Scheduler {
     /// Releases the queue's most urgent tasks while the bus holds fewer undelivered tasks than
     /// the bound.
     async fn release(&self, key: &QueueKey) -> Result<(), RuntimeError> {
+        if let Some(team) = self.registry.get(&key.0)
+            && team.is_realtime()
+        {
+            return self.release_on_demand(&team, key).await;
+        }
         let bound = self.config.max_undelivered;
         let known = {
             let queues = self.queues.lock().expect("queues lock");
@@ -417,6 +483,65 @@ impl Scheduler {
                 return Err(e);
             }
         }
+    }
+
+    /// Realtime queues release only into waiting pull requests, so a task starts the moment
+    /// it leaves the scheduler and the decision to start it is made with the freshest
+    /// knowledge: a block that can no longer meet its deadline is not started while a newer
+    /// block waits (under the `drop` policy).
+    async fn release_on_demand(
+        &self,
+        team: &TeamConfig,
+        key: &QueueKey,
+    ) -> Result<(), RuntimeError> {
+        let consumer = {
+            let consumers = self.consumers.lock().await;
+            let Some(c) = consumers.get(key) else {
+                return Ok(());
+            };
+            c.clone()
+        };
+        let info = consumer
+            .get_info()
+            .await
+            .map_err(|e| RuntimeError::nats(format!("consumer info {}", key.0), e))?;
+        if info.num_pending > 0 {
+            return Ok(());
+        }
+        let mut free = info.num_waiting;
+        while free > 0 {
+            let popped = {
+                let mut queues = self.queues.lock().expect("queues lock");
+                let Some(q) = queues.queues.get_mut(key) else {
+                    return Ok(());
+                };
+                q.pop()
+            };
+            let Some((task, trace)) = popped else {
+                return Ok(());
+            };
+            let b = &task.block;
+            let hopeless = team.late_policy == LatePolicy::Drop && {
+                let mut tracker = self.tracker.lock().expect("tracker lock");
+                tracker
+                    .team(&team.name)
+                    .hopeless(&b.chain, b.number, now_ms())
+            };
+            if hopeless {
+                self.withdraw(team, b.chain.clone(), b.number, "cannot meet its deadline")
+                    .await?;
+                continue;
+            }
+            if let Err(e) = self.publish_task(&task, trace.clone()).await {
+                let mut queues = self.queues.lock().expect("queues lock");
+                if let Some(q) = queues.queues.get_mut(key) {
+                    q.unpop(task, trace);
+                }
+                return Err(e);
+            }
+            free -= 1;
+        }
+        Ok(())
     }
 
     async fn undelivered_on_bus(&self, key: &QueueKey) -> Result<u64, RuntimeError> {
@@ -464,6 +589,11 @@ impl Scheduler {
             .tasks_released
             .with_label_values(&[&task.team])
             .inc();
+        self.tracker
+            .lock()
+            .expect("tracker lock")
+            .team(&task.team)
+            .released(&task.block.chain, task.block.number, now_ms());
         tracing::debug!(parent: &span, "task released");
         Ok(())
     }
@@ -654,6 +784,8 @@ impl PoisonHandler {
                 Some(p)
             })
             .await?;
+            let mut tracker = self.scheduler.tracker.lock().expect("tracker lock");
+            tracker.team(&t.team).forget(&t.block.chain, t.block.number);
         }
         stream
             .delete_message(sequence)

@@ -25,6 +25,18 @@ struct Args {
     /// How often a queue with held work is re-read from the server
     #[arg(long, env = "PUSH0_POLL_INTERVAL", default_value = "20ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
+
+    /// Raise `no_live_prover` when a team has pending work and no live gateway for this long
+    #[arg(long, env = "PUSH0_ALERT_NO_PROVER_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    alert_no_prover_after: Duration,
+
+    /// Raise `deadline_misses` when the share of deadlines missed in the window exceeds this
+    #[arg(long, env = "PUSH0_ALERT_MISS_RATE", default_value_t = 0.5)]
+    alert_miss_rate: f64,
+
+    /// Window of the deadline miss rate
+    #[arg(long, env = "PUSH0_ALERT_MISS_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    alert_miss_window: Duration,
 }
 
 #[tokio::main]
@@ -48,6 +60,13 @@ async fn main() {
         teams,
         max_undelivered: args.max_undelivered,
         poll_interval: args.poll_interval,
+        alerts: push0_scheduler::track::AlertConfig {
+            no_prover_after: args.alert_no_prover_after,
+            miss_rate: args.alert_miss_rate,
+            miss_window: args.alert_miss_window,
+            ..Default::default()
+        },
+        ..Default::default()
     };
     let result = async {
         let started = push0_runtime::service::start(push0_scheduler::SERVICE, &args.common).await?;

@@ -102,6 +102,20 @@ impl Queue {
     pub fn held(&self) -> usize {
         self.heap.len()
     }
+
+    /// Drops every held task `matches` selects; returns how many went.
+    pub fn withdraw(&mut self, matches: impl Fn(&Task) -> bool) -> usize {
+        let before = self.heap.len();
+        let known = &mut self.known;
+        self.heap.retain(|Reverse(p)| {
+            let keep = !matches(&p.task);
+            if !keep {
+                known.remove(&p.task.task_id);
+            }
+            keep
+        });
+        before - self.heap.len()
+    }
 }
 
 pub type QueueKey = (String, String);
@@ -171,6 +185,20 @@ mod tests {
         q.push(late, TraceContext::default());
         q.push(urgent, TraceContext::default());
         assert_eq!(q.pop().unwrap().0.block.number, 5);
+    }
+
+    #[test]
+    fn withdraw_removes_one_blocks_tasks() {
+        let mut q = Queue::default();
+        for (n, i) in [(1, 0), (1, 1), (2, 0)] {
+            q.push(task(n, 0, i), TraceContext::default());
+        }
+        assert_eq!(q.withdraw(|t| t.block.number == 1), 2);
+        assert_eq!(q.held(), 1);
+        assert!(
+            q.push(task(1, 0, 0), TraceContext::default()),
+            "forgotten, so it can come back"
+        );
     }
 
     #[test]

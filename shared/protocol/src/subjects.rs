@@ -66,6 +66,11 @@ impl Subjects {
         format!("{}.dlq.>", self.prefix)
     }
 
+    /// Cancellations (core NATS, not a stream): gateways stop the named work.
+    pub fn cancel(&self) -> String {
+        format!("{}.control.cancel", self.prefix)
+    }
+
     /// Server advisories for tasks that ran out of deliveries (poison tasks).
     pub fn max_deliveries_advisories(&self) -> String {
         format!(
@@ -136,6 +141,14 @@ impl Subjects {
     /// Per (team, chain) publication cursor, key `<team>.<chain>`.
     pub fn bucket_cursors(&self) -> String {
         self.bucket("cursors")
+    }
+    /// Gateway liveness and capacity, key `<team>.<gateway>`; entries expire unless renewed.
+    pub fn bucket_capacity(&self) -> String {
+        self.bucket("capacity")
+    }
+    /// The scheduler's per-team status, key `<team>`.
+    pub fn bucket_status(&self) -> String {
+        self.bucket("status")
     }
     /// Blobs above the inline threshold.
     pub fn object_store(&self) -> String {

@@ -28,6 +28,36 @@ fn default_max_deliver() -> i64 {
 fn default_arity() -> u32 {
     2
 }
+fn default_slot_ms() -> u64 {
+    12_000
+}
+fn default_sample_every() -> u64 {
+    1
+}
+
+/// How a team's blocks are finalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Rollups: every block is proved and published strictly in block order, never skipped.
+    #[default]
+    Sequential,
+    /// Real-time L1 proving: every block has a deadline (its slot); a block that cannot make it
+    /// is handled by the team's late policy and counted as missed. Proofs are published as
+    /// soon as they exist.
+    Realtime,
+}
+
+/// What happens to a realtime block whose deadline has passed while a newer block waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatePolicy {
+    /// Withdraw its queued tasks and stop its provers: capacity goes to the head.
+    #[default]
+    Drop,
+    /// Keep proving it; the proof is published late and counted as a miss.
+    FinishLate,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +94,18 @@ pub struct TeamConfig {
     /// on every sub-proof before the aggregator accepts it; empty means no verification.
     #[serde(default)]
     pub verifier: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Realtime: a block's deadline is its submission time plus this slot, unless the block
+    /// carries its own deadline.
+    #[serde(default = "default_slot_ms")]
+    pub slot_ms: u64,
+    /// Realtime sampling: prove only blocks whose number is a multiple of this.
+    #[serde(default = "default_sample_every")]
+    pub sample_every: u64,
+    /// Realtime: what happens to work on a block that missed its deadline.
+    #[serde(default)]
+    pub late_policy: LatePolicy,
 }
 
 impl TeamConfig {
@@ -80,6 +122,41 @@ impl TeamConfig {
             max_deliver: default_max_deliver(),
             proof_system: None,
             verifier: Vec::new(),
+            mode: Mode::Sequential,
+            slot_ms: default_slot_ms(),
+            sample_every: default_sample_every(),
+            late_policy: LatePolicy::Drop,
+        }
+    }
+
+    /// The same team in realtime mode with deadline `slot_ms` after submission.
+    pub fn realtime(self, slot_ms: u64) -> Self {
+        Self {
+            mode: Mode::Realtime,
+            slot_ms,
+            ..self
+        }
+    }
+
+    pub fn is_realtime(&self) -> bool {
+        self.mode == Mode::Realtime
+    }
+
+    /// Whether this team proves block `number` at all (realtime sampling).
+    pub fn samples(&self, number: u64) -> bool {
+        number % self.sample_every.max(1) == 0
+    }
+
+    /// The deadline of a block for this team: the block's own, else (realtime) its slot's end.
+    pub fn deadline_for(
+        &self,
+        submitted_at_ms: u64,
+        block_deadline_ms: Option<u64>,
+    ) -> Option<u64> {
+        match (block_deadline_ms, self.mode) {
+            (Some(d), _) => Some(d),
+            (None, Mode::Realtime) => Some(submitted_at_ms + self.slot_ms),
+            (None, Mode::Sequential) => None,
         }
     }
 
@@ -168,6 +245,17 @@ impl TeamConfig {
         if self.max_deliver < 1 {
             problems.push(format!("team {name}: max_deliver must be at least 1"));
         }
+        if self.slot_ms < 50 {
+            problems.push(format!("team {name}: slot_ms must be at least 50"));
+        }
+        if self.sample_every == 0 {
+            problems.push(format!("team {name}: sample_every must be at least 1"));
+        }
+        if self.sample_every > 1 && self.mode == Mode::Sequential {
+            problems.push(format!(
+                "team {name}: sampling skips blocks, which mode sequential never does; use mode realtime"
+            ));
+        }
         problems
     }
 }
@@ -242,6 +330,30 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.len(), 3, "{err:?}");
+    }
+
+    #[test]
+    fn realtime_settings() {
+        let teams = TeamsFile::parse(
+            r#"
+            [[team]]
+            name = "rt"
+            mode = "realtime"
+            slot_ms = 2000
+            sample_every = 3
+            late_policy = "finish-late"
+            "#,
+        )
+        .unwrap();
+        let t = &teams[0];
+        assert!(t.is_realtime());
+        assert_eq!(t.late_policy, LatePolicy::FinishLate);
+        assert_eq!(t.deadline_for(1000, None), Some(3000));
+        assert_eq!(t.deadline_for(1000, Some(1500)), Some(1500));
+        assert!(t.samples(9) && !t.samples(10));
+        assert_eq!(TeamConfig::single("s").deadline_for(1000, None), None);
+        let err = TeamsFile::parse("[[team]]\nname = \"a\"\nsample_every = 2\n").unwrap_err();
+        assert!(err[0].contains("realtime"), "{err:?}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ const DEDUP: Duration = Duration::from_secs(30 * 60);
 /// envelope); the server's `max_payload` must be at least this.
 pub const MAX_MESSAGE_BYTES: i32 = 8 * 1024 * 1024;
 
+/// How long a gateway's capacity record lives without renewal; gateways renew it every third.
+pub const CAPACITY_TTL: Duration = Duration::from_secs(6);
+
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub subjects: Subjects,
@@ -105,6 +108,12 @@ impl Topology {
                 max_age: Duration::ZERO,
                 ..bucket(s.bucket_cursors())
             },
+            // A gateway that stops renewing its record drops out of the capacity view.
+            BucketSpec {
+                max_age: CAPACITY_TTL,
+                ..bucket(s.bucket_capacity())
+            },
+            bucket(s.bucket_status()),
         ]
     }
 

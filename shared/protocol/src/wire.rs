@@ -405,6 +405,17 @@ pub struct Plan {
     /// Why the block cannot be proved for this team (a poison task), if it cannot.
     #[serde(default)]
     pub failed: Option<String>,
+    /// The block's deadline for this team (its own, or the end of a realtime team's slot).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Why the block's work was withdrawn (a realtime miss under the `drop` policy), if it was.
+    /// No proof of a withdrawn block is published.
+    #[serde(default)]
+    pub withdrawn: Option<String>,
+    /// Set (compare-and-set) by the aggregator before it publishes a realtime team's block
+    /// proof: a block is either finalized or withdrawn, never both.
+    #[serde(default)]
+    pub finalized: bool,
 }
 
 impl WireMessage for Plan {
@@ -440,6 +451,95 @@ pub struct Cursor {
 
 impl WireMessage for Cursor {
     const SCHEMA: &'static str = "cursor/v1";
+}
+
+/// `cancel/v1`, core NATS on `<prefix>.control.cancel`: stop proving the named work now.
+/// Gateways kill matching provers and ack their tasks; nothing is redelivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub team: String,
+    /// The block whose work stops; None stops all of the team's work (the team was removed).
+    pub block: Option<BlockRef>,
+    pub reason: String,
+}
+
+impl WireMessage for Cancel {
+    const SCHEMA: &'static str = "cancel/v1";
+}
+
+/// A gateway's liveness and capacity, bucket `capacity` (entries expire unless renewed),
+/// key `<team>.<gateway>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub gateway: String,
+    pub team: String,
+    pub classes: Vec<String>,
+    /// Prover slots per class.
+    pub slots: u32,
+    /// Slots proving right now.
+    pub busy: u32,
+    /// Pull priority of this gateway's tier (lower pulls first).
+    pub priority: u8,
+    pub started_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl WireMessage for Capacity {
+    const SCHEMA: &'static str = "capacity/v1";
+}
+
+/// An alert the scheduler raises on a team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Alert {
+    /// Work is pending and no gateway of the team is alive.
+    NoLiveProver,
+    /// The share of deadlines missed over the recent window is above the threshold.
+    DeadlineMisses,
+}
+
+impl Alert {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alert::NoLiveProver => "no_live_prover",
+            Alert::DeadlineMisses => "deadline_misses",
+        }
+    }
+}
+
+/// What the scheduler knows about one team, bucket `status`, key `<team>`; rewritten about
+/// once a second while the scheduler runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamStatus {
+    pub team: String,
+    /// Tasks held by the scheduler (not yet released), per class.
+    pub held: Vec<(String, u64)>,
+    /// Gateways alive (capacity records not expired) and their slots over all classes.
+    pub live_gateways: u32,
+    pub live_slots: u32,
+    /// Highest block planned for the team, per chain, and the proving state below it.
+    pub chains: Vec<ChainStatus>,
+    /// Deadline outcomes since the scheduler started.
+    pub deadline_hits: u64,
+    pub deadline_misses: u64,
+    /// Hit rate over the recent window, if any deadline fell in it.
+    pub window_hit_rate: Option<f64>,
+    pub alerts: Vec<Alert>,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStatus {
+    pub chain: String,
+    pub head: u64,
+    /// Blocks planned and neither proved nor given up.
+    pub unproven: u64,
+    pub oldest_unproven: Option<u64>,
+    pub oldest_unproven_age_ms: Option<u64>,
+}
+
+impl WireMessage for TeamStatus {
+    const SCHEMA: &'static str = "team-status/v1";
 }
 
 mod opt_bytes {

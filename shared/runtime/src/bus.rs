@@ -200,6 +200,88 @@ impl Bus {
 
     /// Publishes prepared bytes and headers, retrying transient failures for up to ~15 s (a
     /// cluster leader election takes 5-8 s).
+    /// Publishes on core NATS (no stream, no ack): for signals whose loss only costs time,
+    /// such as cancellations.
+    pub async fn notify<M: WireMessage>(
+        &self,
+        subject: String,
+        message: &M,
+    ) -> Result<(), RuntimeError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(SCHEMA_HEADER, M::SCHEMA);
+        self.client
+            .publish_with_headers(subject.clone(), headers, Bytes::from(encode(message)))
+            .await
+            .map_err(|e| RuntimeError::nats(format!("publish to {subject}"), e))
+    }
+
+    /// Hands every well-formed `M` published on `subject` (core NATS) to `on_message` until
+    /// `shutdown`, from a task of its own. Core notifications are hints over durable state, so
+    /// a malformed one is logged and skipped.
+    pub async fn follow<M, F>(
+        &self,
+        subject: String,
+        shutdown: tokio_util::sync::CancellationToken,
+        mut on_message: F,
+    ) -> Result<(), RuntimeError>
+    where
+        M: WireMessage,
+        F: FnMut(M) + Send + 'static,
+    {
+        use futures::StreamExt;
+        let mut sub = self
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| RuntimeError::nats(format!("subscribe to {subject}"), e))?;
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    m = sub.next() => m,
+                };
+                let Some(message) = message else { return };
+                let schema = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(SCHEMA_HEADER))
+                    .map(|v| v.as_str().to_string());
+                match decode::<M>(schema.as_deref(), &message.payload) {
+                    Ok(m) => on_message(m),
+                    Err(e) => {
+                        tracing::warn!(%subject, error = %e, "ignoring a malformed notification")
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Hands every entry of a KV watch to `on_entry` until `shutdown`, from a task of its own.
+    pub fn follow_kv<F>(
+        mut watch: kv::Watch,
+        what: &'static str,
+        shutdown: tokio_util::sync::CancellationToken,
+        mut on_entry: F,
+    ) where
+        F: FnMut(kv::Entry) + Send + 'static,
+    {
+        use futures::StreamExt;
+        tokio::spawn(async move {
+            loop {
+                let entry = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    e = watch.next() => e,
+                };
+                let Some(Ok(entry)) = entry else {
+                    tracing::warn!("{what} watch ended");
+                    return;
+                };
+                on_entry(entry);
+            }
+        });
+    }
+
     pub async fn publish_raw(
         &self,
         subject: String,

@@ -37,6 +37,19 @@ pub struct Metrics {
     pub slots_busy: IntGaugeVec,
     /// push0_invalid_proofs_total{team, gateway}: sub-proofs rejected by verification
     pub invalid_proofs: IntCounterVec,
+    /// push0_deadline_outcomes_total{team, outcome}: hit, late (finished after its deadline)
+    /// or dropped (withdrawn after its deadline passed)
+    pub deadline_outcomes: IntCounterVec,
+    /// push0_alert_active{team, alert}: 1 while an alert is raised
+    pub alert_active: IntGaugeVec,
+    /// push0_alerts_raised_total{team, alert}
+    pub alerts_raised: IntCounterVec,
+    /// push0_live_prover_slots{team}: slots of gateways whose capacity record is current
+    pub live_slots: IntGaugeVec,
+    /// push0_tasks_withdrawn_total{team, reason}: queued or running tasks stopped by the scheduler
+    pub tasks_withdrawn: IntCounterVec,
+    /// push0_tasks_cancelled_total{team}: provers a gateway stopped on a cancellation
+    pub tasks_cancelled: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -144,6 +157,42 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "push0_invalid_proofs_total",
             "sub-proofs rejected by verification, by gateway",
             &["team", "gateway"],
+        ),
+        deadline_outcomes: counter(
+            &r,
+            "push0_deadline_outcomes_total",
+            "blocks with a deadline, by outcome: hit, late or dropped",
+            &["team", "outcome"],
+        ),
+        alert_active: gauge(
+            &r,
+            "push0_alert_active",
+            "1 while the alert is raised",
+            &["team", "alert"],
+        ),
+        alerts_raised: counter(
+            &r,
+            "push0_alerts_raised_total",
+            "alerts raised",
+            &["team", "alert"],
+        ),
+        live_slots: gauge(
+            &r,
+            "push0_live_prover_slots",
+            "prover slots of live gateways",
+            &["team"],
+        ),
+        tasks_withdrawn: counter(
+            &r,
+            "push0_tasks_withdrawn_total",
+            "tasks withdrawn by the scheduler, by reason",
+            &["team", "reason"],
+        ),
+        tasks_cancelled: counter(
+            &r,
+            "push0_tasks_cancelled_total",
+            "provers stopped by a cancellation",
+            &["team"],
         ),
         registry: r,
     }

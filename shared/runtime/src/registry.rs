@@ -26,7 +26,7 @@ impl Registry {
         let kv = bus.kv(&bus.subjects.bucket_teams()).await?;
         // Watch first, then load: nothing that changes in between is missed, and revisions
         // keep a late watch event from overwriting a newer loaded value.
-        let mut watch = kv
+        let watch = kv
             .watch_all()
             .await
             .map_err(|e| RuntimeError::nats("watch team registry", e))?;
@@ -48,22 +48,12 @@ impl Registry {
             }
         }
         let live = registry.clone();
-        tokio::spawn(async move {
-            loop {
-                let entry = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    e = watch.next() => e,
-                };
-                let Some(Ok(entry)) = entry else {
-                    tracing::warn!("team registry watch ended");
-                    return;
-                };
-                let team = match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => decode_team(&entry.value),
-                    _ => None,
-                };
-                live.apply(entry.key.clone(), team, entry.revision);
-            }
+        Bus::follow_kv(watch, "team registry", shutdown, move |entry| {
+            let team = match entry.operation {
+                async_nats::jetstream::kv::Operation::Put => decode_team(&entry.value),
+                _ => None,
+            };
+            live.apply(entry.key.clone(), team, entry.revision);
         });
         Ok(registry)
     }

@@ -1,0 +1,348 @@
+//! The scheduler's oversight of its teams: withdrawing work that should stop (a realtime block
+//! past its deadline, a removed team), following proofs and gateway capacity, and writing each
+//! team's status and alerts.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use push0_protocol::subjects::{final_key, plan_key};
+use push0_protocol::topology::CAPACITY_TTL;
+use push0_protocol::{
+    BlockProof, Cancel, Capacity, LatePolicy, PartRecord, Plan, TeamConfig, TeamStatus,
+    WireMessage, decode, encode, now_ms,
+};
+use push0_runtime::{Bus, RuntimeError, kv_get, kv_update, metrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::Scheduler;
+use crate::track::DeadlineOutcome;
+
+/// How often deadlines and removed teams are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+/// Blocks unproven for this long are checked against the parts bucket, in case their proof
+/// was published while this scheduler was not listening.
+const RECHECK_AFTER_MS: u64 = 10_000;
+
+impl Scheduler {
+    /// Stops a block's work for `team`: held tasks go, the plan records why (unless the
+    /// aggregator finalized it first), running provers are told to stop. Returns whether the
+    /// block was withdrawn.
+    pub(crate) async fn withdraw(
+        &self,
+        team: &TeamConfig,
+        chain: String,
+        number: u64,
+        reason: &str,
+    ) -> Result<bool, RuntimeError> {
+        let plan = kv_update::<Plan, _>(&self.plans, &plan_key(&team.name, &chain, number), |p| {
+            let p = p?;
+            if p.finalized || p.withdrawn.is_some() {
+                return None;
+            }
+            let mut p = p.clone();
+            p.withdrawn = Some(reason.to_string());
+            Some(p)
+        })
+        .await?;
+        let Some(plan) = plan else { return Ok(false) };
+        if plan.finalized {
+            return Ok(false);
+        }
+        let held = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            queues
+                .queues
+                .iter_mut()
+                .filter(|((t, _), _)| *t == team.name)
+                .map(|(_, q)| q.withdraw(|t| t.block.chain == chain && t.block.number == number))
+                .sum::<usize>()
+        };
+        let running = plan.released.len();
+        let cancel = Cancel {
+            team: team.name.clone(),
+            block: Some(plan.accepted.block.clone()),
+            reason: reason.to_string(),
+        };
+        if running > 0 {
+            self.bus.notify(self.bus.subjects.cancel(), &cancel).await?;
+        }
+        let had_deadline = {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            let track = tracker.team(&team.name);
+            let forgotten = track.forget(&chain, number);
+            let had = forgotten.is_some_and(|t| t.deadline_ms.is_some());
+            if had {
+                track.record(DeadlineOutcome::Dropped, now_ms());
+            }
+            had
+        };
+        let m = metrics();
+        if had_deadline {
+            m.deadline_outcomes
+                .with_label_values(&[&team.name, DeadlineOutcome::Dropped.as_str()])
+                .inc();
+        }
+        m.tasks_withdrawn
+            .with_label_values(&[&team.name, "deadline"])
+            .inc_by((held + running) as u64);
+        tracing::warn!(team = %team.name, chain, number, held, running, reason, "block withdrawn: missed");
+        Ok(true)
+    }
+
+    /// A team left the registry: its held and queued tasks go and its provers stop.
+    async fn withdraw_team(&self, team: &str) -> Result<(), RuntimeError> {
+        let held = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let keys: Vec<_> = queues
+                .queues
+                .keys()
+                .filter(|(t, _)| t == team)
+                .cloned()
+                .collect();
+            keys.iter()
+                .filter_map(|k| queues.queues.remove(k))
+                .map(|q| q.held())
+                .sum::<usize>()
+        };
+        let stream = self
+            .bus
+            .js
+            .get_stream(self.bus.subjects.stream_tasks())
+            .await
+            .map_err(|e| RuntimeError::nats("get task stream", e))?;
+        let purged = stream
+            .purge()
+            .filter(self.bus.subjects.tasks(team, "*"))
+            .await
+            .map_err(|e| RuntimeError::nats(format!("purge tasks of {team}"), e))?;
+        let cancel = Cancel {
+            team: team.to_string(),
+            block: None,
+            reason: "team removed".to_string(),
+        };
+        self.bus.notify(self.bus.subjects.cancel(), &cancel).await?;
+        self.consumers.lock().await.retain(|(t, _), _| t != team);
+        self.tracker
+            .lock()
+            .expect("tracker lock")
+            .teams
+            .remove(team);
+        metrics()
+            .tasks_withdrawn
+            .with_label_values(&[team, "team_removed"])
+            .inc_by(held as u64 + purged.purged);
+        tracing::warn!(
+            team,
+            held,
+            queued = purged.purged,
+            "team removed: its work is withdrawn"
+        );
+        Ok(())
+    }
+
+    /// Deadlines and removed teams every few tens of milliseconds; status, alerts and a
+    /// re-check of long-unproven blocks about once a second.
+    pub(crate) async fn housekeeping_loop(&self, shutdown: CancellationToken) {
+        let mut last_status = Instant::now();
+        let mut known: HashSet<String> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+            let teams = self.registry.all();
+            if let Err(e) = self.sweep_deadlines(&teams).await {
+                tracing::warn!(error = %e, "deadline sweep failed, will retry");
+            }
+            let current: HashSet<String> = teams.iter().map(|t| t.name.clone()).collect();
+            for gone in known.difference(&current) {
+                if let Err(e) = self.withdraw_team(gone).await {
+                    tracing::warn!(team = %gone, error = %e, "withdrawing a removed team failed");
+                }
+            }
+            known = current;
+            if last_status.elapsed() >= self.config.status_interval {
+                last_status = Instant::now();
+                if let Err(e) = self.recheck_unproven(&teams).await {
+                    tracing::warn!(error = %e, "re-checking unproven blocks failed");
+                }
+                for team in &teams {
+                    if let Err(e) = self.write_status(team).await {
+                        tracing::warn!(team = %team.name, error = %e, "status not written");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sweep_deadlines(&self, teams: &[TeamConfig]) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        for team in teams {
+            if !team.is_realtime() || team.late_policy != LatePolicy::Drop {
+                continue;
+            }
+            let overdue = {
+                let mut tracker = self.tracker.lock().expect("tracker lock");
+                tracker.team(&team.name).overdue(now)
+            };
+            for (chain, number) in overdue {
+                self.withdraw(team, chain, number, "deadline passed")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks unproven for a while whose final proof exists (published while this scheduler
+    /// was not listening) leave the tracker.
+    async fn recheck_unproven(&self, teams: &[TeamConfig]) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        for team in teams {
+            let stale: Vec<(String, u64)> = {
+                let mut tracker = self.tracker.lock().expect("tracker lock");
+                tracker
+                    .team(&team.name)
+                    .blocks
+                    .iter()
+                    .filter(|(_, t)| now.saturating_sub(t.submitted_at_ms) > RECHECK_AFTER_MS)
+                    .map(|(k, _)| k.clone())
+                    .take(64)
+                    .collect()
+            };
+            for (chain, number) in stale {
+                let key = final_key(&team.name, &chain, number);
+                if kv_get::<PartRecord>(&self.parts, &key).await?.is_some() {
+                    self.observe_proof(&team.name, &chain, number, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn observe_proof(&self, team: &str, chain: &str, number: u64, published_at_ms: u64) {
+        let outcome = {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            tracker.team(team).proved(chain, number, published_at_ms)
+        };
+        if let Some(outcome) = outcome {
+            metrics()
+                .deadline_outcomes
+                .with_label_values(&[team, outcome.as_str()])
+                .inc();
+            if outcome == DeadlineOutcome::Late {
+                tracing::warn!(team, chain, number, "block proved after its deadline");
+            }
+        }
+    }
+
+    /// Follows block proofs as they are published (core NATS: the proofs stream is the record;
+    /// a proof missed here is found by `recheck_unproven`).
+    pub(crate) async fn watch_proofs(
+        self: &std::sync::Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), RuntimeError> {
+        let s = self.clone();
+        self.bus
+            .follow(
+                self.bus.subjects.proofs_all(),
+                shutdown,
+                move |p: BlockProof| {
+                    s.observe_proof(&p.team, &p.chain, p.number, p.published_at_ms)
+                },
+            )
+            .await
+    }
+
+    /// Keeps the gateways' capacity records current in memory.
+    pub(crate) async fn watch_capacity(
+        self: &std::sync::Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), RuntimeError> {
+        let kv = self.bus.kv(&self.bus.subjects.bucket_capacity()).await?;
+        let watch = kv
+            .watch_all_from_revision(1)
+            .await
+            .map_err(|e| RuntimeError::nats("watch capacity", e))?;
+        let s = self.clone();
+        Bus::follow_kv(watch, "capacity", shutdown, move |entry| {
+            let mut view = s.capacity.lock().expect("capacity lock");
+            match entry.operation {
+                async_nats::jetstream::kv::Operation::Put => {
+                    if let Ok(c) = decode::<Capacity>(Some(Capacity::SCHEMA), &entry.value) {
+                        view.put(entry.key.clone(), c);
+                    }
+                }
+                _ => view.remove(&entry.key),
+            }
+        });
+        Ok(())
+    }
+
+    /// Writes the team's status record and raises or clears its alerts.
+    async fn write_status(&self, team: &TeamConfig) -> Result<(), RuntimeError> {
+        let now = now_ms();
+        let held: Vec<(String, u64)> = {
+            let queues = self.queues.lock().expect("queues lock");
+            team.classes()
+                .into_iter()
+                .map(|class| {
+                    let n = queues
+                        .queues
+                        .get(&(team.name.clone(), class.clone()))
+                        .map_or(0, |q| q.held() as u64);
+                    (class, n)
+                })
+                .collect()
+        };
+        let (live_gateways, live_slots) =
+            self.capacity
+                .lock()
+                .expect("capacity lock")
+                .live(&team.name, now, CAPACITY_TTL);
+        let status = {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            let track = tracker.team(&team.name);
+            let chains = track.chains(now);
+            let pending = held.iter().any(|(_, n)| *n > 0) || chains.iter().any(|c| c.unproven > 0);
+            let changes = track.evaluate_alerts(&self.config.alerts, pending, live_gateways, now);
+            let (rate, _) = track.window_rate(now, self.config.alerts.miss_window);
+            for change in changes {
+                let m = metrics();
+                let labels = [team.name.as_str(), change.alert.as_str()];
+                m.alert_active
+                    .with_label_values(&labels)
+                    .set(change.raised as i64);
+                if change.raised {
+                    m.alerts_raised.with_label_values(&labels).inc();
+                    tracing::error!(team = %team.name, alert = change.alert.as_str(), live_gateways, window_hit_rate = ?rate, "alert raised");
+                } else {
+                    tracing::warn!(team = %team.name, alert = change.alert.as_str(), "alert cleared");
+                }
+            }
+            let mut alerts: Vec<_> = track.alerts.iter().copied().collect();
+            alerts.sort_by_key(|a| a.as_str());
+            TeamStatus {
+                team: team.name.clone(),
+                held,
+                live_gateways,
+                live_slots,
+                chains,
+                deadline_hits: track.hits,
+                deadline_misses: track.misses,
+                window_hit_rate: rate,
+                alerts,
+                updated_at_ms: now,
+            }
+        };
+        metrics()
+            .live_slots
+            .with_label_values(&[&team.name])
+            .set(live_slots as i64);
+        self.status
+            .put(&team.name, Bytes::from(encode(&status)))
+            .await
+            .map_err(|e| RuntimeError::nats(format!("write status of {}", team.name), e))?;
+        Ok(())
+    }
+}

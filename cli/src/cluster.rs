@@ -19,6 +19,8 @@ pub struct GatewaySpec {
     pub prover: Prover,
     /// Bundle aggregation tasks instead of proving them (systems without recursion).
     pub bundler: Option<push0_prover_gateway::prover::Bundler>,
+    /// Pull priority of these gateways (0 is served first).
+    pub priority: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +57,7 @@ impl ClusterSpec {
             slots,
             prover,
             bundler: None,
+            priority: 0,
         });
         self
     }
@@ -166,6 +169,7 @@ impl LocalCluster {
                 grace: self.grace,
                 id: format!("{}-gw{i}", g.team),
                 inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
+                priority: g.priority,
             };
             let token = CancellationToken::new();
             let handle = tokio::spawn(push0_prover_gateway::run(bus, config, token.clone()));

@@ -383,10 +383,12 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                 let root =
                     kv_get::<PartRecord>(&parts, &final_key(&team.name, chain, number)).await?;
                 let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
-                let state = match (root, cursor) {
-                    (Some(_), Some((c, _))) if c.next > number => "published".to_string(),
-                    (Some(_), _) => "proved, waiting for earlier blocks".to_string(),
-                    (None, _) => "proving".to_string(),
+                let state = match (&plan.withdrawn, root, cursor) {
+                    (Some(reason), _, _) => format!("withdrawn: {reason}"),
+                    (None, Some(_), _) if plan.finalized => "published".to_string(),
+                    (None, Some(_), Some((c, _))) if c.next > number => "published".to_string(),
+                    (None, Some(_), _) => "proved, waiting for earlier blocks".to_string(),
+                    (None, None, _) => "proving".to_string(),
                 };
                 rows.push(vec![
                     team.name.clone(),
@@ -421,9 +423,31 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                 "published".into(),
                 "next to publish".into(),
                 "behind head".into(),
+                "missed".into(),
             ]];
             let head = numbers.last().copied();
             for team in registry.all() {
+                if team.is_realtime() {
+                    // Realtime teams publish out of order and may miss blocks: count the plans.
+                    let (mut published, mut missed, mut open) = (0, 0, 0);
+                    for number in &numbers {
+                        match kv_get::<Plan>(&plans, &plan_key(&team.name, chain, *number)).await? {
+                            Some((p, _)) if p.finalized => published += 1,
+                            Some((p, _)) if p.withdrawn.is_some() => missed += 1,
+                            Some(_) => open += 1,
+                            None => {}
+                        }
+                    }
+                    rows.push(vec![
+                        team.name.clone(),
+                        shape_name(&team),
+                        published.to_string(),
+                        "(as proved)".into(),
+                        open.to_string(),
+                        missed.to_string(),
+                    ]);
+                    continue;
+                }
                 let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
                 let (published, next, behind) = match (cursor, head) {
                     (Some((c, _)), Some(h)) => (
@@ -442,6 +466,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                     published,
                     next,
                     behind,
+                    "-".into(),
                 ]);
             }
             print!("{}", table(&rows));

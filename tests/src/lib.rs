@@ -9,7 +9,10 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
 use push0::cluster::{ClusterSpec, LocalCluster};
 use push0::watch::ProofFeed;
-use push0_protocol::{BlockProof, DeadLetter, NodeId, SCHEMA_HEADER, TeamConfig, Workflow, decode};
+use push0_protocol::{
+    BlockProof, DeadLetter, NodeId, PartRecord, SCHEMA_HEADER, TeamConfig, WireMessage, Workflow,
+    decode,
+};
 use push0_prover_gateway::latency::Latency;
 use push0_prover_gateway::prover::{Prover, SimProver, sim_aggregate_proof, sim_leaf_proof};
 use push0_runtime::Bus;
@@ -143,6 +146,25 @@ pub fn expected_sim_proof(payload: &[u8], workflow: Workflow) -> Vec<u8> {
         sim_aggregate_proof(children.iter().map(Vec::as_slice))
     }
     node_proof(payload, &workflow, workflow.root())
+}
+
+/// Every proved node recorded in the parts bucket (root copies and invalid markers left out),
+/// in the order they were recorded.
+pub async fn part_records(bus: &Bus) -> Result<Vec<PartRecord>> {
+    let parts = bus.kv(&bus.subjects.bucket_parts()).await?;
+    let mut keys = parts.keys().await?;
+    let mut records = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        if key.ends_with(".final") || key.ends_with(".invalid") {
+            continue;
+        }
+        if let Some(entry) = parts.get(&key).await? {
+            records.push(decode::<PartRecord>(Some(PartRecord::SCHEMA), &entry)?);
+        }
+    }
+    records.sort_by_key(|r| r.recorded_at_ms);
+    Ok(records)
 }
 
 /// Block numbers per team, in publication order.

@@ -120,6 +120,7 @@ async fn a_tampering_prover_is_caught_and_an_honest_one_finishes_the_block() -> 
             grace: Duration::ZERO,
             id: id.into(),
             inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
+            priority: 0,
         };
         let bus_url = env.server.url();
         let prefix = env.prefix.clone();

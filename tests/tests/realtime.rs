@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use push0::source::{make_block, submit};
 use push0_protocol::subjects::plan_key;
-use push0_protocol::{PartRecord, Plan, TeamConfig, WireMessage, decode};
+use push0_protocol::{Plan, TeamConfig};
 use push0_runtime::{kv_get, metrics};
 use push0_tests::*;
 
@@ -114,18 +113,7 @@ async fn sequential_backlog_serves_aggregation_before_newer_leaves() -> anyhow::
     );
 
     // With one slot, the order parts were recorded in is the order they were pulled in.
-    let parts = env.bus.kv(&env.bus.subjects.bucket_parts()).await?;
-    let mut keys = parts.keys().await?;
-    let mut records = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key?;
-        if key.contains(".final") || key.ends_with(".invalid") {
-            continue;
-        }
-        let entry = parts.get(&key).await?.expect("part");
-        records.push(decode::<PartRecord>(Some(PartRecord::SCHEMA), &entry)?);
-    }
-    records.sort_by_key(|r| r.recorded_at_ms);
+    let records = part_records(&env.bus).await?;
     let pulls: Vec<(u64, u32)> = records
         .iter()
         .map(|r| (r.block.number, r.node.level))

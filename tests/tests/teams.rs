@@ -146,6 +146,7 @@ async fn zero_capacity_alert_fires_and_clears() -> anyhow::Result<()> {
             slots: 1,
             prover: sim("fixed:5ms"),
             bundler: None,
+            priority: 0,
         })
         .await?;
     let proofs = collect_proofs(&env.bus, 2, Duration::from_secs(10)).await?;
@@ -157,5 +158,61 @@ async fn zero_capacity_alert_fires_and_clears() -> anyhow::Result<()> {
     let status = team_status(&env, "zed").await?.expect("status");
     assert!(status.alerts.is_empty(), "{:?}", status.alerts);
     assert_eq!((status.live_gateways, status.live_slots), (1, 1));
+    cluster.stop().await
+}
+
+/// Two tiers in one consumer group: a fast gateway pulling at priority 0 and a slow one at
+/// priority 5. While the fast one is free it takes every task; the slow one gets work only
+/// when the fast one is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fast_tier_takes_work_before_a_slow_one() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let mut spec = env.spec(vec![TeamConfig::single("tiers")]);
+    for priority in [0, 5] {
+        spec.gateways.push(push0::cluster::GatewaySpec {
+            team: "tiers".into(),
+            count: 1,
+            slots: 1,
+            prover: sim("fixed:100ms"),
+            bundler: None,
+            priority,
+        });
+    }
+    // Gateways are named in start order: tiers-gw0 is the fast tier, tiers-gw1 the slow one.
+    let cluster = push0::cluster::LocalCluster::start(spec).await?;
+    // Both gateways have a pull waiting before the first task exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for n in 1..=8u64 {
+        submit(&env.bus, &make_block("eth", n, 1024)).await?;
+        eventually(Duration::from_secs(10), "block proved", || async {
+            let proofs = all_proofs(&env.bus, Duration::ZERO).await.ok()?;
+            (proofs.len() as u64 == n).then_some(())
+        })
+        .await?;
+    }
+    let by_gateway = |records: &[push0_protocol::PartRecord], gateway: &str| {
+        records.iter().filter(|r| r.gateway == gateway).count()
+    };
+    let records = part_records(&env.bus).await?;
+    assert_eq!(
+        (
+            by_gateway(&records, "tiers-gw0"),
+            by_gateway(&records, "tiers-gw1")
+        ),
+        (8, 0),
+        "one block at a time: the fast tier takes all of them"
+    );
+
+    for n in 9..=14 {
+        submit(&env.bus, &make_block("eth", n, 1024)).await?;
+    }
+    collect_proofs(&env.bus, 14, Duration::from_secs(20)).await?;
+    let records = part_records(&env.bus).await?;
+    let slow = by_gateway(&records, "tiers-gw1");
+    assert!(
+        slow > 0 && slow < 6,
+        "a burst overflows to the slow tier ({slow} of 6 there)"
+    );
     cluster.stop().await
 }

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
-use futures::StreamExt;
-use push0_protocol::topology::CAPACITY_TTL;
+use push0_protocol::topology::{CAPACITY_TTL, TIER_GROUP};
 use push0_protocol::{
     BlockRef, Cancel, Capacity, DlqReason, Task, TaskInput, TaskOutcome, TaskResult, TeamConfig,
     encode, now_ms,
 };
 use push0_runtime::consume::dead_letter;
+use push0_runtime::pull::OnePull;
 use push0_runtime::{BlobStore, Bus, Delivery, Registry, Rejection, RuntimeError, metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -43,6 +43,9 @@ pub struct Config {
     /// Name of this gateway in results and logs.
     pub id: String,
     pub inline_threshold: usize,
+    /// Pull priority within the team's consumer group, 0 (served first) to 9: a slow tier set
+    /// higher gets work only while every faster prover is busy.
+    pub priority: u8,
 }
 
 /// Runs the gateway until `shutdown`.
@@ -213,20 +216,22 @@ impl Gateway {
         let _ = kv.delete(&key).await;
     }
 
-    /// One prover slot: pull exactly one task, prove it, repeat. One-message `batch` pulls
-    /// never stall (NATS.md pitfall 1) and hold no task a free prover elsewhere could take
-    /// (pitfall 7).
+    /// One prover slot: pull exactly one task, prove it, repeat. One-message pull requests
+    /// never stall (NATS.md pitfall 1), hold no task a free prover elsewhere could take
+    /// (pitfall 7), and carry this gateway's tier priority.
     async fn slot_loop(&self, consumer: PullConsumer, slot: usize, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
-            let batch = consumer
-                .batch()
-                .max_messages(1)
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(b) => b,
+            let pull = OnePull::request(
+                &self.bus,
+                &consumer,
+                TIER_GROUP,
+                self.config.priority,
+                PULL_EXPIRES,
+            )
+            .await;
+            let mut pull = match pull {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(slot, error = %e, "pull failed");
                     tokio::select! {
@@ -238,26 +243,26 @@ impl Gateway {
                 }
             };
             let next = tokio::select! {
-                n = batch.next() => n,
+                n = pull.next() => n,
                 _ = shutdown.cancelled() => {
                     // A task may still arrive for this pull: hand it straight back.
-                    if let Ok(Some(Ok(m))) = tokio::time::timeout(PULL_EXPIRES, batch.next()).await {
+                    if let Ok(Some(m)) = pull.next().await {
                         let _ = m.ack_with(AckKind::Nak(None)).await;
                     }
                     return;
                 }
             };
             match next {
-                Some(Ok(message)) => {
+                Ok(Some(message)) => {
                     backoff = Duration::from_millis(50);
                     self.process(Delivery::new(message), &shutdown).await;
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     tracing::debug!(slot, error = %e, "pull ended with an error");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                None => {}
+                Ok(None) => {}
             }
         }
     }

@@ -33,6 +33,10 @@ struct Args {
     /// Concurrent provers per class
     #[arg(long, env = "PUSH0_SLOTS", default_value_t = 1)]
     slots: usize,
+    /// Pull priority within the team's consumer group: 0 is served first, up to 9; give a slow
+    /// tier a higher number so it takes work only while the faster provers are busy
+    #[arg(long, env = "PUSH0_PRIORITY", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: u8,
 
     /// Which prover runs the tasks
     #[arg(long, env = "PUSH0_PROVER", value_enum, default_value = "sim")]
@@ -135,6 +139,7 @@ async fn main() {
         team: args.team.clone(),
         classes: args.classes.clone(),
         slots: args.slots.max(1),
+        priority: args.priority,
         prover,
         bundler,
         grace: args.shutdown_grace,

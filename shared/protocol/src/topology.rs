@@ -32,7 +32,13 @@ pub struct ConsumerSpec {
     /// -1 means unlimited.
     pub max_deliver: i64,
     pub max_ack_pending: i64,
+    /// Priority group of a `prioritized` consumer: pull requests name it and carry a priority,
+    /// and the server serves the lowest priority number first (fast prover tiers before slow).
+    pub priority_group: Option<String>,
 }
+
+/// The priority group every task consumer declares; gateways pull in it with their `--priority`.
+pub const TIER_GROUP: &str = "tiers";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketSpec {
@@ -165,6 +171,7 @@ impl Topology {
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
             max_ack_pending: 10_000,
+            priority_group: None,
         }
     }
 
@@ -177,6 +184,7 @@ impl Topology {
             ack_wait: Duration::from_millis(team.ack_wait_ms),
             max_deliver: team.max_deliver,
             max_ack_pending: 100_000,
+            priority_group: Some(TIER_GROUP.to_string()),
         }
     }
 }

@@ -165,6 +165,11 @@ impl Bus {
             max_deliver: spec.max_deliver,
             max_ack_pending: spec.max_ack_pending,
             num_replicas: self.replicas,
+            priority_policy: match spec.priority_group {
+                Some(_) => jetstream::consumer::PriorityPolicy::Prioritized,
+                None => jetstream::consumer::PriorityPolicy::None,
+            },
+            priority_groups: spec.priority_group.iter().cloned().collect(),
             ..Default::default()
         };
         retry_twice(|| stream.get_or_create_consumer(&spec.durable, config.clone()))

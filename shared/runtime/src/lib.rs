@@ -8,6 +8,7 @@ pub mod config;
 pub mod consume;
 pub mod metrics;
 pub mod parts;
+pub mod pull;
 pub mod registry;
 pub mod service;
 pub mod shutdown;

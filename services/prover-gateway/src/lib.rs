@@ -19,7 +19,7 @@ use push0_protocol::{
     encode, now_ms,
 };
 use push0_runtime::consume::dead_letter;
-use push0_runtime::pull::OnePull;
+use push0_runtime::pull::{Pull, Tier};
 use push0_runtime::{BlobStore, Bus, Delivery, Registry, Rejection, RuntimeError, metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -222,14 +222,11 @@ impl Gateway {
     async fn slot_loop(&self, consumer: PullConsumer, slot: usize, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         while !shutdown.is_cancelled() {
-            let pull = OnePull::request(
-                &self.bus,
-                &consumer,
-                TIER_GROUP,
-                self.config.priority,
-                PULL_EXPIRES,
-            )
-            .await;
+            let tier = Tier {
+                group: TIER_GROUP,
+                priority: self.config.priority,
+            };
+            let pull = Pull::request(&self.bus, &consumer, 1, Some(tier), PULL_EXPIRES).await;
             let mut pull = match pull {
                 Ok(p) => p,
                 Err(e) => {

@@ -92,6 +92,37 @@ impl Bus {
         })
     }
 
+    /// On a replicated bucket, turns off direct gets, which any replica answers — including one
+    /// that has not yet applied a write the leader already acknowledged. The aggregator reads
+    /// back parts it wrote moments before (are all siblings proved?); a stale "absent" there
+    /// left a join unnoticed and stalled the pipeline on a 3-node cluster. Reads then go to the
+    /// stream leader. Every service runs this before it opens a bucket, because a KV handle
+    /// decides how it reads when it is opened.
+    async fn read_from_leader(&self, bucket: &str) -> Result<(), RuntimeError> {
+        if self.replicas <= 1 {
+            return Ok(());
+        }
+        let name = format!("KV_{bucket}");
+        let mut stream = self
+            .js
+            .get_stream(&name)
+            .await
+            .map_err(|e| RuntimeError::nats(format!("get stream {name}"), e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| RuntimeError::nats(format!("stream info {name}"), e))?;
+        if !info.config.allow_direct {
+            return Ok(());
+        }
+        let mut config = info.config.clone();
+        config.allow_direct = false;
+        retry_twice(|| self.js.update_stream(config.clone()))
+            .await
+            .map_err(|e| RuntimeError::nats(format!("update stream {name}"), e))?;
+        Ok(())
+    }
+
     /// Declares every stream and bucket. Idempotent; every service calls it at start so the
     /// start order of services does not matter.
     pub async fn ensure_topology(&self) -> Result<(), RuntimeError> {
@@ -116,6 +147,7 @@ impl Bus {
         }
         for spec in self.topology.buckets() {
             if self.js.get_key_value(&spec.name).await.is_ok() {
+                self.read_from_leader(&spec.name).await?;
                 continue;
             }
             let config = kv::Config {
@@ -130,6 +162,7 @@ impl Bus {
             retry_twice(|| self.js.create_or_update_key_value(config.clone()))
                 .await
                 .map_err(|e| RuntimeError::nats(format!("declare bucket {}", spec.name), e))?;
+            self.read_from_leader(&spec.name).await?;
         }
         let objects = self.subjects.object_store();
         if self.js.get_object_store(&objects).await.is_err() {

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
 use push0_protocol::wire::{DecodeError, WireMessage, decode};
 use push0_protocol::{BlockRef, ConsumerSpec, DeadLetter, DlqReason, SCHEMA_HEADER, now_ms};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +14,7 @@ use tracing::Instrument;
 use crate::blobs::BlobStore;
 use crate::bus::{Bus, RuntimeError};
 use crate::metrics::metrics;
+use crate::pull::Pull;
 use crate::telemetry;
 
 /// What a handler decided about one message.
@@ -147,17 +147,10 @@ pub async fn consume<H: Handler>(
     let consumer = bus.ensure_consumer(spec).await?;
     let mut backoff = Duration::from_millis(50);
     'pull: while !shutdown.is_cancelled() {
-        // Short expiry and heartbeats: a stalled pull (NATS.md pitfalls 1 and 2) is replaced
-        // within seconds instead of waiting out a long request.
-        let stream = consumer
-            .stream()
-            .max_messages_per_batch(PULL_BATCH)
-            .expires(Duration::from_secs(2))
-            .heartbeat(Duration::from_millis(500))
-            .messages()
-            .await;
-        let mut messages = match stream {
-            Ok(m) => m,
+        // A short expiry: a pull whose answer is lost is replaced within seconds.
+        let pull = Pull::request(bus, &consumer, PULL_BATCH, None, Duration::from_secs(2)).await;
+        let mut pull = match pull {
+            Ok(p) => p,
             Err(e) => {
                 tracing::warn!(service, consumer = %spec.durable, error = %e, "pull failed");
                 tokio::select! {
@@ -172,23 +165,23 @@ pub async fn consume<H: Handler>(
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    nak_buffered(&mut messages).await;
+                    nak_buffered(&mut pull).await;
                     break 'pull;
                 }
-                next = messages.next() => next,
+                next = pull.next() => next,
             };
             match next {
-                Some(Ok(message)) => {
+                Ok(Some(message)) => {
                     backoff = Duration::from_millis(50);
                     handle_one(bus, blobs, service, kind, handler, message).await;
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(service, consumer = %spec.durable, error = %e, "pull stream error, re-pulling");
+                Err(e) => {
+                    tracing::warn!(service, consumer = %spec.durable, error = %e, "pull ended with an error, re-pulling");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue 'pull;
                 }
-                None => continue 'pull,
+                Ok(None) => continue 'pull,
             }
         }
     }
@@ -201,11 +194,11 @@ pub async fn consume<H: Handler>(
 
 /// Hands back what the pull already delivered. Bounded: a nak'ed message is redelivered at
 /// once, possibly into this same pull, so "until nothing arrives" could go on forever.
-async fn nak_buffered(messages: &mut jetstream::consumer::pull::Stream) {
+async fn nak_buffered(pull: &mut Pull) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
     for _ in 0..PULL_BATCH {
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(Ok(message))) => {
+        match tokio::time::timeout_at(deadline, pull.next()).await {
+            Ok(Ok(Some(message))) => {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
             }
             _ => return,

@@ -265,3 +265,90 @@ impl Drop for ServiceProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A fresh folder for a test's logs and files (kept after the test, for reading the logs).
+pub fn temp_dir(test: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("push0-{test}-{}", random_prefix()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The teams file a [`System`] expects: `alpha` (single) and `beta` (split 3, arity 2).
+pub const SYSTEM_TEAMS: &str = r#"
+[[team]]
+name = "alpha"
+
+[[team]]
+name = "beta"
+shape = "split"
+parts = 3
+arity = 2
+"#;
+
+/// How a [`System`] runs its gateways, and flags every service gets.
+pub struct SystemOptions<'a> {
+    pub sim_latency: &'a str,
+    pub grace: &'a str,
+    /// Added to every service's command line (for example `--replicas 3`).
+    pub extra: &'a [&'a str],
+}
+
+/// The whole push0 as processes: scheduler, ingest, aggregator, and two 2-slot gateways for
+/// each of teams `alpha` and `beta` (the teams file must define both).
+pub struct System {
+    pub processes: Vec<ServiceProcess>,
+}
+
+impl System {
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        teams: &std::path::Path,
+        logs: &std::path::Path,
+        round: u32,
+        options: &SystemOptions,
+    ) -> Result<Self> {
+        let teams = teams.to_str().context("teams path")?;
+        let with_extra = |args: &[&str]| {
+            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            all.extend(options.extra.iter().map(|a| a.to_string()));
+            all
+        };
+        let start = |binary: &str, name: String, args: Vec<String>| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ServiceProcess::start(binary, &name, url, prefix, &args, logs)
+        };
+        let mut processes = vec![
+            start(
+                "push0-scheduler",
+                format!("scheduler-{round}"),
+                with_extra(&["--teams", teams]),
+            )?,
+            start("push0-ingest", format!("ingest-{round}"), with_extra(&[]))?,
+            start(
+                "push0-aggregator",
+                format!("aggregator-{round}"),
+                with_extra(&[]),
+            )?,
+        ];
+        for team in ["alpha", "beta"] {
+            for i in 0..2 {
+                processes.push(start(
+                    "push0-prover-gateway",
+                    format!("gateway-{team}-{i}-{round}"),
+                    with_extra(&[
+                        "--team",
+                        team,
+                        "--slots",
+                        "2",
+                        "--sim-latency",
+                        options.sim_latency,
+                        "--shutdown-grace",
+                        options.grace,
+                    ]),
+                )?);
+            }
+        }
+        Ok(Self { processes })
+    }
+}

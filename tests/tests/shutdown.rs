@@ -6,88 +6,20 @@ use std::time::Duration;
 use push0::source::run_source;
 use push0_tests::*;
 
-const TEAMS: &str = r#"
-[[team]]
-name = "alpha"
-
-[[team]]
-name = "beta"
-shape = "split"
-parts = 3
-arity = 2
-"#;
-
-struct System {
-    processes: Vec<ServiceProcess>,
-}
-
-fn start_system(
-    url: &str,
-    prefix: &str,
-    teams: &std::path::Path,
-    logs: &std::path::Path,
-    round: u32,
-) -> anyhow::Result<System> {
-    let teams = teams.to_str().unwrap();
-    let mut processes = vec![
-        ServiceProcess::start(
-            "push0-scheduler",
-            &format!("scheduler-{round}"),
-            url,
-            prefix,
-            &["--teams", teams],
-            logs,
-        )?,
-        ServiceProcess::start(
-            "push0-ingest",
-            &format!("ingest-{round}"),
-            url,
-            prefix,
-            &[],
-            logs,
-        )?,
-        ServiceProcess::start(
-            "push0-aggregator",
-            &format!("aggregator-{round}"),
-            url,
-            prefix,
-            &[],
-            logs,
-        )?,
-    ];
-    for team in ["alpha", "beta"] {
-        for i in 0..2 {
-            processes.push(ServiceProcess::start(
-                "push0-prover-gateway",
-                &format!("gateway-{team}-{i}-{round}"),
-                url,
-                prefix,
-                &[
-                    "--team",
-                    team,
-                    "--slots",
-                    "2",
-                    "--sim-latency",
-                    "fixed:400ms",
-                    "--shutdown-grace",
-                    "300ms",
-                ],
-                logs,
-            )?);
-        }
-    }
-    Ok(System { processes })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_work_in_flight_loses_nothing() -> anyhow::Result<()> {
     let env = Env::new().await?;
-    let dir = tempfile_dir()?;
+    let dir = temp_dir("shutdown")?;
     let teams = dir.join("teams.toml");
-    std::fs::write(&teams, TEAMS)?;
+    std::fs::write(&teams, SYSTEM_TEAMS)?;
     let url = env.server.url();
 
-    let mut system = start_system(&url, &env.prefix, &teams, &dir, 1)?;
+    let options = SystemOptions {
+        sim_latency: "fixed:400ms",
+        grace: "300ms",
+        extra: &[],
+    };
+    let mut system = System::start(&url, &env.prefix, &teams, &dir, 1, &options)?;
     run_source(&env.bus, "eth", 1, 12, 0.0, 6000).await?;
     // Work is in flight once the first proofs appear: most blocks are still being proved.
     collect_proofs(&env.bus, 2, Duration::from_secs(30)).await?;
@@ -113,7 +45,7 @@ async fn sigterm_with_work_in_flight_loses_nothing() -> anyhow::Result<()> {
 
     // More blocks arrive while nothing runs; they wait on the stream.
     run_source(&env.bus, "eth", 13, 3, 0.0, 6000).await?;
-    let _system = start_system(&url, &env.prefix, &teams, &dir, 2)?;
+    let _system = System::start(&url, &env.prefix, &teams, &dir, 2, &options)?;
     collect_proofs(&env.bus, 30, Duration::from_secs(60)).await?;
     let proofs = all_proofs(&env.bus, Duration::from_secs(1)).await?;
     assert_eq!(proofs.len(), 30, "exactly one proof per (team, block)");
@@ -125,10 +57,4 @@ async fn sigterm_with_work_in_flight_loses_nothing() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("push0-shutdown-{}", random_prefix()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

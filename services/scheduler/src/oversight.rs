@@ -265,7 +265,7 @@ impl Scheduler {
             .await
             .map_err(|e| RuntimeError::nats("watch capacity", e))?;
         let s = self.clone();
-        Bus::follow_kv(watch, "capacity", shutdown, move |entry| {
+        Bus::follow_kv(kv, watch, "capacity", shutdown, move |entry| {
             let mut view = s.capacity.lock().expect("capacity lock");
             match entry.operation {
                 async_nats::jetstream::kv::Operation::Put => {

@@ -296,8 +296,11 @@ impl Bus {
     }
 
     /// Hands every entry of a KV watch to `on_entry` until `shutdown`, from a task of its own.
+    /// A watch that ends (its server went away) is opened again from the revision after the
+    /// last one seen, so nothing is missed across a node loss.
     pub fn follow_kv<F>(
-        mut watch: kv::Watch,
+        kv: kv::Store,
+        first: kv::Watch,
         what: &'static str,
         shutdown: tokio_util::sync::CancellationToken,
         mut on_entry: F,
@@ -306,16 +309,34 @@ impl Bus {
     {
         use futures::StreamExt;
         tokio::spawn(async move {
+            let mut watch = first;
+            let mut last_seen = 0;
             loop {
                 let entry = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     e = watch.next() => e,
                 };
-                let Some(Ok(entry)) = entry else {
-                    tracing::warn!("{what} watch ended");
-                    return;
-                };
-                on_entry(entry);
+                if let Some(Ok(entry)) = entry {
+                    last_seen = entry.revision;
+                    on_entry(entry);
+                    continue;
+                }
+                tracing::warn!(last_seen, "{what} watch ended; watching again");
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    // Replayed entries are harmless: followers keep the newest revision.
+                    let again = kv.watch_all_from_revision(last_seen + 1).await;
+                    match again {
+                        Ok(w) => {
+                            watch = w;
+                            break;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "{what} watch not reopened yet"),
+                    }
+                }
             }
         });
     }

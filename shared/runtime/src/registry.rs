@@ -48,7 +48,7 @@ impl Registry {
             }
         }
         let live = registry.clone();
-        Bus::follow_kv(watch, "team registry", shutdown, move |entry| {
+        Bus::follow_kv(kv, watch, "team registry", shutdown, move |entry| {
             let team = match entry.operation {
                 async_nats::jetstream::kv::Operation::Put => decode_team(&entry.value),
                 _ => None,

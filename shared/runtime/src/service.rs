@@ -14,6 +14,9 @@ pub struct Started {
     pub telemetry: TelemetryGuard,
 }
 
+/// How long a service keeps retrying the topology at start before it gives up.
+const TOPOLOGY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
     let telemetry = telemetry::init(service, common.log_format);
     let shutdown = crate::shutdown::shutdown_on_signal();
@@ -24,7 +27,18 @@ pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started
         })?;
     let mut bus = Bus::connect(&common.nats_url, &common.prefix, service).await?;
     bus.replicas = usize::from(common.replicas);
-    bus.ensure_topology().await?;
+    // A cluster that is still electing leaders (or a node that is down) times requests out;
+    // keep trying for a while rather than exit at start.
+    let started = std::time::Instant::now();
+    let mut backoff = std::time::Duration::from_millis(200);
+    while let Err(e) = bus.ensure_topology().await {
+        if started.elapsed() > TOPOLOGY_PATIENCE || shutdown.is_cancelled() {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "declaring streams and buckets failed, retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
     tracing::info!(service, nats = %common.nats_url, prefix = %common.prefix, replicas = common.replicas, metrics = %addr, "started");
     Ok(Started {
         bus,

@@ -1,0 +1,88 @@
+//! A 3-node JetStream cluster on loopback, every stream and bucket with 3 replicas, the real
+//! service binaries connected to all three nodes. The node leading the tasks stream is killed
+//! mid-run and later restarted: every block is still proved exactly once per team, in order.
+
+use std::time::Duration;
+
+use push0::source::{make_block, submit};
+use push0_runtime::Bus;
+use push0_testkit::NatsCluster;
+use push0_tests::*;
+
+/// Submits until the cluster takes it (a publish can fail while a leader is being elected);
+/// the block's msg-id makes a retry after a lost ack harmless.
+async fn submit_until_stored(bus: &Bus, number: u64) -> anyhow::Result<()> {
+    let block = make_block("eth", number, 2048);
+    eventually(Duration::from_secs(30), "block stored", || async {
+        submit(bus, &block).await.ok().map(|_| ())
+    })
+    .await
+}
+
+/// Index of the node that leads `stream` (nodes are named n0, n1, n2).
+async fn leader_of(bus: &Bus, stream: &str) -> anyhow::Result<usize> {
+    let mut stream = bus.js.get_stream(stream).await?;
+    let info = stream.info().await?;
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .ok_or_else(|| anyhow::anyhow!("stream {} has no leader", info.config.name))?;
+    Ok(leader.trim_start_matches('n').parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let mut cluster = NatsCluster::start()?;
+    let url = cluster.url();
+    let prefix = random_prefix();
+    let dir = temp_dir("node-loss")?;
+    let teams = dir.join("teams.toml");
+    std::fs::write(&teams, SYSTEM_TEAMS)?;
+    let options = SystemOptions {
+        sim_latency: "fixed:50ms",
+        grace: "1s",
+        extra: &["--replicas", "3"],
+    };
+    let _system = System::start(&url, &prefix, &teams, &dir, 1, &options)?;
+    let bus = Bus::connect(&url, &prefix, "node-loss-test").await?;
+
+    for n in 1..=15 {
+        submit_until_stored(&bus, n).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    collect_proofs(&bus, 10, Duration::from_secs(60)).await?;
+    let victim = leader_of(&bus, &bus.subjects.stream_tasks()).await?;
+    cluster.kill(victim);
+    eprintln!("killed node n{victim}, the tasks stream's leader");
+    for n in 16..=40 {
+        submit_until_stored(&bus, n).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    collect_proofs(&bus, 80, Duration::from_secs(90)).await?;
+    cluster.restart(victim)?;
+    for n in 41..=50 {
+        submit_until_stored(&bus, n).await?;
+    }
+    collect_proofs(&bus, 100, Duration::from_secs(60)).await?;
+
+    let proofs = all_proofs(&bus, Duration::from_secs(2)).await?;
+    assert_eq!(
+        proofs.len(),
+        100,
+        "one proof per (team, block); logs in {}",
+        dir.display()
+    );
+    for (team, numbers) in numbers_by_team(&proofs) {
+        assert_eq!(
+            numbers,
+            (1..=50).collect::<Vec<u64>>(),
+            "team {team}: in order, none lost"
+        );
+    }
+    for p in &proofs {
+        let block = make_block("eth", p.number, 2048);
+        assert_eq!(p.hash, block.hash, "proof of the submitted block");
+    }
+    Ok(())
+}

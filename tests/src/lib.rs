@@ -291,6 +291,8 @@ pub struct SystemOptions<'a> {
     pub grace: &'a str,
     /// Added to every service's command line (for example `--replicas 3`).
     pub extra: &'a [&'a str],
+    /// Scheduler and aggregator processes each: one is active, the others stand by.
+    pub instances: usize,
 }
 
 /// The whole push0 as processes: scheduler, ingest, aggregator, and two 2-slot gateways for
@@ -318,19 +320,23 @@ impl System {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             ServiceProcess::start(binary, &name, url, prefix, &args, logs)
         };
-        let mut processes = vec![
-            start(
+        let mut processes = vec![start(
+            "push0-ingest",
+            format!("ingest-{round}"),
+            with_extra(&[]),
+        )?];
+        for i in 0..options.instances.max(1) {
+            processes.push(start(
                 "push0-scheduler",
-                format!("scheduler-{round}"),
+                format!("scheduler-{round}-{i}"),
                 with_extra(&["--teams", teams]),
-            )?,
-            start("push0-ingest", format!("ingest-{round}"), with_extra(&[]))?,
-            start(
+            )?);
+            processes.push(start(
                 "push0-aggregator",
-                format!("aggregator-{round}"),
+                format!("aggregator-{round}-{i}"),
                 with_extra(&[]),
-            )?,
-        ];
+            )?);
+        }
         for team in ["alpha", "beta"] {
             for i in 0..2 {
                 processes.push(start(

@@ -43,6 +43,7 @@ async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Re
         sim_latency: "fixed:50ms",
         grace: "1s",
         extra: &["--replicas", "3"],
+        instances: 1,
     };
     let _system = System::start(&url, &prefix, &teams, &dir, 1, &options)?;
     let bus = Bus::connect(&url, &prefix, "node-loss-test").await?;

@@ -18,6 +18,7 @@ async fn sigterm_with_work_in_flight_loses_nothing() -> anyhow::Result<()> {
         sim_latency: "fixed:400ms",
         grace: "300ms",
         extra: &[],
+        instances: 1,
     };
     let mut system = System::start(&url, &env.prefix, &teams, &dir, 1, &options)?;
     run_source(&env.bus, "eth", 1, 12, 0.0, 6000).await?;

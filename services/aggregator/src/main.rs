@@ -16,7 +16,12 @@ async fn main() {
     let result = async {
         let started =
             push0_runtime::service::start(push0_aggregator::SERVICE, &args.common).await?;
-        push0_aggregator::run(started.bus, started.shutdown).await
+        // One active aggregator; any others stand by for its lease.
+        let bus = started.bus;
+        push0_runtime::lease::while_leader(&bus, "aggregator", started.shutdown, |active| {
+            push0_aggregator::run(bus.clone(), active)
+        })
+        .await
     }
     .await;
     if let Err(e) = result {

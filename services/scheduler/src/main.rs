@@ -70,7 +70,12 @@ async fn main() {
     };
     let result = async {
         let started = push0_runtime::service::start(push0_scheduler::SERVICE, &args.common).await?;
-        push0_scheduler::run(started.bus, config, started.shutdown).await
+        // One active scheduler; any others stand by for its lease.
+        let bus = started.bus;
+        push0_runtime::lease::while_leader(&bus, "scheduler", started.shutdown, |active| {
+            push0_scheduler::run(bus.clone(), config.clone(), active)
+        })
+        .await
     }
     .await;
     if let Err(e) = result {

@@ -146,6 +146,11 @@ impl Subjects {
     pub fn bucket_capacity(&self) -> String {
         self.bucket("capacity")
     }
+    /// Leases of singleton roles (the active scheduler, the active aggregator), key `<role>`;
+    /// entries expire unless renewed.
+    pub fn bucket_leases(&self) -> String {
+        self.bucket("leases")
+    }
     /// The scheduler's per-team status, key `<team>`.
     pub fn bucket_status(&self) -> String {
         self.bucket("status")

@@ -58,6 +58,9 @@ pub const MAX_MESSAGE_BYTES: i32 = 8 * 1024 * 1024;
 /// How long a gateway's capacity record lives without renewal; gateways renew it every third.
 pub const CAPACITY_TTL: Duration = Duration::from_secs(6);
 
+/// How long a singleton's lease lives without renewal: the failover time after a holder dies.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub subjects: Subjects,
@@ -120,6 +123,11 @@ impl Topology {
                 ..bucket(s.bucket_capacity())
             },
             bucket(s.bucket_status()),
+            // A holder that stops renewing loses its lease to a standby.
+            BucketSpec {
+                max_age: LEASE_TTL,
+                ..bucket(s.bucket_leases())
+            },
         ]
     }
 

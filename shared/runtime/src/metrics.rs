@@ -50,6 +50,8 @@ pub struct Metrics {
     pub tasks_withdrawn: IntCounterVec,
     /// push0_tasks_cancelled_total{team}: provers a gateway stopped on a cancellation
     pub tasks_cancelled: IntCounterVec,
+    /// push0_lease_acquired_total{role}: times this process became the active instance
+    pub lease_acquired: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -193,6 +195,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "push0_tasks_cancelled_total",
             "provers stopped by a cancellation",
             &["team"],
+        ),
+        lease_acquired: counter(
+            &r,
+            "push0_lease_acquired_total",
+            "times this process became the active instance of a singleton role",
+            &["role"],
         ),
         registry: r,
     }

@@ -167,6 +167,31 @@ pub async fn part_records(bus: &Bus) -> Result<Vec<PartRecord>> {
     Ok(records)
 }
 
+/// Asserts that each of `teams` teams published exactly one proof of every block `1..=last`,
+/// in block order; `logs` is named in the failure message.
+pub fn assert_once_in_order(
+    proofs: &[BlockProof],
+    teams: usize,
+    last: u64,
+    logs: &std::path::Path,
+) {
+    assert_eq!(
+        proofs.len(),
+        teams * last as usize,
+        "one proof per (team, block); logs in {}",
+        logs.display()
+    );
+    let by_team = numbers_by_team(proofs);
+    assert_eq!(by_team.len(), teams, "every team published");
+    for (team, numbers) in by_team {
+        assert_eq!(
+            numbers,
+            (1..=last).collect::<Vec<u64>>(),
+            "team {team}: in order, none lost"
+        );
+    }
+}
+
 /// Block numbers per team, in publication order.
 pub fn numbers_by_team(proofs: &[BlockProof]) -> std::collections::BTreeMap<String, Vec<u64>> {
     let mut m: std::collections::BTreeMap<String, Vec<u64>> = Default::default();

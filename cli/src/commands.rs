@@ -592,6 +592,12 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
             println!("task         {}", d.task_id.as_deref().unwrap_or("-"));
             println!("filed at     {} ms", d.at_ms);
             println!("original     {} bytes", d.original.len());
+            for a in &d.history {
+                println!(
+                    "attempt {:<4} {} at {} ms: {}",
+                    a.delivery, a.gateway, a.at_ms, a.error
+                );
+            }
         }
         DlqCommand::Replay { seq } => {
             let d = dead_letter_at(&bus, seq).await?;

@@ -47,6 +47,22 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
     assert_eq!(record.service, "scheduler");
     assert_eq!(record.block.as_ref().map(|b| b.number), Some(2));
     assert!(record.detail.contains("2 deliveries"), "{}", record.detail);
+    // Each delivery's failure, as the gateway reported it.
+    assert_eq!(
+        record
+            .history
+            .iter()
+            .map(|a| (a.delivery, a.gateway.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "rollup-gw0"), (2, "rollup-gw0")],
+        "{:#?}",
+        record.history
+    );
+    assert!(
+        record.history.iter().all(|a| !a.error.is_empty()),
+        "{:#?}",
+        record.history
+    );
 
     let plans = env.bus.kv(&env.bus.subjects.bucket_plans()).await?;
     let (plan, _) = kv_get::<Plan>(&plans, &plan_key("rollup", "eth", 2))

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use bytes::Bytes;
+use push0_protocol::subjects::attempt_key;
 use push0_protocol::topology::{CAPACITY_TTL, TIER_GROUP};
 use push0_protocol::{
-    BlockRef, Cancel, Capacity, DlqReason, Task, TaskInput, TaskOutcome, TaskResult, TeamConfig,
-    encode, now_ms,
+    Attempt, BlockRef, Cancel, Capacity, DlqReason, Task, TaskInput, TaskOutcome, TaskResult,
+    TeamConfig, encode, now_ms,
 };
 use push0_runtime::consume::dead_letter;
 use push0_runtime::pull::{Pull, Tier};
@@ -181,6 +182,28 @@ impl Gateway {
                 }
             })
             .await
+    }
+
+    /// Records a failed delivery for the task's history (best effort: a dead letter without
+    /// it still says how many deliveries there were).
+    async fn report_attempt(&self, task_id: &str, delivery: i64, error: &str) {
+        let record = Attempt {
+            delivery: delivery.max(1) as u64,
+            gateway: self.config.id.clone(),
+            error: error.chars().take(500).collect(),
+            at_ms: now_ms(),
+        };
+        let key = attempt_key(task_id, record.delivery);
+        let stored = match self.bus.kv(&self.bus.subjects.bucket_attempts()).await {
+            Ok(kv) => kv
+                .put(&key, Bytes::from(encode(&record)))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, key, "attempt not recorded");
+        }
     }
 
     /// Keeps this gateway's capacity record alive while it runs and removes it on the way out.
@@ -408,6 +431,8 @@ impl Gateway {
             Err(ProveError::Retryable(detail)) => {
                 let delay = Duration::from_secs((delivery.delivered.max(1) as u64).min(10));
                 tracing::warn!(detail = %detail, retry_in = ?delay, "prover failed, retrying");
+                self.report_attempt(&task.task_id, delivery.delivered, &detail)
+                    .await;
                 let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
                 return;
             }

@@ -737,6 +737,24 @@ impl Handler for PoisonHandler {
 }
 
 impl PoisonHandler {
+    /// The failures gateways reported for deliveries 1..=`deliveries` of a task.
+    async fn attempts(&self, task_id: &str, deliveries: u64) -> Vec<push0_protocol::Attempt> {
+        let bus = &self.scheduler.bus;
+        let Ok(kv) = bus.kv(&bus.subjects.bucket_attempts()).await else {
+            return Vec::new();
+        };
+        let mut history = Vec::new();
+        for delivery in 1..=deliveries {
+            let key = push0_protocol::subjects::attempt_key(task_id, delivery);
+            if let Ok(Some((a, _))) =
+                push0_runtime::kv_get::<push0_protocol::Attempt>(&kv, &key).await
+            {
+                history.push(a);
+            }
+        }
+        history
+    }
+
     async fn dead_letter_task(
         &self,
         sequence: u64,
@@ -762,6 +780,7 @@ impl PoisonHandler {
         let mut rejection = Rejection::new(DlqReason::MaxDeliveries, detail.clone());
         if let Some(t) = &task {
             rejection = rejection.team(&t.team).block(&t.block).task(&t.task_id);
+            rejection.history = self.attempts(&t.task_id, deliveries).await;
         }
         push0_runtime::consume::file_dead_letter(
             bus,

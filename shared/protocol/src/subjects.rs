@@ -151,6 +151,10 @@ impl Subjects {
     pub fn bucket_leases(&self) -> String {
         self.bucket("leases")
     }
+    /// Failed task deliveries as gateways reported them, key `<task id>.<delivery>`.
+    pub fn bucket_attempts(&self) -> String {
+        self.bucket("attempts")
+    }
     /// The scheduler's per-team status, key `<team>`.
     pub fn bucket_status(&self) -> String {
         self.bucket("status")
@@ -180,6 +184,11 @@ pub fn part_key(team: &str, chain: &str, number: u64, node: NodeId) -> String {
 /// without knowing the workflow shape.
 pub fn final_key(team: &str, chain: &str, number: u64) -> String {
     format!("{team}.{chain}.{number}.final")
+}
+
+/// KV key of one failed delivery of a task.
+pub fn attempt_key(task_id: &str, delivery: u64) -> String {
+    format!("{task_id}.{delivery}")
 }
 
 /// KV key of a (team, chain) publication cursor.

@@ -123,6 +123,7 @@ impl Topology {
                 ..bucket(s.bucket_capacity())
             },
             bucket(s.bucket_status()),
+            bucket(s.bucket_attempts()),
             // A holder that stops renewing loses its lease to a standby.
             BucketSpec {
                 max_age: LEASE_TTL,

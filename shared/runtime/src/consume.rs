@@ -36,6 +36,7 @@ pub struct Rejection {
     pub team: Option<String>,
     pub block: Option<BlockRef>,
     pub task_id: Option<String>,
+    pub history: Vec<push0_protocol::Attempt>,
 }
 
 impl Rejection {
@@ -46,6 +47,7 @@ impl Rejection {
             team: None,
             block: None,
             task_id: None,
+            history: Vec::new(),
         }
     }
     /// A message about a team the registry does not know (never registered, or removed).
@@ -306,6 +308,7 @@ pub async fn file_dead_letter(
         task_id: rejection.task_id.clone(),
         at_ms: now_ms(),
         original,
+        history: rejection.history.clone(),
     };
     // One record per offending message, however often it is redelivered.
     let msg_id = format!("dlq/{subject}/{stream_sequence}");

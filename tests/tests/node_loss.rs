@@ -19,6 +19,16 @@ async fn submit_until_stored(bus: &Bus, number: u64) -> anyhow::Result<()> {
     .await
 }
 
+/// Waits until `count` proofs are on the proofs stream. Polls rather than follows: a read
+/// that times out while the cluster elects a new leader is simply tried again.
+async fn proofs_reach(bus: &Bus, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    eventually(timeout, &format!("{count} proofs"), || async {
+        let proofs = all_proofs(bus, Duration::ZERO).await.ok()?;
+        (proofs.len() >= count).then_some(())
+    })
+    .await
+}
+
 /// Index of the node that leads `stream` (nodes are named n0, n1, n2).
 async fn leader_of(bus: &Bus, stream: &str) -> anyhow::Result<usize> {
     let mut stream = bus.js.get_stream(stream).await?;
@@ -52,7 +62,7 @@ async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Re
         submit_until_stored(&bus, n).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    collect_proofs(&bus, 10, Duration::from_secs(60)).await?;
+    proofs_reach(&bus, 10, Duration::from_secs(60)).await?;
     let victim = leader_of(&bus, &bus.subjects.stream_tasks()).await?;
     cluster.kill(victim);
     eprintln!("killed node n{victim}, the tasks stream's leader");
@@ -60,14 +70,19 @@ async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Re
         submit_until_stored(&bus, n).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    collect_proofs(&bus, 80, Duration::from_secs(90)).await?;
+    proofs_reach(&bus, 80, Duration::from_secs(90)).await?;
     cluster.restart(victim)?;
     for n in 41..=50 {
         submit_until_stored(&bus, n).await?;
     }
-    collect_proofs(&bus, 100, Duration::from_secs(60)).await?;
+    proofs_reach(&bus, 100, Duration::from_secs(60)).await?;
 
-    let proofs = all_proofs(&bus, Duration::from_secs(2)).await?;
+    // Settle, so a late duplicate would show up too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let proofs = eventually(Duration::from_secs(20), "the proofs stream", || async {
+        all_proofs(&bus, Duration::ZERO).await.ok()
+    })
+    .await?;
     assert_once_in_order(&proofs, 2, 50, &dir);
     for p in &proofs {
         let block = make_block("eth", p.number, 2048);

@@ -181,7 +181,20 @@ async fn a_fast_tier_takes_work_before_a_slow_one() -> anyhow::Result<()> {
     // Gateways are named in start order: tiers-gw0 is the fast tier, tiers-gw1 the slow one.
     let cluster = push0::cluster::LocalCluster::start(spec).await?;
     // Both gateways have a pull waiting before the first task exists.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stream = env
+        .bus
+        .js
+        .get_stream(env.bus.subjects.stream_tasks())
+        .await?;
+    let durable = env.bus.subjects.task_consumer("tiers", "prove");
+    eventually(Duration::from_secs(10), "both tiers pulling", || async {
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&durable)
+            .await
+            .ok()?;
+        (consumer.info().await.ok()?.num_waiting >= 2).then_some(())
+    })
+    .await?;
 
     for n in 1..=8u64 {
         submit(&env.bus, &make_block("eth", n, 1024)).await?;

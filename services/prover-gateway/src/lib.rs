@@ -6,7 +6,6 @@ pub mod latency;
 pub mod prover;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,7 +70,6 @@ pub async fn run(
         config: config.clone(),
         heartbeat: Duration::from_millis(team.ack_wait_ms / 3).max(Duration::from_millis(100)),
         running: Mutex::new(HashMap::new()),
-        busy: AtomicU32::new(0),
     });
     gateway.listen_for_cancels(shutdown.clone()).await?;
     let advertiser = tokio::spawn({
@@ -135,12 +133,13 @@ struct Gateway {
     heartbeat: Duration,
     /// Tasks proving now, by task id: their block and the token that stops them.
     running: Mutex<HashMap<String, (BlockRef, CancellationToken)>>,
-    busy: AtomicU32,
 }
 
-/// Unregisters a running task when its proving ends, however it ends.
+/// A task proving now: registered (and counted busy) while it lives, unregistered when its
+/// proving ends, however it ends.
 struct Running<'a> {
     gateway: &'a Gateway,
+    team: String,
     task_id: String,
     token: CancellationToken,
 }
@@ -152,6 +151,7 @@ impl Drop for Running<'_> {
             .lock()
             .expect("running lock")
             .remove(&self.task_id);
+        metrics().slots_busy.with_label_values(&[&self.team]).dec();
     }
 }
 
@@ -223,8 +223,8 @@ impl Gateway {
                 team: self.config.team.clone(),
                 classes: classes.clone(),
                 slots: self.config.slots as u32,
-                busy: self.busy.load(Ordering::Relaxed),
-                priority: 0,
+                busy: self.running.lock().expect("running lock").len() as u32,
+                priority: self.config.priority,
                 started_at_ms,
                 updated_at_ms: now_ms(),
             };
@@ -359,8 +359,6 @@ impl Gateway {
             }
         };
 
-        m.slots_busy.with_label_values(&[&task.team]).inc();
-        self.busy.fetch_add(1, Ordering::Relaxed);
         let running = self.register(&task);
         let started = Instant::now();
         let proving = async {
@@ -377,8 +375,6 @@ impl Gateway {
                 // goes, so nobody proves it again.
                 drop(proving);
                 drop(running);
-                m.slots_busy.with_label_values(&[&task.team]).dec();
-                self.busy.fetch_sub(1, Ordering::Relaxed);
                 m.tasks_cancelled.with_label_values(&[&task.team]).inc();
                 let _ = delivery.message.ack_with(AckKind::Ack).await;
                 tracing::info!("prover stopped; task withdrawn");
@@ -390,8 +386,6 @@ impl Gateway {
             }
         };
         drop(running);
-        m.slots_busy.with_label_values(&[&task.team]).dec();
-        self.busy.fetch_sub(1, Ordering::Relaxed);
         let Some(outcome) = outcome else {
             tracing::info!("shutting down mid-proof; task handed back");
             let _ = delivery.message.ack_with(AckKind::Nak(None)).await;
@@ -477,6 +471,7 @@ impl Gateway {
     }
 
     fn register(&self, task: &Task) -> Running<'_> {
+        metrics().slots_busy.with_label_values(&[&task.team]).inc();
         let token = CancellationToken::new();
         self.running
             .lock()
@@ -484,6 +479,7 @@ impl Gateway {
             .insert(task.task_id.clone(), (task.block.clone(), token.clone()));
         Running {
             gateway: self,
+            team: task.team.clone(),
             task_id: task.task_id.clone(),
             token,
         }

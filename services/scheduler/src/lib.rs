@@ -244,14 +244,22 @@ impl Scheduler {
             return Ok(());
         }
         self.track(team, &plan);
-        if team.is_realtime() {
-            // Realtime proofs are published as they come; there is no order to keep.
-            self.ensure_queue(team).await?;
-            self.enqueue_leaves(team, &plan);
-            return Ok(());
-        }
         // The first block planned for (team, chain) starts its publication order; a lower block
-        // arriving before anything was published moves the start down.
+        // arriving before anything was published moves the start down. Realtime proofs are
+        // published as they come: no order to keep.
+        if !team.is_realtime() {
+            self.start_cursor(team, b).await?;
+        }
+        self.ensure_queue(team).await?;
+        self.enqueue_leaves(team, &plan);
+        Ok(())
+    }
+
+    async fn start_cursor(
+        &self,
+        team: &TeamConfig,
+        b: &push0_protocol::BlockRef,
+    ) -> Result<(), RuntimeError> {
         kv_update::<Cursor, _>(
             &self.cursors,
             &cursor_key(&team.name, &b.chain),
@@ -268,8 +276,6 @@ impl Scheduler {
             },
         )
         .await?;
-        self.ensure_queue(team).await?;
-        self.enqueue_leaves(team, &plan);
         Ok(())
     }
 

@@ -12,7 +12,9 @@ use push0::report::{summary_table, table};
 use push0::source::{block_hash, make_block, run_source, submit as submit_block};
 use push0::watch::ProofFeed;
 use push0_protocol::subjects::{block_key, cursor_key, final_key, part_key, plan_key};
-use push0_protocol::{BlockProof, BlockStatus, Cursor, PartRecord, Plan, TeamConfig, TeamsFile};
+use push0_protocol::{
+    BlockProof, BlockStatus, Cursor, DlqReason, PartRecord, Plan, TeamConfig, TeamsFile,
+};
 use push0_prover_gateway::prover::{Prover, SimProver};
 use push0_runtime::config::LogFormat;
 use push0_runtime::{Bus, Registry, kv_get, shutdown_on_signal, telemetry};
@@ -53,6 +55,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     };
     let sim = Prover::Sim(SimProver {
         latency: args.sim_latency.clone(),
+        fail_while: None,
     });
     let mut spec = ClusterSpec::new(&url, &args.prefix, Vec::new());
     let mut described = Vec::new();
@@ -371,17 +374,17 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                     continue;
                 };
                 let nodes = plan.workflow.nodes();
+                let block = &plan.accepted.block;
                 let mut proved = 0;
                 for node in &nodes {
-                    if kv_get::<PartRecord>(&parts, &part_key(&team.name, chain, number, *node))
+                    if kv_get::<PartRecord>(&parts, &part_key(&team.name, block, *node))
                         .await?
                         .is_some()
                     {
                         proved += 1;
                     }
                 }
-                let root =
-                    kv_get::<PartRecord>(&parts, &final_key(&team.name, chain, number)).await?;
+                let root = kv_get::<PartRecord>(&parts, &final_key(&team.name, block)).await?;
                 let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
                 let state = match (&plan.withdrawn, root, cursor) {
                     (Some(reason), _, _) => format!("withdrawn: {reason}"),
@@ -615,6 +618,20 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
             let ack = bus
                 .publish_raw(d.subject.clone(), headers, original.into())
                 .await?;
+            // A replayed poison task runs again: its block is no longer failed for the team.
+            if let (DlqReason::MaxDeliveries, Some(team), Some(block)) =
+                (d.reason, &d.team, &d.block)
+            {
+                let plans = bus.kv(&bus.subjects.bucket_plans()).await?;
+                let key = plan_key(team, &block.chain, block.number);
+                push0_runtime::kv_update::<Plan, _>(&plans, &key, |p| {
+                    let p = p.filter(|p| p.accepted.block == *block && p.failed.is_some())?;
+                    let mut p = p.clone();
+                    p.failed = None;
+                    Some(p)
+                })
+                .await?;
+            }
             if ack.duplicate {
                 println!("dead letter {seq} was replayed before; nothing published");
             } else {

@@ -73,7 +73,7 @@ pub struct AddArgs {
     #[arg(long, value_delimiter = ',')]
     chains: Vec<String>,
     /// Ack deadline of a task, renewed by gateway heartbeats
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     ack_wait: Duration,
     /// Deliveries (and invalid proofs) of one task before it is dead-lettered
     #[arg(long, default_value_t = 5)]

@@ -2,6 +2,8 @@
 //! on a random prefix, readers for the proof and dead-letter streams, and the expected
 //! simulated proof of a block (so tests check the data flow, not just counts).
 
+pub mod chaos;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,6 +23,7 @@ pub use push0_testkit::{NatsServer, eventually, random_prefix};
 pub fn sim(latency: &str) -> Prover {
     Prover::Sim(SimProver {
         latency: latency.parse::<Latency>().expect("valid latency"),
+        fail_while: None,
     })
 }
 
@@ -205,11 +208,11 @@ pub fn numbers_by_team(proofs: &[BlockProof]) -> std::collections::BTreeMap<Stri
 /// they sit beside this test's own profile folder.
 pub fn binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("profile folder");
+    // target/<profile>/deps/<test> or target/<profile>/<tool> -> target/<profile>/<name>
+    let mut dir = exe.parent().expect("executable folder");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("profile folder");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -174,13 +174,16 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
         bus.publish_raw(subject.clone(), headers.clone(), body.clone())
             .await?;
     }
-    // A block that conflicts with a known one (same height, different hash).
+    // A block that conflicts with a known one (same height, different hash) and does not
+    // extend the chain below it (its parent is not the known block 1): not a reorg.
     submit(bus, &make_block("eth", 1, 1000)).await?;
-    let mut conflicting = make_block("eth", 1, 1000);
+    submit(bus, &make_block("eth", 2, 1000)).await?;
+    let mut conflicting = make_block("eth", 2, 1000);
     conflicting.hash = push0::source::random_hash();
+    conflicting.parent_hash = push0::source::random_hash();
     let conflict_before = dlq_count("ingest", DlqReason::ConflictingHash);
     // Let the first version be accepted before the conflicting one arrives.
-    collect_proofs(bus, 2, Duration::from_secs(20)).await?;
+    collect_proofs(bus, 4, Duration::from_secs(20)).await?;
     submit(bus, &conflicting).await?;
 
     let expected = cases.len() + 1;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use push0::source::{make_block, submit};
 use push0_runtime::Bus;
 use push0_testkit::NatsCluster;
+use push0_tests::chaos::leader_of;
 use push0_tests::*;
 
 /// Submits until the cluster takes it (a publish can fail while a leader is being elected);
@@ -27,18 +28,6 @@ async fn proofs_reach(bus: &Bus, count: usize, timeout: Duration) -> anyhow::Res
         (proofs.len() >= count).then_some(())
     })
     .await
-}
-
-/// Index of the node that leads `stream` (nodes are named n0, n1, n2).
-async fn leader_of(bus: &Bus, stream: &str) -> anyhow::Result<usize> {
-    let mut stream = bus.js.get_stream(stream).await?;
-    let info = stream.info().await?;
-    let leader = info
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .ok_or_else(|| anyhow::anyhow!("stream {} has no leader", info.config.name))?;
-    Ok(leader.trim_start_matches('n').parse()?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use push0::source::{make_block, run_source, submit};
 use push0_protocol::subjects::{final_key, part_key};
-use push0_protocol::{PartRecord, TeamConfig, TeamsFile};
+use push0_protocol::{BlockRef, PartRecord, TeamConfig, TeamsFile};
 use push0_runtime::kv_get;
 use push0_tests::*;
 
@@ -123,9 +123,14 @@ async fn split_block_proof_comes_after_all_parts_and_aggregations() -> anyhow::R
     let proofs = collect_proofs(&env.bus, 6, Duration::from_secs(30)).await?;
     let parts = env.bus.kv(&env.bus.subjects.bucket_parts()).await?;
     for p in &proofs {
+        let block = BlockRef {
+            chain: "eth".into(),
+            number: p.number,
+            hash: p.hash.clone(),
+        };
         let mut last_part_ms = 0;
         for node in workflow.nodes() {
-            let (rec, _) = kv_get::<PartRecord>(&parts, &part_key("wide", "eth", p.number, node))
+            let (rec, _) = kv_get::<PartRecord>(&parts, &part_key("wide", &block, node))
                 .await?
                 .unwrap_or_else(|| panic!("part {node} of block {} recorded", p.number));
             last_part_ms = last_part_ms.max(rec.recorded_at_ms);
@@ -135,7 +140,7 @@ async fn split_block_proof_comes_after_all_parts_and_aggregations() -> anyhow::R
             "block {} published before its last part",
             p.number
         );
-        let (root, _) = kv_get::<PartRecord>(&parts, &final_key("wide", "eth", p.number))
+        let (root, _) = kv_get::<PartRecord>(&parts, &final_key("wide", &block))
             .await?
             .unwrap();
         assert_eq!(root.node, workflow.root());

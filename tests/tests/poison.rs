@@ -6,10 +6,23 @@ use std::time::Duration;
 
 use push0::source::{make_block, submit};
 use push0_protocol::subjects::{final_key, plan_key};
-use push0_protocol::{DlqReason, PartRecord, Plan, TeamConfig};
+use push0_protocol::{BlockRef, DlqReason, NodeId, PartRecord, Plan, TeamConfig};
 use push0_prover_gateway::prover::{ExecProver, Prover};
-use push0_runtime::kv_get;
+use push0_runtime::{kv_get, metrics};
 use push0_tests::*;
+
+/// `tests/provers/fail-while`: fails `target` (a block, or `block:level-index`) while `marker`
+/// exists.
+fn fail_while(marker: &std::path::Path, target: &str) -> Prover {
+    Prover::Exec(ExecProver {
+        program: push0_testkit::repo_root().join("tests/provers/fail-while"),
+        args: vec![marker.display().to_string(), target.into()],
+        work_dir: std::env::temp_dir(),
+        proof_system: "sha256".into(),
+        timeout: Duration::from_secs(30),
+        threads: Some(1),
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
@@ -18,14 +31,7 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
     team.max_deliver = 2;
     let marker = std::env::temp_dir().join(format!("push0-poison-{}", env.prefix));
     std::fs::write(&marker, b"poisoned")?;
-    let prover = Prover::Exec(ExecProver {
-        program: push0_testkit::repo_root().join("tests/provers/fail-while"),
-        args: vec![marker.display().to_string(), "2".into()],
-        work_dir: std::env::temp_dir(),
-        proof_system: "sha256".into(),
-        timeout: Duration::from_secs(30),
-        threads: Some(1),
-    });
+    let prover = fail_while(&marker, "2");
     let cluster =
         push0::cluster::LocalCluster::start(env.spec(vec![team]).gateways("rollup", 1, 2, prover))
             .await?;
@@ -87,14 +93,21 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
     )
     .await?;
     // Block 3 is proved, yet not published: it waits behind the failed block 2.
+    let block3 = make_block("eth", 3, 1000);
+    let block3 = BlockRef {
+        chain: block3.chain,
+        number: block3.number,
+        hash: block3.hash,
+    };
     let parts = env.bus.kv(&env.bus.subjects.bucket_parts()).await?;
     eventually(
         Duration::from_secs(20),
         "block 3's proof to be recorded",
         || {
             let parts = parts.clone();
+            let key = final_key("rollup", &block3);
             async move {
-                kv_get::<PartRecord>(&parts, &final_key("rollup", "eth", 3))
+                kv_get::<PartRecord>(&parts, &key)
                     .await
                     .ok()
                     .flatten()
@@ -130,7 +143,17 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
         listing.contains("max_deliveries") && listing.contains("eth/2"),
         "{listing}"
     );
-    let replay = dlq_cli(&["replay", &dlq_seq.to_string()])?;
+    replay_then_blocks_1_to_3(&env, dlq_seq).await?;
+    cluster.stop().await
+}
+
+/// `push0 dlq replay <seq>`, after which blocks 1..=3 are published in order.
+async fn replay_then_blocks_1_to_3(env: &Env, seq: u64) -> anyhow::Result<()> {
+    let url = env.server.url();
+    let replay = std::process::Command::new(binary("push0"))
+        .args(["dlq", "--nats-url", &url, "--prefix", &env.prefix])
+        .args(["replay", &seq.to_string()])
+        .output()?;
     assert!(
         replay.status.success(),
         "{}",
@@ -141,5 +164,98 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
         proofs.iter().map(|p| p.number).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
+    Ok(())
+}
+
+/// Resume, not restart: a split block whose one leaf is poison is dead-lettered; its other
+/// parts stay recorded, and replaying the dead letter proves only the missing leaf and the
+/// aggregations above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_split_block_reproves_only_its_missing_part() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let mut team = TeamConfig::split("resume", 4, 2);
+    team.max_deliver = 2;
+    let workflow = team.workflow();
+    let marker = std::env::temp_dir().join(format!("push0-resume-{}", env.prefix));
+    std::fs::write(&marker, b"poisoned")?;
+    let prover = fail_while(&marker, "2:0-2");
+    let cluster =
+        push0::cluster::LocalCluster::start(env.spec(vec![team]).gateways("resume", 1, 2, prover))
+            .await?;
+    let blocks: Vec<_> = (1..=3).map(|n| make_block("eth", n, 4000)).collect();
+    for b in &blocks {
+        submit(&env.bus, b).await?;
+    }
+    let block2 = BlockRef {
+        chain: "eth".into(),
+        number: 2,
+        hash: blocks[1].hash.clone(),
+    };
+    // Everything that can be proved without leaf 0-2 of block 2 is, and the leaf is dead-lettered.
+    let recorded = |block: BlockRef| {
+        let bus = env.bus.clone();
+        async move {
+            let parts = part_records(&bus).await.ok()?;
+            Some(
+                parts
+                    .into_iter()
+                    .filter(|p| p.block == block)
+                    .map(|p| (p.node, p.recorded_at_ms))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+        }
+    };
+    let before = eventually(
+        Duration::from_secs(40),
+        "block 2's other parts, block 3 and the dead letter",
+        || async {
+            let dlq = dead_letters(&env.bus).await.ok()?;
+            let parts = recorded(block2.clone()).await?;
+            let block3 = recorded(BlockRef {
+                chain: "eth".into(),
+                number: 3,
+                hash: blocks[2].hash.clone(),
+            })
+            .await?;
+            (dlq.len() == 1 && parts.len() == 4 && block3.len() == workflow.nodes().len())
+                .then_some(parts)
+        },
+    )
+    .await?;
+    let nodes = |list: &[(u32, u32)]| -> Vec<NodeId> {
+        list.iter()
+            .map(|&(level, index)| NodeId { level, index })
+            .collect()
+    };
+    assert_eq!(
+        before.keys().copied().collect::<Vec<_>>(),
+        nodes(&[(0, 0), (0, 1), (0, 3), (1, 0)]),
+        "block 2: every part but the poison leaf and what needs it"
+    );
+    let proved_before = metrics()
+        .prove_time
+        .with_label_values(&["resume"])
+        .get_sample_count();
+
+    std::fs::remove_file(&marker)?;
+    let dlq_seq = {
+        let mut dlq = env.bus.js.get_stream(env.bus.subjects.stream_dlq()).await?;
+        dlq.info().await?.state.last_sequence
+    };
+    replay_then_blocks_1_to_3(&env, dlq_seq).await?;
+    let proved_after = metrics()
+        .prove_time
+        .with_label_values(&["resume"])
+        .get_sample_count();
+    assert_eq!(
+        proved_after - proved_before,
+        3,
+        "only leaf 0-2, its parent 1-1 and the root 2-0 were proved after the replay"
+    );
+    let after = recorded(block2).await.expect("parts readable");
+    for (node, at) in &before {
+        assert_eq!(after.get(node), Some(at), "part {node} kept, not re-proved");
+    }
+    assert_eq!(after.len(), workflow.nodes().len());
     cluster.stop().await
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use push0_protocol::DlqReason;
 use push0_protocol::bundle::bundled_system;
-use push0_protocol::subjects::{cursor_key, final_key, part_key, plan_key, proof_msg_id};
+use push0_protocol::subjects::{
+    block_key, cursor_key, final_key, part_key, plan_key, proof_msg_id, short_hash,
+};
 use push0_protocol::{
-    Blob, BlockProof, Cursor, InvalidCount, NodeId, PartRecord, Plan, Ready, Redo, TaskOutcome,
-    TaskResult, TeamConfig, now_ms,
+    Blob, BlockProof, BlockState, BlockStatus, Cursor, InvalidCount, NodeId, PartRecord, Plan,
+    Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
@@ -32,6 +34,7 @@ pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeErr
     let handler = Aggregator {
         blobs: blobs.clone(),
         parts: bus.kv(&bus.subjects.bucket_parts()).await?,
+        blocks: bus.kv(&bus.subjects.bucket_blocks()).await?,
         cursors: bus.kv(&bus.subjects.bucket_cursors()).await?,
         plans: bus.kv(&bus.subjects.bucket_plans()).await?,
         bus: bus.clone(),
@@ -55,6 +58,7 @@ struct Aggregator {
     blobs: BlobStore,
     registry: Registry,
     parts: kv::Store,
+    blocks: kv::Store,
     cursors: kv::Store,
     plans: kv::Store,
 }
@@ -124,7 +128,7 @@ impl Aggregator {
             submitted_at_ms: result.submitted_at_ms,
             recorded_at_ms: now_ms(),
         };
-        let key = part_key(&result.team, &b.chain, b.number, result.node);
+        let key = part_key(&result.team, b, result.node);
         // The first recorded result of a node stands; only a new one is verified. A team that
         // checks nothing goes straight to the create, which settles duplicates by itself.
         let first = match team.checks_proofs() {
@@ -155,7 +159,7 @@ impl Aggregator {
             }
         };
         if result.workflow.is_root(result.node) {
-            let fkey = final_key(&result.team, &b.chain, b.number);
+            let fkey = final_key(&result.team, b);
             kv_create(&self.parts, &fkey, &record).await?;
             if team.is_realtime() {
                 self.publish_now(&result.team, &b.chain, b.number, &record)
@@ -272,7 +276,14 @@ impl Aggregator {
             submitted_at_ms: result.submitted_at_ms,
             deadline_ms: result.deadline_ms,
         };
-        let msg_id = format!("ready/{}/{}/{}/{}", result.team, b.chain, b.number, parent);
+        let msg_id = format!(
+            "ready/{}/{}/{}/{}/{}",
+            result.team,
+            b.chain,
+            b.number,
+            short_hash(&b.hash),
+            parent
+        );
         self.bus
             .publish(self.bus.subjects.ready(&result.team), &ready, Some(&msg_id))
             .await?;
@@ -290,8 +301,20 @@ impl Aggregator {
                 return Ok(());
             };
             let number = cursor.next;
+            // The block on the chain at the cursor, as ingest records it: after a reorg only
+            // the new block's root is looked for, so an orphan's proof is never published.
+            let block = match kv_get::<BlockStatus>(&self.blocks, &block_key(chain, number)).await?
+            {
+                Some((b, _)) if b.state == BlockState::Orphaned => return Ok(()),
+                Some((b, _)) => b.block,
+                // The record expired (a block that waited a day): the plan names the block.
+                None => match kv_get::<Plan>(&self.plans, &plan_key(team, chain, number)).await? {
+                    Some((p, _)) if p.withdrawn.is_none() => p.accepted.block,
+                    _ => return Ok(()),
+                },
+            };
             let Some((root, _)) =
-                kv_get::<PartRecord>(&self.parts, &final_key(team, chain, number)).await?
+                kv_get::<PartRecord>(&self.parts, &final_key(team, &block)).await?
             else {
                 return Ok(());
             };
@@ -317,9 +340,24 @@ impl Aggregator {
         number: u64,
         root: &PartRecord,
     ) -> Result<(), RuntimeError> {
+        // Not a block a reorg took off the chain, even if the scheduler has not heard yet.
+        let on_chain = kv_get::<BlockStatus>(&self.blocks, &block_key(chain, number))
+            .await?
+            .is_some_and(|(s, _)| {
+                s.block.hash == root.block.hash && s.state != BlockState::Orphaned
+            });
+        if !on_chain {
+            tracing::info!(
+                team,
+                chain,
+                number,
+                "proof of a block off the chain is not published"
+            );
+            return Ok(());
+        }
         let plan = kv_update::<Plan, _>(&self.plans, &plan_key(team, chain, number), |p| {
             let p = p?;
-            if p.finalized || p.withdrawn.is_some() {
+            if p.accepted.block.hash != root.block.hash || p.finalized || p.withdrawn.is_some() {
                 return None;
             }
             let mut p = p.clone();
@@ -383,7 +421,7 @@ impl Aggregator {
             .publish(
                 self.bus.subjects.proofs(team, chain),
                 &message,
-                Some(&proof_msg_id(team, chain, number)),
+                Some(&proof_msg_id(team, &root.block)),
             )
             .await?;
         if ack.duplicate {

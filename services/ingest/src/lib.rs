@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use push0_protocol::subjects::{block_key, block_msg_id};
+use push0_protocol::subjects::{block_key, block_msg_id, reorg_msg_id};
 use push0_protocol::{
-    BlockAccepted, BlockRef, BlockState, BlockStatus, BlockSubmission, DlqReason, now_ms,
+    BlockAccepted, BlockRef, BlockState, BlockStatus, BlockSubmission, DlqReason, Reorg, now_ms,
     validate_chain,
 };
 use push0_runtime::{
@@ -114,7 +114,10 @@ impl Handler for Ingest {
         if let Err(rejection) = validate(&submission, &delivery.subject, self.config.max_payload) {
             return Outcome::Reject(rejection.block(&block));
         }
-        match self.accept(submission, block, delivery.published_ms).await {
+        match self
+            .accept(submission, block, delivery.published_ms, delivery.delivered)
+            .await
+        {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "ingest failed, will retry");
@@ -124,25 +127,43 @@ impl Handler for Ingest {
     }
 }
 
+/// Heights above a reorg's fork that are looked at for descendants of the orphaned block; a
+/// run of this many unknown heights ends the search.
+const REORG_GAP: u64 = 64;
+/// Deliveries of a block at an occupied height whose parent is not the block below before it
+/// is dead-lettered as a conflict.
+const PARENT_RETRIES: i64 = 5;
+
 impl Ingest {
     async fn accept(
         &self,
         submission: BlockSubmission,
         block: BlockRef,
         submitted_at_ms: u64,
+        delivered: i64,
     ) -> Result<Outcome, RuntimeError> {
         let key = block_key(&block.chain, block.number);
-        let status = match kv_get::<BlockStatus>(&self.blocks, &key).await? {
+        // The parent's record is read alongside (no added latency): a block whose parent a
+        // reorg orphaned is itself off the chain.
+        let (own, parent) = tokio::join!(
+            kv_get::<BlockStatus>(&self.blocks, &key),
+            self.parent_of(&block)
+        );
+        let parent = parent?;
+        if let Some(p) = &parent {
+            let parent_orphaned = (p.state == BlockState::Orphaned
+                && p.block.hash == submission.parent_hash)
+                || p.orphaned_hashes
+                    .iter()
+                    .any(|h| h.as_slice() == submission.parent_hash);
+            if parent_orphaned {
+                return Ok(Outcome::Reject(orphaned(&block)));
+            }
+        }
+        let status = match own? {
             Some((status, _)) => status,
             None => {
-                let fresh = BlockStatus {
-                    block: block.clone(),
-                    state: BlockState::Received,
-                    payload_len: submission.payload.len() as u64,
-                    submitted_at_ms,
-                    accepted_at_ms: None,
-                    duplicates: 0,
-                };
+                let fresh = fresh_status(&submission, &block, submitted_at_ms, None);
                 if !kv_create(&self.blocks, &key, &fresh).await? {
                     // Another ingest instance recorded it in between: decide on the next delivery.
                     return Ok(Outcome::Retry(Duration::from_millis(50)));
@@ -150,20 +171,66 @@ impl Ingest {
                 fresh
             }
         };
-        if status.block.hash != block.hash {
-            return Ok(Outcome::Reject(
-                Rejection::new(
-                    DlqReason::ConflictingHash,
-                    format!(
-                        "block {}.{} is known with hash {}",
-                        block.chain,
-                        block.number,
-                        hex_short(&status.block.hash)
-                    ),
-                )
-                .block(&block),
-            ));
-        }
+        let status = if status.block.hash == block.hash {
+            if status.state == BlockState::Orphaned {
+                return Ok(Outcome::Reject(orphaned(&block)));
+            }
+            status
+        } else if status
+            .orphaned_hashes
+            .iter()
+            .any(|h| h.as_slice() == block.hash)
+        {
+            return Ok(Outcome::Reject(orphaned(&block)));
+        } else {
+            // Another block at a known height: a reorg, if the new block extends the chain
+            // below it. If the known block is still on the chain, it and its descendants are
+            // orphaned by this one; if a reorg below already orphaned it, the height is simply
+            // free for the new branch.
+            let extends_chain = match &parent {
+                Some(p) => {
+                    p.state != BlockState::Orphaned && p.block.hash == submission.parent_hash
+                }
+                None => false,
+            };
+            if !extends_chain {
+                // Its parent may be on its way (a new branch submitted out of order, or the
+                // parent's delivery being retried): wait a little before calling it a conflict.
+                if delivered < PARENT_RETRIES {
+                    return Ok(Outcome::Retry(Duration::from_millis(500)));
+                }
+                return Ok(Outcome::Reject(
+                    Rejection::new(
+                        DlqReason::ConflictingHash,
+                        format!(
+                            "block {}.{} is known with hash {}, and the new one's parent {} is not the block below it on the chain",
+                            block.chain,
+                            block.number,
+                            hex_short(&status.block.hash),
+                            hex_short(&submission.parent_hash),
+                        ),
+                    )
+                    .block(&block),
+                ));
+            }
+            let replaced = match status.state {
+                BlockState::Orphaned => Vec::new(),
+                _ => self.descendants(&status.block, &block.hash).await?,
+            };
+            let mut next = fresh_status(&submission, &block, submitted_at_ms, Some(&status));
+            next.replaced = replaced;
+            let old_hash = status.block.hash.clone();
+            let written = kv_update::<BlockStatus, _>(&self.blocks, &key, |s| match s {
+                Some(s) if s.block.hash == old_hash => Some(next.clone()),
+                _ => None,
+            })
+            .await?;
+            match written {
+                Some(w) if w.block.hash == block.hash => w,
+                // Changed under us by another ingest instance: decide on the next delivery.
+                _ => return Ok(Outcome::Retry(Duration::from_millis(50))),
+            }
+        };
         if status.state == BlockState::Accepted {
             metrics().duplicates.with_label_values(&[SERVICE]).inc();
             tracing::debug!(chain = %block.chain, number = block.number, "duplicate submission");
@@ -175,6 +242,11 @@ impl Ingest {
             })
             .await?;
             return Ok(Outcome::Ack);
+        }
+        // The record at the fork height is the reorg's outbox: until this block is accepted,
+        // every delivery (re)marks the orphans and (re)publishes the notice; both are idempotent.
+        if !status.replaced.is_empty() {
+            self.orphan(&block, &status.replaced).await?;
         }
         // Received but maybe not published: publish (again). The msg-id makes a repeat harmless.
         let payload = self.blobs.put(submission.payload).await?;
@@ -194,8 +266,14 @@ impl Ingest {
                 Some(&msg_id),
             )
             .await?;
+        // Only this very block, still received: a reorg handled meanwhile (by another ingest
+        // instance) may have orphaned or replaced it.
         kv_update::<BlockStatus, _>(&self.blocks, &key, |s| {
-            s.map(|s| BlockStatus {
+            let s = s?;
+            if s.block.hash != block.hash || s.state != BlockState::Received {
+                return None;
+            }
+            Some(BlockStatus {
                 state: BlockState::Accepted,
                 accepted_at_ms: Some(now_ms()),
                 ..s.clone()
@@ -205,6 +283,123 @@ impl Ingest {
         tracing::info!(chain = %block.chain, number = block.number, "block accepted");
         Ok(Outcome::Ack)
     }
+
+    async fn parent_of(&self, block: &BlockRef) -> Result<Option<BlockStatus>, RuntimeError> {
+        let Some(below) = block.number.checked_sub(1) else {
+            return Ok(None);
+        };
+        let found = kv_get::<BlockStatus>(&self.blocks, &block_key(&block.chain, below)).await?;
+        Ok(found.map(|(s, _)| s))
+    }
+
+    /// `fork` (the block `new_hash` replaces) and the known blocks above it that descend from
+    /// it. A block stays on the chain only if its parent is the block kept at the height below,
+    /// so a new-branch block that arrived before its fork point survives, and anything whose
+    /// ancestry is unknown goes.
+    async fn descendants(
+        &self,
+        fork: &BlockRef,
+        new_hash: &[u8],
+    ) -> Result<Vec<BlockRef>, RuntimeError> {
+        let mut orphaned = vec![fork.clone()];
+        let mut kept_below: Option<Vec<u8>> = Some(new_hash.to_vec());
+        let mut unknown_run = 0;
+        let mut number = fork.number;
+        while unknown_run < REORG_GAP {
+            number += 1;
+            let key = block_key(&fork.chain, number);
+            let Some((status, _)) = kv_get::<BlockStatus>(&self.blocks, &key).await? else {
+                unknown_run += 1;
+                kept_below = None;
+                continue;
+            };
+            unknown_run = 0;
+            if status.state == BlockState::Orphaned {
+                kept_below = None;
+                continue;
+            }
+            if kept_below.as_ref() == Some(&status.parent_hash) {
+                kept_below = Some(status.block.hash.clone());
+            } else {
+                kept_below = None;
+                orphaned.push(status.block);
+            }
+        }
+        Ok(orphaned)
+    }
+
+    /// Marks the blocks a reorg orphaned (all but the one `block` replaced at its own height)
+    /// and tells the scheduler, before `block` itself is accepted.
+    async fn orphan(&self, block: &BlockRef, orphaned: &[BlockRef]) -> Result<(), RuntimeError> {
+        for o in orphaned.iter().filter(|o| o.number != block.number) {
+            kv_update::<BlockStatus, _>(&self.blocks, &block_key(&o.chain, o.number), |s| {
+                let s = s?;
+                if s.block.hash != o.hash || s.state == BlockState::Orphaned {
+                    return None;
+                }
+                let mut s = s.clone();
+                s.state = BlockState::Orphaned;
+                Some(s)
+            })
+            .await?;
+        }
+        let notice = Reorg {
+            block: block.clone(),
+            orphaned: orphaned.to_vec(),
+        };
+        let ack = self
+            .bus
+            .publish(
+                self.bus.subjects.accepted(&block.chain),
+                &notice,
+                Some(&reorg_msg_id(block)),
+            )
+            .await?;
+        if !ack.duplicate {
+            metrics().reorgs.with_label_values(&[&block.chain]).inc();
+            tracing::warn!(chain = %block.chain, number = block.number, hash = %block.short_hash(), orphaned = orphaned.len(), "reorg: blocks orphaned");
+        }
+        Ok(())
+    }
+}
+
+/// A new status record for `submission`; `replacing` is the record of the block it replaces at
+/// its height, whose hash joins the orphaned ones.
+fn fresh_status(
+    submission: &BlockSubmission,
+    block: &BlockRef,
+    submitted_at_ms: u64,
+    replacing: Option<&BlockStatus>,
+) -> BlockStatus {
+    let mut orphaned_hashes = Vec::new();
+    if let Some(old) = replacing {
+        orphaned_hashes.clone_from(&old.orphaned_hashes);
+        orphaned_hashes.push(serde_bytes::ByteBuf::from(old.block.hash.clone()));
+    }
+    BlockStatus {
+        block: block.clone(),
+        state: BlockState::Received,
+        payload_len: submission.payload.len() as u64,
+        submitted_at_ms,
+        accepted_at_ms: None,
+        duplicates: 0,
+        parent_hash: submission.parent_hash.clone(),
+        replaced: Vec::new(),
+        orphaned_hashes,
+    }
+}
+
+fn orphaned(block: &BlockRef) -> Rejection {
+    Rejection::new(
+        DlqReason::Orphaned,
+        format!(
+            "block {}.{} with hash {} was orphaned by a reorg",
+            block.chain,
+            block.number,
+            hex_short(&block.hash)
+        ),
+    )
+    .block(block)
 }
 
 fn hex_short(hash: &[u8]) -> String {

@@ -5,7 +5,7 @@
 pub mod latency;
 pub mod prover;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,7 @@ pub async fn run(
         config: config.clone(),
         heartbeat: Duration::from_millis(team.ack_wait_ms / 3).max(Duration::from_millis(100)),
         running: Mutex::new(HashMap::new()),
+        withdrawn: Mutex::new(VecDeque::new()),
     });
     gateway.listen_for_cancels(shutdown.clone()).await?;
     let advertiser = tokio::spawn({
@@ -133,7 +134,12 @@ struct Gateway {
     heartbeat: Duration,
     /// Tasks proving now, by task id: their block and the token that stops them.
     running: Mutex<HashMap<String, (BlockRef, CancellationToken)>>,
+    /// Blocks recently withdrawn (newest last, at most `WITHDRAWN_KEPT`): their tasks still
+    /// queued on the bus are acked without proving when they come.
+    withdrawn: Mutex<VecDeque<BlockRef>>,
 }
+
+const WITHDRAWN_KEPT: usize = 4096;
 
 /// A task proving now: registered (and counted busy) while it lives, unregistered when its
 /// proving ends, however it ends.
@@ -169,6 +175,13 @@ impl Gateway {
             .follow(self.bus.subjects.cancel(), shutdown, move |cancel: Cancel| {
                 if cancel.team != g.config.team {
                     return;
+                }
+                if let Some(b) = &cancel.block {
+                    let mut withdrawn = g.withdrawn.lock().expect("withdrawn lock");
+                    if withdrawn.len() == WITHDRAWN_KEPT {
+                        withdrawn.pop_front();
+                    }
+                    withdrawn.push_back(b.clone());
                 }
                 let running = g.running.lock().expect("running lock");
                 for (task_id, (block, token)) in running.iter() {
@@ -327,6 +340,17 @@ impl Gateway {
 
     async fn prove_task(&self, delivery: Arc<Delivery>, task: Task, shutdown: &CancellationToken) {
         let m = metrics();
+        let withdrawn = self
+            .withdrawn
+            .lock()
+            .expect("withdrawn lock")
+            .contains(&task.block);
+        if withdrawn {
+            m.tasks_cancelled.with_label_values(&[&task.team]).inc();
+            let _ = delivery.message.ack_with(AckKind::Ack).await;
+            tracing::info!("task of withdrawn work skipped");
+            return;
+        }
         let queue_wait_ms = now_ms().saturating_sub(delivery.published_ms);
         m.queue_wait
             .with_label_values(&[&task.team])

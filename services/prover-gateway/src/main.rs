@@ -46,6 +46,11 @@ struct Args {
     #[arg(long, env = "PUSH0_SIM_LATENCY", default_value = "fixed:100ms")]
     sim_latency: Latency,
 
+    /// Simulated prover only: while this file exists, leaves whose data contain the bytes
+    /// `push0-sim-poison` fail (a poison-task drill); delete the file to "fix" the prover
+    #[arg(long, env = "PUSH0_SIM_FAIL_WHILE")]
+    sim_fail_while: Option<PathBuf>,
+
     /// External prover executable (with --prover exec); run as `<cmd> <args…> --task <manifest>`
     #[arg(long, env = "PUSH0_PROVER_CMD")]
     prover_cmd: Option<PathBuf>,
@@ -100,6 +105,7 @@ async fn main() {
     let prover = match args.prover {
         ProverKind::Sim => Prover::Sim(SimProver {
             latency: args.sim_latency.clone(),
+            fail_while: args.sim_fail_while.clone(),
         }),
         ProverKind::Exec => {
             let Some(program) = args.prover_cmd.clone() else {

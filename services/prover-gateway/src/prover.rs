@@ -84,7 +84,13 @@ impl Prover {
 #[derive(Debug, Clone)]
 pub struct SimProver {
     pub latency: Latency,
+    /// While this file exists, every leaf whose slice contains [`SIM_POISON_MARKER`] fails
+    /// (retryably), as a prover that crashes on some input would: for poison-task drills.
+    pub fail_while: Option<PathBuf>,
 }
+
+/// Payload bytes that make a simulated prover with `fail_while` set fail.
+pub const SIM_POISON_MARKER: &[u8] = b"push0-sim-poison";
 
 pub const SIM_PROOF_SYSTEM: &str = "sim-sha256";
 
@@ -105,6 +111,13 @@ pub fn sim_aggregate_proof<'a>(children: impl IntoIterator<Item = &'a [u8]>) -> 
 }
 
 impl SimProver {
+    fn poisoned(&self, slice: &[u8]) -> bool {
+        self.fail_while.as_ref().is_some_and(|f| f.exists())
+            && slice
+                .windows(SIM_POISON_MARKER.len())
+                .any(|w| w == SIM_POISON_MARKER)
+    }
+
     async fn prove(&self, input: ProverInput) -> Result<ProofOutput, ProveError> {
         let delay = self.latency.sample(&mut rand::rng());
         if !delay.is_zero() {
@@ -112,7 +125,13 @@ impl SimProver {
         }
         let proof = match &input {
             ProverInput::Leaf { payload, range, .. } => {
-                sim_leaf_proof(ProverInput::slice(payload, *range))
+                let slice = ProverInput::slice(payload, *range);
+                if self.poisoned(slice) {
+                    return Err(ProveError::Retryable(
+                        "simulated prover crash on a poison input".into(),
+                    ));
+                }
+                sim_leaf_proof(slice)
             }
             ProverInput::Aggregate(children) => {
                 sim_aggregate_proof(children.iter().map(|(_, p)| p.as_slice()))

@@ -14,10 +14,10 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use push0_protocol::subjects::{cursor_key, final_key, plan_key, task_id};
+use push0_protocol::subjects::{block_key, cursor_key, final_key, plan_key, task_id};
 use push0_protocol::{
-    BlockAccepted, Cursor, DlqReason, LatePolicy, NodeId, PartRecord, Plan, Ready, Redo, Task,
-    TaskInput, TeamConfig, WireMessage, now_ms,
+    BlockAccepted, BlockState, BlockStatus, Cursor, DlqReason, LatePolicy, NodeId, PartRecord,
+    Plan, Ready, Redo, Reorg, Task, TaskInput, TeamConfig, WireMessage, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::oversight::Withdrawal;
 use crate::queue::{QueueKey, Queues};
 use crate::track::{AlertConfig, CapacityView, Tracked, Tracker};
 
@@ -73,6 +74,7 @@ pub async fn run(
     let registry = Registry::watch(&bus, shutdown.clone()).await?;
     let blobs = BlobStore::open(&bus, push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD).await?;
     let scheduler = Arc::new(Scheduler {
+        blocks: bus.kv(&bus.subjects.bucket_blocks()).await?,
         plans: bus.kv(&bus.subjects.bucket_plans()).await?,
         parts: bus.kv(&bus.subjects.bucket_parts()).await?,
         cursors: bus.kv(&bus.subjects.bucket_cursors()).await?,
@@ -141,6 +143,7 @@ pub struct Scheduler {
     bus: Bus,
     registry: Registry,
     config: Config,
+    blocks: kv::Store,
     plans: kv::Store,
     parts: kv::Store,
     cursors: kv::Store,
@@ -228,17 +231,20 @@ impl Scheduler {
             withdrawn: None,
             finalized: false,
         };
-        let plan = if kv_create(&self.plans, &key, &fresh).await? {
-            fresh
+        let mut plan = if kv_create(&self.plans, &key, &fresh).await? {
+            fresh.clone()
         } else {
             match kv_get::<Plan>(&self.plans, &key).await? {
                 Some((existing, _)) => existing,
-                None => fresh,
+                None => fresh.clone(),
             }
         };
         if plan.accepted.block.hash != b.hash {
-            tracing::warn!(team = %team.name, chain = %b.chain, number = b.number, "a different block is planned at this height; ignoring");
-            return Ok(());
+            let Some(replaced) = self.replace_orphan(team, plan, fresh).await? else {
+                tracing::info!(team = %team.name, chain = %b.chain, number = b.number, "block is off the chain; not planned");
+                return Ok(());
+            };
+            plan = replaced;
         }
         if plan.withdrawn.is_some() || plan.failed.is_some() {
             return Ok(());
@@ -252,6 +258,71 @@ impl Scheduler {
         }
         self.ensure_queue(team).await?;
         self.enqueue_leaves(team, &plan);
+        Ok(())
+    }
+
+    /// A block arrived at a height where another one is planned. If ingest holds the new one
+    /// as the chain's block there, the planned one was orphaned by a reorg: its work stops and
+    /// the new plan takes its key. Otherwise the arrival is the stale one (a redelivery from
+    /// before the reorg) and None is returned.
+    async fn replace_orphan(
+        &self,
+        team: &TeamConfig,
+        planned: Plan,
+        fresh: Plan,
+    ) -> Result<Option<Plan>, RuntimeError> {
+        let b = &fresh.accepted.block;
+        let canonical = kv_get::<BlockStatus>(&self.blocks, &block_key(&b.chain, b.number))
+            .await?
+            .is_some_and(|(s, _)| s.block.hash == b.hash && s.state != BlockState::Orphaned);
+        if !canonical {
+            return Ok(None);
+        }
+        let old = planned.accepted.block;
+        self.withdraw(team, &old, Withdrawal::Orphaned).await?;
+        let key = plan_key(&team.name, &b.chain, b.number);
+        let written = kv_update::<Plan, _>(&self.plans, &key, |p| match p {
+            Some(p) if p.accepted.block.hash == old.hash => Some(fresh.clone()),
+            _ => None,
+        })
+        .await?;
+        Ok(written.filter(|p| p.accepted.block.hash == b.hash))
+    }
+
+    /// A reorg notice: every orphaned block's work stops for every team, and a sequential
+    /// team whose publication had passed the fork goes back to it, so the new branch's blocks
+    /// are published in order there.
+    async fn reorg(&self, reorg: &Reorg) -> Result<(), RuntimeError> {
+        let chain = &reorg.block.chain;
+        let Some(fork) = reorg.orphaned.iter().map(|o| o.number).min() else {
+            return Ok(());
+        };
+        for team in self.registry.all() {
+            if !team.proves_chain(chain) {
+                continue;
+            }
+            for orphan in &reorg.orphaned {
+                self.withdraw(&team, orphan, Withdrawal::Orphaned).await?;
+            }
+            if team.is_realtime() {
+                continue;
+            }
+            let rewound = kv_update::<Cursor, _>(
+                &self.cursors,
+                &cursor_key(&team.name, chain),
+                |c| match c {
+                    Some(c) if c.next > fork => Some(Cursor {
+                        next: fork,
+                        published: c.published,
+                    }),
+                    _ => None,
+                },
+            )
+            .await?;
+            if rewound.is_some_and(|c| c.next == fork) {
+                tracing::warn!(team = %team.name, chain, fork, "publication goes back to the fork height");
+            }
+        }
         Ok(())
     }
 
@@ -297,6 +368,7 @@ impl Scheduler {
             &b.chain,
             b.number,
             Tracked {
+                hash: b.hash.clone(),
                 deadline_ms: plan.deadline_ms,
                 submitted_at_ms: plan.accepted.submitted_at_ms,
                 first_release_ms: (!plan.released.is_empty()).then_some(plan.planned_at_ms),
@@ -317,6 +389,9 @@ impl Scheduler {
         else {
             return Ok(None);
         };
+        if plan.accepted.block.hash != b.hash || plan.withdrawn.is_some() {
+            return Ok(None);
+        }
         if redo.node.level == 0 {
             return Ok(Some(leaf_task(team, &plan, redo.node)));
         }
@@ -386,7 +461,7 @@ impl Scheduler {
                 continue;
             }
             let b = &plan.accepted.block;
-            if kv_get::<PartRecord>(&self.parts, &final_key(&team.name, &b.chain, b.number))
+            if kv_get::<PartRecord>(&self.parts, &final_key(&team.name, b))
                 .await?
                 .is_some()
             {
@@ -534,7 +609,7 @@ impl Scheduler {
                     .hopeless(&b.chain, b.number, now_ms())
             };
             if hopeless {
-                self.withdraw(team, b.chain.clone(), b.number, "cannot meet its deadline")
+                self.withdraw(team, b, Withdrawal::Missed("cannot meet its deadline"))
                     .await?;
                 continue;
             }
@@ -581,9 +656,14 @@ impl Scheduler {
             .await?;
         let key = plan_key(&task.team, &task.block.chain, task.block.number);
         let node = task.node;
+        // Recorded in this block's own plan only: after a reorg another block's plan may hold
+        // the key, and a withdrawn block's work is not tracked any more.
         kv_update::<Plan, _>(&self.plans, &key, |p| {
             let p = p?;
-            if p.released.contains(&node) {
+            if p.accepted.block.hash != task.block.hash
+                || p.withdrawn.is_some()
+                || p.released.contains(&node)
+            {
                 return None;
             }
             let mut p = p.clone();
@@ -609,6 +689,19 @@ struct AcceptedHandler(Arc<Scheduler>);
 
 impl Handler for AcceptedHandler {
     async fn handle(&self, delivery: &Delivery) -> Outcome {
+        if delivery.schema.as_deref() == Some(Reorg::SCHEMA) {
+            let reorg: Reorg = match delivery.decode() {
+                Ok(r) => r,
+                Err(e) => return Outcome::Reject(e.into()),
+            };
+            return match self.0.reorg(&reorg).await {
+                Ok(()) => Outcome::Ack,
+                Err(e) => {
+                    tracing::warn!(error = %e, "handling a reorg failed, will retry");
+                    Outcome::Retry(Duration::from_millis(200))
+                }
+            };
+        }
         let accepted: BlockAccepted = match delivery.decode() {
             Ok(a) => a,
             Err(e) => return Outcome::Reject(e.into()),
@@ -684,6 +777,12 @@ impl Handler for ReadyHandler {
         let b = &ready.block;
         let key = plan_key(&team.name, &b.chain, b.number);
         match kv_get::<Plan>(&s.plans, &key).await {
+            Ok(Some((plan, _)))
+                if plan.accepted.block.hash != b.hash || plan.withdrawn.is_some() =>
+            {
+                tracing::debug!(team = %team.name, chain = %b.chain, number = b.number, "join of withdrawn work ignored");
+                return Outcome::Ack;
+            }
             Ok(Some((plan, _))) if plan.released.contains(&ready.node) => {
                 metrics().duplicates.with_label_values(&[SERVICE]).inc();
                 return Outcome::Ack;
@@ -804,7 +903,8 @@ impl PoisonHandler {
             let key = plan_key(&t.team, &t.block.chain, t.block.number);
             let reason = format!("task {} {detail}", t.task_id);
             kv_update::<Plan, _>(&self.scheduler.plans, &key, |p| {
-                let mut p = p?.clone();
+                let p = p.filter(|p| p.accepted.block.hash == t.block.hash)?;
+                let mut p = p.clone();
                 p.failed = Some(reason.clone());
                 Some(p)
             })

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use push0_protocol::subjects::{final_key, plan_key};
 use push0_protocol::topology::CAPACITY_TTL;
 use push0_protocol::{
-    BlockProof, Cancel, Capacity, LatePolicy, PartRecord, Plan, TeamConfig, TeamStatus,
+    BlockProof, BlockRef, Cancel, Capacity, LatePolicy, PartRecord, Plan, TeamConfig, TeamStatus,
     WireMessage, decode, encode, now_ms,
 };
 use push0_runtime::{Bus, RuntimeError, kv_get, kv_update, metrics};
@@ -24,45 +24,73 @@ const SWEEP_EVERY: Duration = Duration::from_millis(50);
 /// was published while this scheduler was not listening.
 const RECHECK_AFTER_MS: u64 = 10_000;
 
+/// Why a block's work stops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Withdrawal<'a> {
+    /// A realtime block past (or unable to meet) its deadline, under the `drop` policy.
+    Missed(&'a str),
+    /// A reorg took the block off the chain.
+    Orphaned,
+}
+
+impl Withdrawal<'_> {
+    fn reason(self) -> &'static str {
+        match self {
+            Withdrawal::Missed(_) => "deadline",
+            Withdrawal::Orphaned => "reorg",
+        }
+    }
+    fn detail(self) -> String {
+        match self {
+            Withdrawal::Missed(why) => why.to_string(),
+            Withdrawal::Orphaned => "orphaned by a reorg".to_string(),
+        }
+    }
+}
+
 impl Scheduler {
     /// Stops a block's work for `team`: held tasks go, the plan records why (unless the
-    /// aggregator finalized it first), running provers are told to stop. Returns whether the
-    /// block was withdrawn.
+    /// aggregator finalized it first), running provers are told to stop. Only the plan of this
+    /// very block (same hash) is touched. Returns whether the block was withdrawn.
     pub(crate) async fn withdraw(
         &self,
         team: &TeamConfig,
-        chain: String,
-        number: u64,
-        reason: &str,
+        block: &BlockRef,
+        why: Withdrawal<'_>,
     ) -> Result<bool, RuntimeError> {
-        let plan = kv_update::<Plan, _>(&self.plans, &plan_key(&team.name, &chain, number), |p| {
+        let (chain, number) = (block.chain.clone(), block.number);
+        let key = plan_key(&team.name, &chain, number);
+        let detail = why.detail();
+        let mut wrote = false;
+        let plan = kv_update::<Plan, _>(&self.plans, &key, |p| {
+            wrote = false;
             let p = p?;
-            if p.finalized || p.withdrawn.is_some() {
+            if p.accepted.block.hash != block.hash || p.finalized || p.withdrawn.is_some() {
                 return None;
             }
             let mut p = p.clone();
-            p.withdrawn = Some(reason.to_string());
+            p.withdrawn = Some(detail.clone());
+            wrote = true;
             Some(p)
         })
         .await?;
-        let Some(plan) = plan else { return Ok(false) };
-        if plan.finalized {
+        let Some(plan) = plan.filter(|_| wrote) else {
             return Ok(false);
-        }
+        };
         let held = {
             let mut queues = self.queues.lock().expect("queues lock");
             queues
                 .queues
                 .iter_mut()
                 .filter(|((t, _), _)| *t == team.name)
-                .map(|(_, q)| q.withdraw(|t| t.block.chain == chain && t.block.number == number))
+                .map(|(_, q)| q.withdraw(|t| t.block == *block))
                 .sum::<usize>()
         };
         let running = plan.released.len();
         let cancel = Cancel {
             team: team.name.clone(),
-            block: Some(plan.accepted.block.clone()),
-            reason: reason.to_string(),
+            block: Some(block.clone()),
+            reason: detail.clone(),
         };
         if running > 0 {
             self.bus.notify(self.bus.subjects.cancel(), &cancel).await?;
@@ -72,10 +100,11 @@ impl Scheduler {
             let track = tracker.team(&team.name);
             let forgotten = track.forget(&chain, number);
             let had = forgotten.is_some_and(|t| t.deadline_ms.is_some());
-            if had {
+            let missed = matches!(why, Withdrawal::Missed(_));
+            if had && missed {
                 track.record(DeadlineOutcome::Dropped, now_ms());
             }
-            had
+            had && missed
         };
         let m = metrics();
         if had_deadline {
@@ -83,10 +112,13 @@ impl Scheduler {
                 .with_label_values(&[&team.name, DeadlineOutcome::Dropped.as_str()])
                 .inc();
         }
+        if matches!(why, Withdrawal::Orphaned) {
+            m.orphaned_blocks.with_label_values(&[&team.name]).inc();
+        }
         m.tasks_withdrawn
-            .with_label_values(&[&team.name, "deadline"])
+            .with_label_values(&[&team.name, why.reason()])
             .inc_by((held + running) as u64);
-        tracing::warn!(team = %team.name, chain, number, held, running, reason, "block withdrawn: missed");
+        tracing::warn!(team = %team.name, chain, number, hash = %block.short_hash(), held, running, reason = %detail, "block withdrawn");
         Ok(true)
     }
 
@@ -186,8 +218,13 @@ impl Scheduler {
                 let mut tracker = self.tracker.lock().expect("tracker lock");
                 tracker.team(&team.name).overdue(now)
             };
-            for (chain, number) in overdue {
-                self.withdraw(team, chain, number, "deadline passed")
+            for (chain, number, hash) in overdue {
+                let block = BlockRef {
+                    chain,
+                    number,
+                    hash,
+                };
+                self.withdraw(team, &block, Withdrawal::Missed("deadline passed"))
                     .await?;
             }
         }
@@ -199,21 +236,25 @@ impl Scheduler {
     async fn recheck_unproven(&self, teams: &[TeamConfig]) -> Result<(), RuntimeError> {
         let now = now_ms();
         for team in teams {
-            let stale: Vec<(String, u64)> = {
+            let stale: Vec<BlockRef> = {
                 let mut tracker = self.tracker.lock().expect("tracker lock");
                 tracker
                     .team(&team.name)
                     .blocks
                     .iter()
                     .filter(|(_, t)| now.saturating_sub(t.submitted_at_ms) > RECHECK_AFTER_MS)
-                    .map(|(k, _)| k.clone())
+                    .map(|((chain, number), t)| BlockRef {
+                        chain: chain.clone(),
+                        number: *number,
+                        hash: t.hash.clone(),
+                    })
                     .take(64)
                     .collect()
             };
-            for (chain, number) in stale {
-                let key = final_key(&team.name, &chain, number);
+            for block in stale {
+                let key = final_key(&team.name, &block);
                 if kv_get::<PartRecord>(&self.parts, &key).await?.is_some() {
-                    self.observe_proof(&team.name, &chain, number, now);
+                    self.observe_proof(&team.name, &block.chain, block.number, now);
                 }
             }
         }

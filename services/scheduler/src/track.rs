@@ -11,6 +11,8 @@ use push0_protocol::{Alert, Capacity, ChainStatus};
 /// A planned block not yet proved.
 #[derive(Debug, Clone)]
 pub struct Tracked {
+    /// The planned block's hash (another block may replace it at its height in a reorg).
+    pub hash: Vec<u8>,
     pub deadline_ms: Option<u64>,
     pub submitted_at_ms: u64,
     /// When its first task was released; None while all its work is still held.
@@ -153,13 +155,13 @@ impl TeamTrack {
     }
 
     /// Blocks whose deadline has passed while a newer block of their chain exists.
-    pub fn overdue(&self, now_ms: u64) -> Vec<(String, u64)> {
+    pub fn overdue(&self, now_ms: u64) -> Vec<(String, u64, Vec<u8>)> {
         self.blocks
             .iter()
             .filter(|((chain, number), t)| {
                 t.deadline_ms.is_some_and(|d| d < now_ms) && self.newer_exists(chain, *number)
             })
-            .map(|(k, _)| k.clone())
+            .map(|((chain, number), t)| (chain.clone(), *number, t.hash.clone()))
             .collect()
     }
 
@@ -288,6 +290,7 @@ mod tests {
 
     fn tracked(deadline: u64) -> Tracked {
         Tracked {
+            hash: vec![1; 32],
             deadline_ms: Some(deadline),
             submitted_at_ms: 0,
             first_release_ms: None,
@@ -300,7 +303,7 @@ mod tests {
         t.planned("eth", 1, tracked(100));
         assert!(t.overdue(200).is_empty(), "the head is never dropped");
         t.planned("eth", 2, tracked(300));
-        assert_eq!(t.overdue(200), vec![("eth".to_string(), 1)]);
+        assert_eq!(t.overdue(200), vec![("eth".to_string(), 1, vec![1; 32])]);
     }
 
     #[test]

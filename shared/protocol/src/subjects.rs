@@ -1,6 +1,7 @@
 //! Every subject, stream, consumer and bucket name push0 uses, built in one place from the prefix.
 
 use crate::names::{NameError, validate_prefix};
+use crate::wire::BlockRef;
 use crate::workflow::NodeId;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,15 +176,34 @@ pub fn plan_key(team: &str, chain: &str, number: u64) -> String {
     format!("{team}.{chain}.{number}")
 }
 
-/// KV key of one proved node of a block's workflow tree.
-pub fn part_key(team: &str, chain: &str, number: u64, node: NodeId) -> String {
-    format!("{team}.{chain}.{number}.{}-{}", node.level, node.index)
+/// KV key of one proved node. The block's hash is part of it: after a reorg the orphaned
+/// block's parts and the new block's parts at the same height never share a key, so a late
+/// result of an orphan cannot stand in for the canonical block.
+pub fn part_key(team: &str, block: &BlockRef, node: NodeId) -> String {
+    format!(
+        "{team}.{}.{}.{}.{}-{}",
+        block.chain,
+        block.number,
+        short_hash(&block.hash),
+        node.level,
+        node.index
+    )
 }
 
 /// KV key under which a block's root proof is recorded once more, for in-order publication
 /// without knowing the workflow shape.
-pub fn final_key(team: &str, chain: &str, number: u64) -> String {
-    format!("{team}.{chain}.{number}.final")
+pub fn final_key(team: &str, block: &BlockRef) -> String {
+    format!(
+        "{team}.{}.{}.{}.final",
+        block.chain,
+        block.number,
+        short_hash(&block.hash)
+    )
+}
+
+/// The first 8 bytes of a block hash in hex: unique enough to tell forks at one height apart.
+pub fn short_hash(hash: &[u8]) -> String {
+    hex::encode(&hash[..hash.len().min(8)])
 }
 
 /// KV key of one failed delivery of a task.
@@ -204,16 +224,33 @@ pub fn block_msg_id(chain: &str, number: u64, hash: &[u8]) -> String {
 /// Deterministic id of one task: the same node of the same block for the same team is the same
 /// task, however often it is planned, so publishing it again is de-duplicated by JetStream.
 pub fn task_id(team: &str, chain: &str, number: u64, hash: &[u8], node: NodeId) -> String {
-    let short = hex::encode(&hash[..hash.len().min(8)]);
     format!(
-        "{team}/{chain}/{number}/{short}/{}-{}",
-        node.level, node.index
+        "{team}/{chain}/{number}/{}/{}-{}",
+        short_hash(hash),
+        node.level,
+        node.index
     )
 }
 
-/// `Nats-Msg-Id` of a block proof: one per (team, chain, number).
-pub fn proof_msg_id(team: &str, chain: &str, number: u64) -> String {
-    format!("proof/{team}/{chain}/{number}")
+/// `Nats-Msg-Id` of a block proof: one per (team, block). The hash is in it so that the proof
+/// of a block that replaced another at its height (a reorg) is not dropped as a duplicate.
+pub fn proof_msg_id(team: &str, block: &BlockRef) -> String {
+    format!(
+        "proof/{team}/{}/{}/{}",
+        block.chain,
+        block.number,
+        short_hash(&block.hash)
+    )
+}
+
+/// `Nats-Msg-Id` of a reorg notice: one per block that replaced others at its height.
+pub fn reorg_msg_id(block: &BlockRef) -> String {
+    format!(
+        "reorg/{}/{}/{}",
+        block.chain,
+        block.number,
+        hex::encode(&block.hash)
+    )
 }
 
 #[cfg(test)]
@@ -228,10 +265,16 @@ mod tests {
         assert_eq!(s.proofs("sp1", "eth"), "t-1.proofs.sp1.eth");
         assert_eq!(s.stream_tasks(), "T_1_TASKS");
         assert_eq!(s.bucket_parts(), "t-1_parts");
+        let block = BlockRef {
+            chain: "eth".into(),
+            number: 7,
+            hash: vec![0xcd; 32],
+        };
         assert_eq!(
-            part_key("sp1", "eth", 7, NodeId { level: 1, index: 0 }),
-            "sp1.eth.7.1-0"
+            part_key("sp1", &block, NodeId { level: 1, index: 0 }),
+            "sp1.eth.7.cdcdcdcdcdcdcdcd.1-0"
         );
+        assert_eq!(final_key("sp1", &block), "sp1.eth.7.cdcdcdcdcdcdcdcd.final");
     }
 
     #[test]

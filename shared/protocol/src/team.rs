@@ -19,8 +19,10 @@ pub enum Shape {
 fn default_class() -> String {
     "prove".to_string()
 }
+/// Short, so a dead prover's task moves on within seconds; heartbeats every third of it keep
+/// a live prover's task however long it takes.
 fn default_ack_wait_ms() -> u64 {
-    10_000
+    3_000
 }
 fn default_max_deliver() -> i64 {
     5

@@ -6,6 +6,11 @@ use std::time::Duration;
 use crate::subjects::Subjects;
 use crate::team::TeamConfig;
 
+/// Ack deadline of the services' own consumers. Short, so that messages a killed scheduler or
+/// aggregator had taken reach its standby within seconds; the consume loop renews it while a
+/// handler runs.
+pub const SERVICE_ACK_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
     Limits,
@@ -177,7 +182,7 @@ impl Topology {
             stream,
             durable: durable.to_string(),
             filter,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: SERVICE_ACK_WAIT,
             max_deliver: -1,
             max_ack_pending: 10_000,
             priority_group: None,

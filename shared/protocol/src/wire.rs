@@ -80,6 +80,8 @@ pub enum DlqReason {
     InvalidInput,
     InvalidProof,
     MaxDeliveries,
+    /// A block that a reorg replaced was submitted again.
+    Orphaned,
 }
 
 impl DlqReason {
@@ -96,6 +98,7 @@ impl DlqReason {
             DlqReason::InvalidInput => "invalid_input",
             DlqReason::InvalidProof => "invalid_proof",
             DlqReason::MaxDeliveries => "max_deliveries",
+            DlqReason::Orphaned => "orphaned",
         }
     }
 }
@@ -218,6 +221,20 @@ pub struct BlockAccepted {
 
 impl WireMessage for BlockAccepted {
     const SCHEMA: &'static str = "block-accepted/v1";
+}
+
+/// `reorg/v1`: ingest → scheduler, on `<prefix>.accepted.<chain>`, just before the
+/// `BlockAccepted` of the block that caused it: `orphaned` (the block that was at `block`'s
+/// height and its descendants) are off the chain; their work stops for every team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reorg {
+    /// The new block at the fork height.
+    pub block: BlockRef,
+    pub orphaned: Vec<BlockRef>,
+}
+
+impl WireMessage for Reorg {
+    const SCHEMA: &'static str = "reorg/v1";
 }
 
 /// What a task proves: a slice of the block payload, or its children's proofs.
@@ -394,6 +411,9 @@ pub enum BlockState {
     Received,
     /// `BlockAccepted` is durably on the ACCEPTED stream.
     Accepted,
+    /// A reorg replaced this block (or one of its ancestors): it is no longer on the chain and
+    /// none of its proofs will be published. The record stays so a resubmission is recognised.
+    Orphaned,
 }
 
 /// Block status, bucket `blocks`, key `<chain>.<number>`.
@@ -405,6 +425,16 @@ pub struct BlockStatus {
     pub submitted_at_ms: u64,
     pub accepted_at_ms: Option<u64>,
     pub duplicates: u64,
+    /// Empty in records written before reorgs were handled.
+    #[serde(default, with = "serde_bytes")]
+    pub parent_hash: Vec<u8>,
+    /// Blocks this one orphaned when it arrived (itself replacing the block at its height, and
+    /// that block's descendants). Kept until the `Reorg` notice is published, and after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<BlockRef>,
+    /// Hashes that were at this height before a reorg replaced them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphaned_hashes: Vec<serde_bytes::ByteBuf>,
 }
 
 impl WireMessage for BlockStatus {

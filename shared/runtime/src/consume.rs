@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use push0_protocol::topology::SERVICE_ACK_WAIT;
 use push0_protocol::wire::{DecodeError, WireMessage, decode};
 use push0_protocol::{BlockRef, ConsumerSpec, DeadLetter, DlqReason, SCHEMA_HEADER, now_ms};
 use tokio_util::sync::CancellationToken;
@@ -226,7 +227,17 @@ async fn handle_one<H: Handler>(
         delivered = delivery.delivered,
     );
     telemetry::set_parent_from(&span, delivery.message.headers.as_ref());
-    let outcome = handler.handle(&delivery).instrument(span.clone()).await;
+    let handling = handler.handle(&delivery).instrument(span.clone());
+    tokio::pin!(handling);
+    // A slow handler (a verifier, a KV write during a leader election) keeps its message.
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut handling => break outcome,
+            _ = tokio::time::sleep(SERVICE_ACK_WAIT / 3) => {
+                let _ = delivery.message.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
     let _entered = span.enter();
     let m = metrics();
     let result = match outcome {

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub tasks_cancelled: IntCounterVec,
     /// push0_lease_acquired_total{role}: times this process became the active instance
     pub lease_acquired: IntCounterVec,
+    /// push0_reorgs_total{chain}: reorgs ingest recorded (blocks replaced at a known height)
+    pub reorgs: IntCounterVec,
+    /// push0_orphaned_blocks_total{team}: planned blocks whose work a reorg stopped
+    pub orphaned_blocks: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -194,6 +198,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "push0_tasks_cancelled_total",
             "provers stopped by a cancellation",
+            &["team"],
+        ),
+        reorgs: counter(
+            &r,
+            "push0_reorgs_total",
+            "reorgs recorded by ingest",
+            &["chain"],
+        ),
+        orphaned_blocks: counter(
+            &r,
+            "push0_orphaned_blocks_total",
+            "planned blocks withdrawn because a reorg orphaned them",
             &["team"],
         ),
         lease_acquired: counter(

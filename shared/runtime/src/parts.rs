@@ -17,7 +17,7 @@ pub async fn recorded_children(
 ) -> Result<Option<Vec<ChildProof>>, RuntimeError> {
     let mut children = Vec::new();
     for child in workflow.children(node) {
-        let key = part_key(team, &block.chain, block.number, child);
+        let key = part_key(team, block, child);
         let Some((record, _)) = kv_get::<PartRecord>(parts, &key).await? else {
             return Ok(None);
         };

@@ -1,0 +1,23 @@
+//! The chaos drill, small: the same program as `push0-chaos` (every fault of the full drill),
+//! over fewer blocks. Its invariants must hold.
+
+use push0_tests::chaos::{ChaosConfig, run};
+use push0_tests::temp_dir;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_drill_keeps_every_invariant() -> anyhow::Result<()> {
+    let mut config = ChaosConfig::new(120, temp_dir("chaos")?);
+    config.rate = 5.0;
+    let report = run(&config).await?;
+    eprint!("{}", report.render());
+    assert!(
+        report.holds(),
+        "invariants broken; logs in {}",
+        config.logs.display()
+    );
+    assert!(
+        !report.reassign_ms.is_empty(),
+        "gateway kills caused reassignments"
+    );
+    Ok(())
+}

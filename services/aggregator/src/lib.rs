@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use bytes::Bytes;
 use push0_protocol::DlqReason;
 use push0_protocol::bundle::bundled_system;
 use push0_protocol::subjects::{
@@ -12,7 +13,7 @@ use push0_protocol::subjects::{
 };
 use push0_protocol::{
     Blob, BlockProof, BlockState, BlockStatus, Cursor, InvalidCount, NodeId, PartRecord, Plan,
-    Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
+    Ready, Redo, TaskOutcome, TaskResult, TeamConfig, encode, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
@@ -165,7 +166,8 @@ impl Aggregator {
                 self.publish_now(&result.team, &b.chain, b.number, &record)
                     .await?;
             } else {
-                self.publish_in_order(&result.team, &b.chain).await?;
+                self.publish_in_order(&result.team, &b.chain, &record)
+                    .await?;
             }
         } else {
             self.signal_parent(&result, result.node).await?;
@@ -292,41 +294,73 @@ impl Aggregator {
 
     /// Publishes every finished block at the head of (team, chain)'s cursor, moving the cursor
     /// with compare-and-set after each publication. The proof's msg-id makes a publication
-    /// repeated after a crash between the two steps harmless.
-    async fn publish_in_order(&self, team: &str, chain: &str) -> Result<(), RuntimeError> {
+    /// repeated after a crash between the two steps harmless. `recorded` is the root just
+    /// recorded: most often the block at the cursor, so its status is read alongside the
+    /// cursor and its root is not read back.
+    async fn publish_in_order(
+        &self,
+        team: &str,
+        chain: &str,
+        recorded: &PartRecord,
+    ) -> Result<(), RuntimeError> {
         let ckey = cursor_key(team, chain);
+        let mut hint = Some(recorded);
         loop {
-            let Some((cursor, _)) = kv_get::<Cursor>(&self.cursors, &ckey).await? else {
+            let (cursor, guessed) = match hint {
+                Some(r) => {
+                    let bkey = block_key(chain, r.block.number);
+                    let (c, g) = tokio::join!(
+                        kv_get::<Cursor>(&self.cursors, &ckey),
+                        kv_get::<BlockStatus>(&self.blocks, &bkey)
+                    );
+                    (c?, g?)
+                }
+                None => (kv_get::<Cursor>(&self.cursors, &ckey).await?, None),
+            };
+            let Some((cursor, revision)) = cursor else {
                 // The scheduler creates the cursor before releasing any task of the chain.
                 return Ok(());
             };
             let number = cursor.next;
+            let status = match guessed {
+                Some((s, _)) if s.block.number == number => Some(s),
+                _ => kv_get::<BlockStatus>(&self.blocks, &block_key(chain, number))
+                    .await?
+                    .map(|(s, _)| s),
+            };
             // The block on the chain at the cursor, as ingest records it: after a reorg only
             // the new block's root is looked for, so an orphan's proof is never published.
-            let block = match kv_get::<BlockStatus>(&self.blocks, &block_key(chain, number)).await?
-            {
-                Some((b, _)) if b.state == BlockState::Orphaned => return Ok(()),
-                Some((b, _)) => b.block,
+            let block = match status {
+                Some(s) if s.state == BlockState::Orphaned => return Ok(()),
+                Some(s) => s.block,
                 // The record expired (a block that waited a day): the plan names the block.
                 None => match kv_get::<Plan>(&self.plans, &plan_key(team, chain, number)).await? {
                     Some((p, _)) if p.withdrawn.is_none() => p.accepted.block,
                     _ => return Ok(()),
                 },
             };
-            let Some((root, _)) =
-                kv_get::<PartRecord>(&self.parts, &final_key(team, &block)).await?
-            else {
-                return Ok(());
+            let root = match hint.take() {
+                Some(r) if r.block == block => r.clone(),
+                _ => match kv_get::<PartRecord>(&self.parts, &final_key(team, &block)).await? {
+                    Some((root, _)) => root,
+                    None => return Ok(()),
+                },
             };
             self.publish_proof(team, chain, number, &root).await?;
-            kv_update::<Cursor, _>(&self.cursors, &ckey, |c| match c {
-                Some(c) if c.next == number => Some(Cursor {
-                    next: number + 1,
-                    published: c.published + 1,
-                }),
-                _ => None,
-            })
-            .await?;
+            // At the revision read above; if another writer moved it meanwhile (a concurrent
+            // walk, a reorg's rewind), the next round reads it again.
+            let next = Cursor {
+                next: number + 1,
+                published: cursor.published + 1,
+            };
+            if let Err(e) = self
+                .cursors
+                .update(&ckey, Bytes::from(encode(&next)), revision)
+                .await
+                && e.kind() != kv::UpdateErrorKind::WrongLastRevision
+            {
+                return Err(RuntimeError::nats(format!("update {ckey}"), e));
+            }
         }
     }
 

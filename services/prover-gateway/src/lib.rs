@@ -69,6 +69,7 @@ pub async fn run(
         blobs,
         config: config.clone(),
         heartbeat: Duration::from_millis(team.ack_wait_ms / 3).max(Duration::from_millis(100)),
+        max_deliver: team.max_deliver,
         running: Mutex::new(HashMap::new()),
         withdrawn: Mutex::new(VecDeque::new()),
     });
@@ -132,6 +133,8 @@ struct Gateway {
     blobs: BlobStore,
     config: Config,
     heartbeat: Duration,
+    /// The team's deliveries per task: a failure on the last one is reported as exhausted.
+    max_deliver: i64,
     /// Tasks proving now, by task id: their block and the token that stops them.
     running: Mutex<HashMap<String, (BlockRef, CancellationToken)>>,
     /// Blocks recently withdrawn (newest last, at most `WITHDRAWN_KEPT`): their tasks still
@@ -216,6 +219,33 @@ impl Gateway {
         };
         if let Err(e) = stored {
             tracing::warn!(error = %e, key, "attempt not recorded");
+        }
+    }
+
+    /// The last delivery of a task failed: say so durably, in the shape of the server's own
+    /// max-deliveries advisory and on its subject (which the advisories stream keeps). The
+    /// server sends one too, but as a core message that is lost if the stream has no leader at
+    /// that moment (a NATS node loss), and the task would then sit in the queue for good. The
+    /// scheduler handles either, once (the msg-id drops a repeat of this one).
+    async fn report_exhausted(&self, task: &Task, delivery: &Delivery) {
+        let consumer = self.bus.subjects.task_consumer(&task.team, &task.class);
+        let notice = serde_json::json!({
+            "type": "io.nats.jetstream.advisory.v1.max_deliver",
+            "stream": self.bus.subjects.stream_tasks(),
+            "consumer": consumer,
+            "stream_seq": delivery.stream_sequence,
+            "deliveries": delivery.delivered,
+            "reported_by": self.config.id,
+        });
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            push0_protocol::MSG_ID_HEADER,
+            format!("exhausted/{}", task.task_id).as_str(),
+        );
+        let subject = self.bus.subjects.max_deliveries_advisory(&consumer);
+        let payload = Bytes::from(notice.to_string());
+        if let Err(e) = self.bus.publish_raw(subject, headers, payload).await {
+            tracing::warn!(error = %e, "exhausted task not reported; the server's advisory remains");
         }
     }
 
@@ -451,6 +481,9 @@ impl Gateway {
                 tracing::warn!(detail = %detail, retry_in = ?delay, "prover failed, retrying");
                 self.report_attempt(&task.task_id, delivery.delivered, &detail)
                     .await;
+                if self.max_deliver > 0 && delivery.delivered >= self.max_deliver {
+                    self.report_exhausted(&task, &delivery).await;
+                }
                 let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
                 return;
             }

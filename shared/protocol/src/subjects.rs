@@ -74,8 +74,13 @@ impl Subjects {
 
     /// Server advisories for tasks that ran out of deliveries (poison tasks).
     pub fn max_deliveries_advisories(&self) -> String {
+        self.max_deliveries_advisory("*")
+    }
+
+    /// The max-deliveries advisory subject of one task consumer.
+    pub fn max_deliveries_advisory(&self, consumer: &str) -> String {
         format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{consumer}",
             self.stream_tasks()
         )
     }

@@ -4,21 +4,11 @@
 
 use std::time::Duration;
 
-use push0::source::{make_block, submit};
+use push0::source::make_block;
 use push0_runtime::Bus;
 use push0_testkit::NatsCluster;
-use push0_tests::chaos::leader_of;
+use push0_tests::chaos::{leader_of, submit_until_stored};
 use push0_tests::*;
-
-/// Submits until the cluster takes it (a publish can fail while a leader is being elected);
-/// the block's msg-id makes a retry after a lost ack harmless.
-async fn submit_until_stored(bus: &Bus, number: u64) -> anyhow::Result<()> {
-    let block = make_block("eth", number, 2048);
-    eventually(Duration::from_secs(30), "block stored", || async {
-        submit(bus, &block).await.ok().map(|_| ())
-    })
-    .await
-}
 
 /// Waits until `count` proofs are on the proofs stream. Polls rather than follows: a read
 /// that times out while the cluster elects a new leader is simply tried again.
@@ -48,7 +38,7 @@ async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Re
     let bus = Bus::connect(&url, &prefix, "node-loss-test").await?;
 
     for n in 1..=15 {
-        submit_until_stored(&bus, n).await?;
+        submit_until_stored(&bus, &make_block("eth", n, 2048)).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     proofs_reach(&bus, 10, Duration::from_secs(60)).await?;
@@ -56,13 +46,13 @@ async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Re
     cluster.kill(victim);
     eprintln!("killed node n{victim}, the tasks stream's leader");
     for n in 16..=40 {
-        submit_until_stored(&bus, n).await?;
+        submit_until_stored(&bus, &make_block("eth", n, 2048)).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     proofs_reach(&bus, 80, Duration::from_secs(90)).await?;
     cluster.restart(victim)?;
     for n in 41..=50 {
-        submit_until_stored(&bus, n).await?;
+        submit_until_stored(&bus, &make_block("eth", n, 2048)).await?;
     }
     proofs_reach(&bus, 100, Duration::from_secs(60)).await?;
 

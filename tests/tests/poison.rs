@@ -11,17 +11,26 @@ use push0_prover_gateway::prover::{ExecProver, Prover};
 use push0_runtime::{kv_get, metrics};
 use push0_tests::*;
 
-/// `tests/provers/fail-while`: fails `target` (a block, or `block:level-index`) while `marker`
-/// exists.
-fn fail_while(marker: &std::path::Path, target: &str) -> Prover {
-    Prover::Exec(ExecProver {
+/// A cluster whose one gateway (2 slots) for `team` runs `tests/provers/fail-while`: it fails
+/// `target` (a block, or `block:level-index`) while the returned marker file exists.
+async fn poisoned_cluster(
+    env: &Env,
+    team: TeamConfig,
+    target: &str,
+) -> anyhow::Result<(push0::cluster::LocalCluster, std::path::PathBuf)> {
+    let marker = std::env::temp_dir().join(format!("push0-poison-{}-{}", team.name, env.prefix));
+    std::fs::write(&marker, b"poisoned")?;
+    let prover = Prover::Exec(ExecProver {
         program: push0_testkit::repo_root().join("tests/provers/fail-while"),
         args: vec![marker.display().to_string(), target.into()],
         work_dir: std::env::temp_dir(),
         proof_system: "sha256".into(),
         timeout: Duration::from_secs(30),
         threads: Some(1),
-    })
+    });
+    let name = team.name.clone();
+    let spec = env.spec(vec![team]).gateways(&name, 1, 2, prover);
+    Ok((push0::cluster::LocalCluster::start(spec).await?, marker))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -29,12 +38,7 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
     let env = Env::new().await?;
     let mut team = TeamConfig::single("rollup");
     team.max_deliver = 2;
-    let marker = std::env::temp_dir().join(format!("push0-poison-{}", env.prefix));
-    std::fs::write(&marker, b"poisoned")?;
-    let prover = fail_while(&marker, "2");
-    let cluster =
-        push0::cluster::LocalCluster::start(env.spec(vec![team]).gateways("rollup", 1, 2, prover))
-            .await?;
+    let (cluster, marker) = poisoned_cluster(&env, team, "2").await?;
     for n in 1..=3 {
         submit(&env.bus, &make_block("eth", n, 1000)).await?;
     }
@@ -176,12 +180,7 @@ async fn replayed_split_block_reproves_only_its_missing_part() -> anyhow::Result
     let mut team = TeamConfig::split("resume", 4, 2);
     team.max_deliver = 2;
     let workflow = team.workflow();
-    let marker = std::env::temp_dir().join(format!("push0-resume-{}", env.prefix));
-    std::fs::write(&marker, b"poisoned")?;
-    let prover = fail_while(&marker, "2:0-2");
-    let cluster =
-        push0::cluster::LocalCluster::start(env.spec(vec![team]).gateways("resume", 1, 2, prover))
-            .await?;
+    let (cluster, marker) = poisoned_cluster(&env, team, "2:0-2").await?;
     let blocks: Vec<_> = (1..=3).map(|n| make_block("eth", n, 4000)).collect();
     for b in &blocks {
         submit(&env.bus, b).await?;

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use bytes::Bytes;
 use push0_protocol::DlqReason;
 use push0_protocol::bundle::bundled_system;
 use push0_protocol::subjects::{
@@ -13,13 +12,13 @@ use push0_protocol::subjects::{
 };
 use push0_protocol::{
     Blob, BlockProof, BlockState, BlockStatus, Cursor, InvalidCount, NodeId, PartRecord, Plan,
-    Ready, Redo, TaskOutcome, TaskResult, TeamConfig, encode, now_ms,
+    Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
-    kv_create, kv_get, kv_update, metrics,
+    kv_create, kv_get, kv_update, kv_update_at, metrics,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -353,14 +352,7 @@ impl Aggregator {
                 next: number + 1,
                 published: cursor.published + 1,
             };
-            if let Err(e) = self
-                .cursors
-                .update(&ckey, Bytes::from(encode(&next)), revision)
-                .await
-                && e.kind() != kv::UpdateErrorKind::WrongLastRevision
-            {
-                return Err(RuntimeError::nats(format!("update {ckey}"), e));
-            }
+            kv_update_at(&self.cursors, &ckey, &next, revision).await?;
         }
     }
 

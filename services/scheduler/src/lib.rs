@@ -23,7 +23,7 @@ use push0_runtime::parts::recorded_children;
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
-    kv_create, kv_get, kv_update, metrics, register_team,
+    kv_create, kv_get, kv_update, kv_write, metrics, register_team,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -307,19 +307,16 @@ impl Scheduler {
             if team.is_realtime() {
                 continue;
             }
-            let rewound = kv_update::<Cursor, _>(
-                &self.cursors,
-                &cursor_key(&team.name, chain),
-                |c| match c {
+            let rewound =
+                kv_write::<Cursor, _>(&self.cursors, &cursor_key(&team.name, chain), |c| match c {
                     Some(c) if c.next > fork => Some(Cursor {
                         next: fork,
                         published: c.published,
                     }),
                     _ => None,
-                },
-            )
-            .await?;
-            if rewound.is_some_and(|c| c.next == fork) {
+                })
+                .await?;
+            if rewound.is_some() {
                 tracing::warn!(team = %team.name, chain, fork, "publication goes back to the fork height");
             }
         }

@@ -12,7 +12,7 @@ use push0_protocol::{
     BlockProof, BlockRef, Cancel, Capacity, LatePolicy, PartRecord, Plan, TeamConfig, TeamStatus,
     WireMessage, decode, encode, now_ms,
 };
-use push0_runtime::{Bus, RuntimeError, kv_get, kv_update, metrics};
+use push0_runtime::{Bus, RuntimeError, kv_get, kv_write, metrics};
 use tokio_util::sync::CancellationToken;
 
 use crate::Scheduler;
@@ -61,22 +61,17 @@ impl Scheduler {
         let (chain, number) = (block.chain.clone(), block.number);
         let key = plan_key(&team.name, &chain, number);
         let detail = why.detail();
-        let mut wrote = false;
-        let plan = kv_update::<Plan, _>(&self.plans, &key, |p| {
-            wrote = false;
+        let plan = kv_write::<Plan, _>(&self.plans, &key, |p| {
             let p = p?;
             if p.accepted.block.hash != block.hash || p.finalized || p.withdrawn.is_some() {
                 return None;
             }
             let mut p = p.clone();
             p.withdrawn = Some(detail.clone());
-            wrote = true;
             Some(p)
         })
         .await?;
-        let Some(plan) = plan.filter(|_| wrote) else {
-            return Ok(false);
-        };
+        let Some(plan) = plan else { return Ok(false) };
         let held = {
             let mut queues = self.queues.lock().expect("queues lock");
             queues
@@ -218,12 +213,7 @@ impl Scheduler {
                 let mut tracker = self.tracker.lock().expect("tracker lock");
                 tracker.team(&team.name).overdue(now)
             };
-            for (chain, number, hash) in overdue {
-                let block = BlockRef {
-                    chain,
-                    number,
-                    hash,
-                };
+            for block in overdue {
                 self.withdraw(team, &block, Withdrawal::Missed("deadline passed"))
                     .await?;
             }
@@ -243,11 +233,7 @@ impl Scheduler {
                     .blocks
                     .iter()
                     .filter(|(_, t)| now.saturating_sub(t.submitted_at_ms) > RECHECK_AFTER_MS)
-                    .map(|((chain, number), t)| BlockRef {
-                        chain: chain.clone(),
-                        number: *number,
-                        hash: t.hash.clone(),
-                    })
+                    .map(|(key, t)| t.block(key))
                     .take(64)
                     .collect()
             };

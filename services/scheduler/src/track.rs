@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use push0_protocol::{Alert, Capacity, ChainStatus};
+use push0_protocol::{Alert, BlockRef, Capacity, ChainStatus};
 
 /// A planned block not yet proved.
 #[derive(Debug, Clone)]
@@ -17,6 +17,17 @@ pub struct Tracked {
     pub submitted_at_ms: u64,
     /// When its first task was released; None while all its work is still held.
     pub first_release_ms: Option<u64>,
+}
+
+impl Tracked {
+    /// The tracked block, from its (chain, number) key.
+    pub fn block(&self, (chain, number): &(String, u64)) -> BlockRef {
+        BlockRef {
+            chain: chain.clone(),
+            number: *number,
+            hash: self.hash.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,13 +166,13 @@ impl TeamTrack {
     }
 
     /// Blocks whose deadline has passed while a newer block of their chain exists.
-    pub fn overdue(&self, now_ms: u64) -> Vec<(String, u64, Vec<u8>)> {
+    pub fn overdue(&self, now_ms: u64) -> Vec<BlockRef> {
         self.blocks
             .iter()
             .filter(|((chain, number), t)| {
                 t.deadline_ms.is_some_and(|d| d < now_ms) && self.newer_exists(chain, *number)
             })
-            .map(|((chain, number), t)| (chain.clone(), *number, t.hash.clone()))
+            .map(|(key, t)| t.block(key))
             .collect()
     }
 
@@ -303,7 +314,14 @@ mod tests {
         t.planned("eth", 1, tracked(100));
         assert!(t.overdue(200).is_empty(), "the head is never dropped");
         t.planned("eth", 2, tracked(300));
-        assert_eq!(t.overdue(200), vec![("eth".to_string(), 1, vec![1; 32])]);
+        assert_eq!(
+            t.overdue(200),
+            vec![BlockRef {
+                chain: "eth".into(),
+                number: 1,
+                hash: vec![1; 32]
+            }]
+        );
     }
 
     #[test]

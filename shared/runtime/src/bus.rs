@@ -417,13 +417,59 @@ pub async fn kv_create<M: WireMessage>(
     }
 }
 
+/// Replaces a record at `revision` (compare-and-set). Returns false, writing nothing, if the
+/// record changed since that revision.
+pub async fn kv_update_at<M: WireMessage>(
+    store: &kv::Store,
+    key: &str,
+    value: &M,
+    revision: u64,
+) -> Result<bool, RuntimeError> {
+    match store
+        .update(key, Bytes::from(encode(value)), revision)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+        Err(e) => Err(RuntimeError::nats(format!("update {key}"), e)),
+    }
+}
+
 /// Read-modify-write with compare-and-set on the revision, retried on conflict. `change`
-/// returns the new value, or None to leave the record as it is.
+/// returns the new value, or None to leave the record as it is. Returns the record as it now
+/// is (written or left).
 pub async fn kv_update<M, F>(
     store: &kv::Store,
     key: &str,
-    mut change: F,
+    change: F,
 ) -> Result<Option<M>, RuntimeError>
+where
+    M: WireMessage,
+    F: FnMut(Option<&M>) -> Option<M>,
+{
+    Ok(read_modify_write(store, key, change).await?.0)
+}
+
+/// As [`kv_update`], but returns the new record only if this call wrote it: None when
+/// `change` left the record as it was.
+pub async fn kv_write<M, F>(
+    store: &kv::Store,
+    key: &str,
+    change: F,
+) -> Result<Option<M>, RuntimeError>
+where
+    M: WireMessage,
+    F: FnMut(Option<&M>) -> Option<M>,
+{
+    let (record, wrote) = read_modify_write(store, key, change).await?;
+    Ok(record.filter(|_| wrote))
+}
+
+async fn read_modify_write<M, F>(
+    store: &kv::Store,
+    key: &str,
+    mut change: F,
+) -> Result<(Option<M>, bool), RuntimeError>
 where
     M: WireMessage,
     F: FnMut(Option<&M>) -> Option<M>,
@@ -431,26 +477,14 @@ where
     for _ in 0..64 {
         let current = kv_get::<M>(store, key).await?;
         let Some(next) = change(current.as_ref().map(|(v, _)| v)) else {
-            return Ok(current.map(|(v, _)| v));
+            return Ok((current.map(|(v, _)| v), false));
         };
-        let bytes = Bytes::from(encode(&next));
         let written = match &current {
-            Some((_, revision)) => store
-                .update(key, bytes, *revision)
-                .await
-                .map(|_| ())
-                .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.into())),
-            None => store.create(key, bytes).await.map(|_| ()).map_err(|e| {
-                (
-                    e.kind() == kv::CreateErrorKind::AlreadyExists,
-                    BoxError::from(e),
-                )
-            }),
+            Some((_, revision)) => kv_update_at(store, key, &next, *revision).await?,
+            None => kv_create(store, key, &next).await?,
         };
-        match written {
-            Ok(()) => return Ok(Some(next)),
-            Err((true, _)) => continue,
-            Err((false, e)) => return Err(RuntimeError::nats(format!("update {key}"), e)),
+        if written {
+            return Ok((Some(next), true));
         }
     }
     Err(RuntimeError::nats(

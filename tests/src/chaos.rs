@@ -99,6 +99,9 @@ pub struct ChaosReport {
     /// Dead letters, and how many of them are not about the poison block.
     pub dead_letters: usize,
     pub stray_dead_letters: usize,
+    /// Service processes that exited without being killed (each restarted, as a supervisor
+    /// would, but a service must not die of anything the drill does).
+    pub unexpected_exits: usize,
     pub per_team: Vec<TeamRow>,
     pub reassign_ms: Vec<u64>,
     pub longest_stall_ms: u64,
@@ -125,6 +128,7 @@ impl ChaosReport {
             && self.wrong_content == 0
             && self.stray_dead_letters == 0
             && self.dead_letters > 0
+            && self.unexpected_exits == 0
             && self
                 .reassign_percentile(0.99)
                 .is_some_and(|v| u128::from(v) <= REASSIGN_BOUND.as_millis())
@@ -197,6 +201,10 @@ impl ChaosReport {
             none("out-of-order publications", self.disorder),
             none("proofs of orphaned blocks", self.orphans),
             none("proofs not of their block's payload", self.wrong_content),
+            none(
+                "service processes that exited on their own",
+                self.unexpected_exits,
+            ),
             (
                 "dead letters not of the poison block",
                 "0".into(),
@@ -393,6 +401,21 @@ impl Fleet {
             .map(|(name, _)| name.clone())
     }
 
+    /// Processes that exited without being killed, removed from the fleet, with how they ended.
+    fn exited(&mut self) -> Vec<(String, String)> {
+        let mut gone = Vec::new();
+        for (name, p) in &mut self.processes {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                gone.push((name.clone(), status.to_string()));
+            }
+        }
+        for (name, _) in &gone {
+            self.processes.remove(name);
+        }
+        gone.sort();
+        gone
+    }
+
     fn gateways(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .processes
@@ -453,7 +476,9 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
             fleet.start(&format!("gateway-{team}-{i}"))?;
         }
     }
-    let bus = Bus::connect(&url, &prefix, "chaos").await?;
+    let mut bus = Bus::connect(&url, &prefix, "chaos").await?;
+    // As the services have it: the first to declare a stream sets its replicas.
+    bus.replicas = 3;
     bus.ensure_topology().await.context("topology")?;
     log(format!(
         "started 3 NATS nodes and {} service processes (prefix {prefix})",
@@ -521,6 +546,7 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
     let mut next_gateway_kill = t1 + config.gateway_kill_every;
     let mut gateway_kills: Vec<(Instant, String)> = Vec::new();
     let mut poison_replayed = false;
+    let mut unexpected_exits = 0;
     let mut next_poison_check = t1;
     let mut rng = rand::rng();
 
@@ -589,6 +615,13 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
                 node_outage = Some((down, Instant::now()));
             }
             log(format!("restarted NATS node n{victim}"));
+        }
+        for (name, status) in fleet.exited() {
+            unexpected_exits += 1;
+            log(format!(
+                "{name} exited on its own ({status}); restarting it"
+            ));
+            fleet.start(&name)?;
         }
         let due: Vec<String> = restart_later
             .iter()
@@ -663,6 +696,7 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
     let events = std::mem::take(&mut *events.lock().expect("events"));
     drop(fleet);
     let mut report = judge(config.blocks, &chain, &proofs, &dlq);
+    report.unexpected_exits = unexpected_exits;
     // A gateway killed while a NATS node is down (or just back) measures the node's failover,
     // not the redelivery: those kills' reassignments are left out.
     let in_outage = |at: Instant| {
@@ -828,6 +862,7 @@ fn judge(
         wrong_content,
         dead_letters: dlq.len(),
         stray_dead_letters: stray,
+        unexpected_exits: 0,
         per_team,
         reassign_ms: Vec::new(),
         longest_stall_ms: longest_stall(proofs, chain.poison),

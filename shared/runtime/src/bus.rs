@@ -92,31 +92,47 @@ impl Bus {
         })
     }
 
-    /// On a replicated bucket, turns off direct gets, which any replica answers — including one
-    /// that has not yet applied a write the leader already acknowledged. The aggregator reads
-    /// back parts it wrote moments before (are all siblings proved?); a stale "absent" there
-    /// left a join unnoticed and stalled the pipeline on a 3-node cluster. Reads then go to the
-    /// stream leader. Every service runs this before it opens a bucket, because a KV handle
-    /// decides how it reads when it is opened.
-    async fn read_from_leader(&self, bucket: &str) -> Result<(), RuntimeError> {
-        if self.replicas <= 1 {
-            return Ok(());
-        }
-        let name = format!("KV_{bucket}");
+    /// Brings an existing stream up to this bus's replica count and, on a replicated bucket,
+    /// turns off direct gets.
+    ///
+    /// Replicas: whoever declares a stream first decides its replicas, so a client started
+    /// with the default of 1 against a cluster would leave it unreplicated (and every R3
+    /// consumer on it refused). Raising it here makes the highest count asked for win.
+    ///
+    /// Direct gets: any replica answers them — including one that has not yet applied a write
+    /// the leader already acknowledged. The aggregator reads back parts it wrote moments
+    /// before (are all siblings proved?); a stale "absent" there left a join unnoticed and
+    /// stalled the pipeline on a 3-node cluster. Reads then go to the stream leader. Every
+    /// service runs this before it opens a bucket, because a KV handle decides how it reads
+    /// when it is opened.
+    async fn tune_stream(&self, name: &str, is_bucket: bool) -> Result<(), RuntimeError> {
         let mut stream = self
             .js
-            .get_stream(&name)
+            .get_stream(name)
             .await
             .map_err(|e| RuntimeError::nats(format!("get stream {name}"), e))?;
         let info = stream
             .info()
             .await
             .map_err(|e| RuntimeError::nats(format!("stream info {name}"), e))?;
-        if !info.config.allow_direct {
+        let mut config = info.config.clone();
+        if config.num_replicas < self.replicas {
+            tracing::warn!(
+                stream = name,
+                from = config.num_replicas,
+                to = self.replicas,
+                "stream has fewer replicas than asked for, raising"
+            );
+            config.num_replicas = self.replicas;
+        }
+        if is_bucket && config.num_replicas > 1 {
+            config.allow_direct = false;
+        }
+        if config.num_replicas == info.config.num_replicas
+            && config.allow_direct == info.config.allow_direct
+        {
             return Ok(());
         }
-        let mut config = info.config.clone();
-        config.allow_direct = false;
         retry_twice(|| self.js.update_stream(config.clone()))
             .await
             .map_err(|e| RuntimeError::nats(format!("update stream {name}"), e))?;
@@ -144,10 +160,12 @@ impl Bus {
             retry_twice(|| self.js.get_or_create_stream(config.clone()))
                 .await
                 .map_err(|e| RuntimeError::nats(format!("declare stream {}", spec.name), e))?;
+            self.tune_stream(&spec.name, false).await?;
         }
         for spec in self.topology.buckets() {
+            let stream = format!("KV_{}", spec.name);
             if self.js.get_key_value(&spec.name).await.is_ok() {
-                self.read_from_leader(&spec.name).await?;
+                self.tune_stream(&stream, true).await?;
                 continue;
             }
             let config = kv::Config {
@@ -162,7 +180,7 @@ impl Bus {
             retry_twice(|| self.js.create_or_update_key_value(config.clone()))
                 .await
                 .map_err(|e| RuntimeError::nats(format!("declare bucket {}", spec.name), e))?;
-            self.read_from_leader(&spec.name).await?;
+            self.tune_stream(&stream, true).await?;
         }
         let objects = self.subjects.object_store();
         if self.js.get_object_store(&objects).await.is_err() {
@@ -180,6 +198,7 @@ impl Bus {
                 })?;
             }
         }
+        self.tune_stream(&format!("OBJ_{objects}"), false).await?;
         Ok(())
     }
 
@@ -197,7 +216,9 @@ impl Bus {
             ack_wait: spec.ack_wait,
             max_deliver: spec.max_deliver,
             max_ack_pending: spec.max_ack_pending,
-            num_replicas: self.replicas,
+            // 0: as many as the stream has (more would be refused, fewer would lose the
+            // consumer's state with a node).
+            num_replicas: 0,
             priority_policy: match spec.priority_group {
                 Some(_) => jetstream::consumer::PriorityPolicy::Prioritized,
                 None => jetstream::consumer::PriorityPolicy::None,
@@ -236,8 +257,6 @@ impl Bus {
         self.publish_raw(subject, headers, payload).await
     }
 
-    /// Publishes prepared bytes and headers, retrying transient failures for up to ~15 s (a
-    /// cluster leader election takes 5-8 s).
     /// Publishes on core NATS (no stream, no ack): for signals whose loss only costs time,
     /// such as cancellations.
     pub async fn notify<M: WireMessage>(
@@ -341,6 +360,8 @@ impl Bus {
         });
     }
 
+    /// Publishes prepared bytes and headers, retrying transient failures for up to ~15 s (a
+    /// cluster leader election takes 5-8 s).
     pub async fn publish_raw(
         &self,
         subject: String,

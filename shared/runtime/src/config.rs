@@ -22,8 +22,9 @@ pub struct CommonArgs {
     #[arg(long, env = "PUSH0_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
 
-    /// Replicas of every stream, bucket and consumer this service declares: 1 on a single
-    /// server, 3 on a 3-node cluster (an existing stream keeps the replicas it was made with)
+    /// Replicas of every stream and bucket this service declares: 1 on a single server, 3 on a
+    /// 3-node cluster (an existing stream with fewer is raised to this many; consumers take
+    /// their stream's)
     #[arg(long, env = "PUSH0_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
 

@@ -452,6 +452,14 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
         &poison_marker,
         b"gamma's prover crashes on the poison block",
     )?;
+    // The topology first, at R3 as the services have it, so a dozen services starting at once
+    // find it declared rather than all create every stream on a cluster still electing.
+    let mut bus = Bus::connect(&url, &prefix, "chaos").await?;
+    bus.replicas = 3;
+    crate::eventually(Duration::from_secs(60), "topology declared", || async {
+        bus.ensure_topology().await.ok()
+    })
+    .await?;
     let mut fleet = Fleet {
         url: url.clone(),
         prefix: prefix.clone(),
@@ -476,10 +484,6 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
             fleet.start(&format!("gateway-{team}-{i}"))?;
         }
     }
-    let mut bus = Bus::connect(&url, &prefix, "chaos").await?;
-    // As the services have it: the first to declare a stream sets its replicas.
-    bus.replicas = 3;
-    bus.ensure_topology().await.context("topology")?;
     log(format!(
         "started 3 NATS nodes and {} service processes (prefix {prefix})",
         fleet.processes.len()

@@ -12,6 +12,10 @@ use thiserror::Error;
 
 use crate::telemetry;
 
+/// How long `ensure_consumer` keeps trying (a leader election takes 5-8 s; a restarted node
+/// catching up takes longer).
+const CONSUMER_PATIENCE: Duration = Duration::from_secs(30);
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Error)]
@@ -202,13 +206,10 @@ impl Bus {
         Ok(())
     }
 
-    /// The durable pull consumer described by `spec`, created if absent.
+    /// The durable pull consumer described by `spec`, created if absent. Keeps trying for
+    /// `CONSUMER_PATIENCE`: a gateway restarted, or a standby made active, while a node is down
+    /// must wait out the leader election rather than exit.
     pub async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<PullConsumer, RuntimeError> {
-        let stream = self
-            .js
-            .get_stream(&spec.stream)
-            .await
-            .map_err(|e| RuntimeError::nats(format!("get stream {}", spec.stream), e))?;
         let config = jetstream::consumer::pull::Config {
             durable_name: Some(spec.durable.clone()),
             filter_subject: spec.filter.clone(),
@@ -226,9 +227,30 @@ impl Bus {
             priority_groups: spec.priority_group.iter().cloned().collect(),
             ..Default::default()
         };
-        retry_twice(|| stream.get_or_create_consumer(&spec.durable, config.clone()))
-            .await
-            .map_err(|e| RuntimeError::nats(format!("declare consumer {}", spec.durable), e))
+        let declare = || async {
+            let stream = self
+                .js
+                .get_stream(&spec.stream)
+                .await
+                .map_err(|e| RuntimeError::nats(format!("get stream {}", spec.stream), e))?;
+            stream
+                .get_or_create_consumer(&spec.durable, config.clone())
+                .await
+                .map_err(|e| RuntimeError::nats(format!("declare consumer {}", spec.durable), e))
+        };
+        let deadline = tokio::time::Instant::now() + CONSUMER_PATIENCE;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match declare().await {
+                Ok(consumer) => return Ok(consumer),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(consumer = %spec.durable, error = %e, "declaring consumer failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub async fn kv(&self, bucket: &str) -> Result<kv::Store, RuntimeError> {

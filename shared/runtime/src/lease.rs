@@ -81,10 +81,21 @@ where
             if let Some(rev) = last_revision {
                 let _ = kv.delete_expect_revision(role, Some(rev)).await;
             }
-            return result;
         }
-        if still_held {
-            return result;
+        match result {
+            // NATS trouble (a node lost, a leader being elected) is no reason to exit: a
+            // standby, this one included, takes over once it clears.
+            Err(RuntimeError::Nats { what, source }) if !shutdown.is_cancelled() => {
+                tracing::error!(role, holder, %what, error = %source, "active work failed: standing by");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(RENEW_EVERY) => {}
+                }
+                continue;
+            }
+            result if shutdown.is_cancelled() || still_held => return result,
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
         tracing::warn!(role, holder, "lease lost: standing by");
     }

@@ -151,6 +151,91 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
     cluster.stop().await
 }
 
+/// A task's exhaustion notice can be lost: a NATS node goes with it, or the gateway that failed
+/// the last delivery dies before sending it. Whatever was said about the poison task is
+/// purged from the advisories stream while the scheduler's consumer of it is paused; the task's
+/// next delivery, past the team's limit, is reported again, and the task is dead-lettered and
+/// its block failed all the same. (With the server keeping the limit, the one advisory it sends
+/// is all there is, and this task would sit in the work queue for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_exhaustion_notice_is_sent_again() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let mut team = TeamConfig::single("unheard");
+    team.max_deliver = 2;
+    let (cluster, _marker) = poisoned_cluster(&env, team, "2").await?;
+    let advisories = env.bus.topology.scheduler_advisory_consumer();
+    let pause = |until: &'static str| {
+        let subject = format!(
+            "$JS.API.CONSUMER.PAUSE.{}.{}",
+            advisories.stream, advisories.durable
+        );
+        let client = env.bus.client.clone();
+        async move {
+            let reply = client.request(subject, until.into()).await.ok()?;
+            serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                .ok()?
+                .get("paused")
+                .and_then(|v| v.as_bool())
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the scheduler's advisory consumer paused",
+        || async {
+            (pause(r#"{"pause_until":"2099-01-01T00:00:00Z"}"#).await == Some(true)).then_some(())
+        },
+    )
+    .await?;
+    for n in 1..=3 {
+        submit(&env.bus, &make_block("eth", n, 1000)).await?;
+    }
+    let stream = env.bus.js.get_stream(&advisories.stream).await?;
+    eventually(
+        Duration::from_secs(30),
+        "the poison task reported exhausted",
+        || async { (stream.get_info().await.ok()?.state.messages > 0).then_some(()) },
+    )
+    .await?;
+    let purged = stream.purge().await?;
+    assert!(purged.purged >= 1);
+    assert_eq!(pause("{}").await, Some(false), "resumed");
+    let records = eventually(
+        Duration::from_secs(30),
+        "the poison task's dead letter",
+        || async {
+            let r = dead_letters(&env.bus).await.ok()?;
+            (!r.is_empty()).then_some(r)
+        },
+    )
+    .await?;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = &records[0];
+    assert_eq!(record.reason, DlqReason::MaxDeliveries);
+    assert_eq!(record.block.as_ref().map(|b| b.number), Some(2));
+    assert!(record.detail.contains("2 deliveries"), "{}", record.detail);
+    assert_eq!(record.history.len(), 2, "{:#?}", record.history);
+    let plans = env.bus.kv(&env.bus.subjects.bucket_plans()).await?;
+    let (plan, _) = kv_get::<Plan>(&plans, &plan_key("unheard", "eth", 2))
+        .await?
+        .expect("plan");
+    assert!(
+        plan.failed.is_some(),
+        "block 2 is marked failed for the team"
+    );
+    let tasks = env
+        .bus
+        .js
+        .get_stream(env.bus.subjects.stream_tasks())
+        .await?;
+    eventually(
+        Duration::from_secs(5),
+        "the poison task to leave the work queue",
+        || async { (tasks.get_info().await.ok()?.state.messages == 0).then_some(()) },
+    )
+    .await?;
+    cluster.stop().await
+}
+
 /// `push0 dlq replay <seq>`, after which blocks 1..=3 are published in order.
 async fn replay_then_blocks_1_to_3(env: &Env, seq: u64) -> anyhow::Result<()> {
     let url = env.server.url();

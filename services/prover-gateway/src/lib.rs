@@ -133,7 +133,8 @@ struct Gateway {
     blobs: BlobStore,
     config: Config,
     heartbeat: Duration,
-    /// The team's deliveries per task: a failure on the last one is reported as exhausted.
+    /// The team's deliveries per task: a failure on the last one, or any delivery past it, is
+    /// reported as exhausted.
     max_deliver: i64,
     /// Tasks proving now, by task id: their block and the token that stops them.
     running: Mutex<HashMap<String, (BlockRef, CancellationToken)>>,
@@ -166,6 +167,8 @@ impl Drop for Running<'_> {
 
 /// How long one pull request waits for a task before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// How long a task reported exhausted is handed back for before it is reported again.
+const EXHAUSTED_RECHECK: Duration = Duration::from_secs(5);
 
 impl Gateway {
     /// Stops running provers named by a cancellation (a withdrawn block or a removed team).
@@ -222,11 +225,13 @@ impl Gateway {
         }
     }
 
-    /// The last delivery of a task failed: say so durably, in the shape of the server's own
-    /// max-deliveries advisory and on its subject (which the advisories stream keeps). The
-    /// server sends one too, but as a core message that is lost if the stream has no leader at
-    /// that moment (a NATS node loss), and the task would then sit in the queue for good. The
-    /// scheduler handles either, once (the msg-id drops a repeat of this one).
+    /// A task has had its deliveries: say so durably, in the shape of the server's own
+    /// max-deliveries advisory and on its subject (which the advisories stream keeps), and hand
+    /// the task back for a while. The scheduler files it as a dead letter and deletes it from
+    /// the work queue; until it has, every redelivery is reported again, so a notice lost with
+    /// a NATS node or a gateway that dies before sending it costs one `EXHAUSTED_RECHECK`. The
+    /// msg-id names the delivery: a retried publish is dropped, the next delivery's report is
+    /// not; a report of a task already filed finds it gone and changes nothing.
     async fn report_exhausted(&self, task: &Task, delivery: &Delivery) {
         let consumer = self.bus.subjects.task_consumer(&task.team, &task.class);
         let notice = serde_json::json!({
@@ -234,19 +239,29 @@ impl Gateway {
             "stream": self.bus.subjects.stream_tasks(),
             "consumer": consumer,
             "stream_seq": delivery.stream_sequence,
-            "deliveries": delivery.delivered,
+            "deliveries": self.max_deliver,
             "reported_by": self.config.id,
         });
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             push0_protocol::MSG_ID_HEADER,
-            format!("exhausted/{}", task.task_id).as_str(),
+            format!("exhausted/{}/{}", task.task_id, delivery.delivered).as_str(),
         );
         let subject = self.bus.subjects.max_deliveries_advisory(&consumer);
         let payload = Bytes::from(notice.to_string());
-        if let Err(e) = self.bus.publish_raw(subject, headers, payload).await {
-            tracing::warn!(error = %e, "exhausted task not reported; the server's advisory remains");
+        match self.bus.publish_raw(subject, headers, payload).await {
+            Ok(_) => tracing::warn!(
+                deliveries = delivery.delivered,
+                "task out of deliveries; reported for the dead-letter queue"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "exhausted task not reported; its next delivery will be")
+            }
         }
+        let _ = delivery
+            .message
+            .ack_with(AckKind::Nak(Some(EXHAUSTED_RECHECK)))
+            .await;
     }
 
     /// Keeps this gateway's capacity record alive while it runs and removes it on the way out.
@@ -381,6 +396,11 @@ impl Gateway {
             tracing::info!("task of withdrawn work skipped");
             return;
         }
+        if delivery.delivered > self.max_deliver {
+            // Its last delivery ended unreported (a gateway died, or its notice was lost).
+            self.report_exhausted(&task, &delivery).await;
+            return;
+        }
         let queue_wait_ms = now_ms().saturating_sub(delivery.published_ms);
         m.queue_wait
             .with_label_values(&[&task.team])
@@ -481,10 +501,11 @@ impl Gateway {
                 tracing::warn!(detail = %detail, retry_in = ?delay, "prover failed, retrying");
                 self.report_attempt(&task.task_id, delivery.delivered, &detail)
                     .await;
-                if self.max_deliver > 0 && delivery.delivered >= self.max_deliver {
+                if delivery.delivered >= self.max_deliver {
                     self.report_exhausted(&task, &delivery).await;
+                } else {
+                    let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
-                let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
                 return;
             }
         };

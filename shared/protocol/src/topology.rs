@@ -196,7 +196,12 @@ impl Topology {
             durable: self.subjects.task_consumer(&team.name, class),
             filter: self.subjects.tasks(&team.name, class),
             ack_wait: Duration::from_millis(team.ack_wait_ms),
-            max_deliver: team.max_deliver,
+            // Unlimited on the server: the team's limit is kept by its gateways, which report
+            // a task past it (durably, again on every redelivery until the scheduler files it)
+            // instead of proving it. The server's own limit ends in one core advisory, lost if
+            // the advisories stream has no leader at that moment, and the task then sits in the
+            // work queue for good (the 500-block chaos drill lost its poison task so).
+            max_deliver: -1,
             max_ack_pending: 100_000,
             priority_group: Some(TIER_GROUP.to_string()),
         }

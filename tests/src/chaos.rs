@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use push0::source::{block_hash, make_block, submit};
+use push0_protocol::wire::WireMessage;
 use push0_protocol::{
     BlockProof, BlockSubmission, DlqReason, SCHEMA_HEADER, TaskResult, TeamConfig, Workflow, decode,
 };
@@ -117,6 +118,8 @@ pub struct TeamRow {
     pub duplicates: usize,
     pub disorder: usize,
     pub orphans: usize,
+    /// Proofs of blocks later orphaned, published before the reorg was recorded.
+    pub proved_before_reorg: usize,
 }
 
 impl ChaosReport {
@@ -173,11 +176,17 @@ impl ChaosReport {
         for (at, what) in &self.events {
             out.push_str(&format!("| {:.1} | {what} |\n", at.as_secs_f64()));
         }
-        out.push_str("\n| team | expected | proved | duplicates | out of order | orphan proofs |\n|---|---|---|---|---|---|\n");
+        out.push_str("\n| team | expected | proved | duplicates | out of order | orphan proofs | proved before the reorg |\n|---|---|---|---|---|---|---|\n");
         for t in &self.per_team {
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} |\n",
-                t.team, t.expected, t.proved, t.duplicates, t.disorder, t.orphans
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                t.team,
+                t.expected,
+                t.proved,
+                t.duplicates,
+                t.disorder,
+                t.orphans,
+                t.proved_before_reorg
             ));
         }
         let p = |q| {
@@ -199,7 +208,10 @@ impl ChaosReport {
             ),
             none("duplicate proofs", self.duplicates),
             none("out-of-order publications", self.disorder),
-            none("proofs of orphaned blocks", self.orphans),
+            none(
+                "proofs of orphaned blocks (published after the reorg was recorded)",
+                self.orphans,
+            ),
             none("proofs not of their block's payload", self.wrong_content),
             none(
                 "service processes that exited on their own",
@@ -699,7 +711,11 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
     let events = std::mem::take(&mut *events.lock().expect("events"));
     drop(fleet);
-    let mut report = judge(config.blocks, &chain, &proofs, &dlq);
+    let reorg_ms = tokio::time::timeout(Duration::from_secs(30), reorg_recorded_at(&bus))
+        .await
+        .ok()
+        .flatten();
+    let mut report = judge(config.blocks, &chain, &proofs, &dlq, reorg_ms);
     report.unexpected_exits = unexpected_exits;
     // A gateway killed while a NATS node is down (or just back) measures the node's failover,
     // not the redelivery: those kills' reassignments are left out.
@@ -777,11 +793,17 @@ where
 }
 
 /// Compares what was published with the chain.
+///
+/// A proof of a block published before ingest recorded the reorg that orphaned it is a proof of
+/// the chain as it then was (the block was canonical; nobody had seen the fork): it is counted
+/// apart, as `proved_before_reorg`. Every other proof of an orphan breaks the invariant, as do
+/// all of them when the reorg's time is unknown (`reorg_ms` None).
 fn judge(
     blocks: u64,
     chain: &Chain,
     proofs: &[BlockProof],
     dlq: &[push0_protocol::DeadLetter],
+    reorg_ms: Option<u64>,
 ) -> ChaosReport {
     let mut per_team = Vec::new();
     let (mut lost, mut duplicates, mut disorder, mut orphans) = (0, 0, 0, 0);
@@ -818,11 +840,16 @@ fn judge(
             duplicates: 0,
             disorder: 0,
             orphans: 0,
+            proved_before_reorg: 0,
         };
         let mut last: Option<u64> = None;
         for p in &mine {
             if chain.orphans.contains(&p.hash) {
-                row.orphans += 1;
+                if reorg_ms.is_some_and(|r| p.published_at_ms < r) {
+                    row.proved_before_reorg += 1;
+                } else {
+                    row.orphans += 1;
+                }
                 continue;
             }
             if chain.canonical.get(&p.number) != Some(&p.hash) {
@@ -934,6 +961,27 @@ pub async fn leader_of(bus: &Bus, stream: &str) -> Result<usize> {
         .and_then(|c| c.leader.clone())
         .context("no leader")?;
     Ok(leader.trim_start_matches('n').parse()?)
+}
+
+/// When ingest recorded the reorg (ms since the epoch): the time the stream stored its notice,
+/// published once the new block's record naming the orphans was written.
+async fn reorg_recorded_at(bus: &Bus) -> Option<u64> {
+    let mut stream = bus
+        .js
+        .get_stream(bus.subjects.stream_accepted())
+        .await
+        .ok()?;
+    let last = stream.info().await.ok()?.state.last_sequence;
+    for seq in 1..=last {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let schema = m.headers.get(SCHEMA_HEADER).map(|v| v.as_str().to_string());
+        if schema.as_deref() == Some(push0_protocol::Reorg::SCHEMA) {
+            return u64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok();
+        }
+    }
+    None
 }
 
 /// The DLQ sequence of gamma's poison task's dead letter, once it is there.

@@ -99,6 +99,15 @@ pub async fn dead_letters(bus: &Bus) -> Result<Vec<DeadLetter>> {
     read_all(bus, &bus.subjects.stream_dlq(), &bus.subjects.dlq_all()).await
 }
 
+/// Waits until the dead-letter stream holds at least one record, then returns them all.
+pub async fn dead_letters_appear(bus: &Bus, timeout: Duration) -> Result<Vec<DeadLetter>> {
+    crate::eventually(timeout, "a dead letter", || async {
+        let r = dead_letters(bus).await.ok()?;
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+}
+
 async fn read_all<M: push0_protocol::WireMessage>(
     bus: &Bus,
     stream: &str,

@@ -42,15 +42,7 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
     for n in 1..=3 {
         submit(&env.bus, &make_block("eth", n, 1000)).await?;
     }
-    let records = eventually(
-        Duration::from_secs(30),
-        "the poison task's dead letter",
-        || async {
-            let r = dead_letters(&env.bus).await.ok()?;
-            (!r.is_empty()).then_some(r)
-        },
-    )
-    .await?;
+    let records = dead_letters_appear(&env.bus, Duration::from_secs(30)).await?;
     assert_eq!(records.len(), 1, "{records:#?}");
     let record = &records[0];
     assert_eq!(record.reason, DlqReason::MaxDeliveries);
@@ -199,15 +191,7 @@ async fn a_lost_exhaustion_notice_is_sent_again() -> anyhow::Result<()> {
     let purged = stream.purge().await?;
     assert!(purged.purged >= 1);
     assert_eq!(pause("{}").await, Some(false), "resumed");
-    let records = eventually(
-        Duration::from_secs(30),
-        "the poison task's dead letter",
-        || async {
-            let r = dead_letters(&env.bus).await.ok()?;
-            (!r.is_empty()).then_some(r)
-        },
-    )
-    .await?;
+    let records = dead_letters_appear(&env.bus, Duration::from_secs(30)).await?;
     assert_eq!(records.len(), 1, "{records:#?}");
     let record = &records[0];
     assert_eq!(record.reason, DlqReason::MaxDeliveries);

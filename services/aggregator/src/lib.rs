@@ -223,7 +223,8 @@ impl Aggregator {
         .await?;
         let attempt = counted.map_or(1, |c| c.count);
         tracing::warn!(team = %result.team, gateway = %result.gateway, task = %result.task_id, attempt, reason = %reason, "proof rejected");
-        if attempt >= team.max_deliver.max(1) as u64 {
+        let max_deliver = team.limits(team.class_of(result.node.level)).max_deliver;
+        if attempt >= max_deliver.max(1) as u64 {
             tracing::error!(team = %result.team, chain = %result.block.chain, number = result.block.number, node = %result.node, "no valid proof after {attempt} attempts; block fails for this team");
             return Ok(Outcome::Reject(
                 Rejection::new(

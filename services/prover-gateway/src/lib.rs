@@ -68,8 +68,7 @@ pub async fn run(
         bus: bus.clone(),
         blobs,
         config: config.clone(),
-        heartbeat: Duration::from_millis(team.ack_wait_ms / 3).max(Duration::from_millis(100)),
-        max_deliver: team.max_deliver,
+        team: team.clone(),
         running: Mutex::new(HashMap::new()),
         withdrawn: Mutex::new(VecDeque::new()),
     });
@@ -132,10 +131,9 @@ struct Gateway {
     bus: Bus,
     blobs: BlobStore,
     config: Config,
-    heartbeat: Duration,
-    /// The team's deliveries per task: a failure on the last one, or any delivery past it, is
-    /// reported as exhausted.
-    max_deliver: i64,
+    /// The team as it was at start: each task's class limits (ack wait, deliveries, time
+    /// limit) come from it.
+    team: TeamConfig,
     /// Tasks proving now, by task id: their block and the token that stops them.
     running: Mutex<HashMap<String, (BlockRef, CancellationToken)>>,
     /// Blocks recently withdrawn (newest last, at most `WITHDRAWN_KEPT`): their tasks still
@@ -239,7 +237,7 @@ impl Gateway {
             "stream": self.bus.subjects.stream_tasks(),
             "consumer": consumer,
             "stream_seq": delivery.stream_sequence,
-            "deliveries": self.max_deliver,
+            "deliveries": self.team.limits(&task.class).max_deliver,
             "reported_by": self.config.id,
         });
         let mut headers = async_nats::HeaderMap::new();
@@ -396,7 +394,8 @@ impl Gateway {
             tracing::info!("task of withdrawn work skipped");
             return;
         }
-        if delivery.delivered > self.max_deliver {
+        let limits = self.team.limits(&task.class);
+        if delivery.delivered > limits.max_deliver {
             // Its last delivery ended unreported (a gateway died, or its notice was lost).
             self.report_exhausted(&task, &delivery).await;
             return;
@@ -409,7 +408,7 @@ impl Gateway {
         // Heartbeats run on their own task: a busy or stuck prover cannot starve them.
         let heartbeat = {
             let d = delivery.clone();
-            let every = self.heartbeat;
+            let every = (limits.ack_wait / 3).max(Duration::from_millis(100));
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
@@ -439,6 +438,20 @@ impl Gateway {
             match (&self.config.bundler, &input) {
                 (Some(bundler), ProverInput::Aggregate(children)) => bundler.bundle(children).await,
                 _ => self.config.prover.prove(&task, input).await,
+            }
+        };
+        // The class's time limit, on top of the prover's own timeout: past it the prover is
+        // dropped (a child process is killed) and the delivery counts as a failure.
+        let proving = async {
+            match limits.time_limit {
+                Some(limit) => tokio::time::timeout(limit, proving)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ProveError::Retryable(format!(
+                            "killed past the class time limit of {limit:?}"
+                        )))
+                    }),
+                None => proving.await,
             }
         };
         tokio::pin!(proving);
@@ -501,7 +514,7 @@ impl Gateway {
                 tracing::warn!(detail = %detail, retry_in = ?delay, "prover failed, retrying");
                 self.report_attempt(&task.task_id, delivery.delivered, &detail)
                     .await;
-                if delivery.delivered >= self.max_deliver {
+                if delivery.delivered >= limits.max_deliver {
                     self.report_exhausted(&task, &delivery).await;
                 } else {
                     let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;

@@ -12,7 +12,7 @@ pub mod workflow;
 
 pub use names::{NameError, validate_chain, validate_prefix, validate_token};
 pub use subjects::Subjects;
-pub use team::{LatePolicy, Mode, Shape, TeamConfig, TeamsFile};
+pub use team::{ClassLimits, ClassSettings, LatePolicy, Mode, Shape, TeamConfig, TeamsFile};
 pub use topology::{BucketSpec, ConsumerSpec, Retention, StreamSpec, Topology};
 pub use wire::*;
 pub use workflow::{NodeId, Workflow};

@@ -1,6 +1,9 @@
 //! The team registry: who proves, with which workflow, on which task classes.
 //! Loaded from a TOML file by the scheduler and kept in a KV bucket (one key per team).
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::names::{validate_chain, validate_token};
@@ -61,6 +64,31 @@ pub enum LatePolicy {
     FinishLate,
 }
 
+/// Settings of one task class that override the team's (`[team.class.<name>]` in a teams
+/// file): aggregations may take longer than leaves, or deserve fewer tries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_ms: Option<u64>,
+}
+
+/// What one class of a team's tasks gets: the team's settings with the class's overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassLimits {
+    /// Ack deadline of a delivery, renewed by the gateway's heartbeats while proving.
+    pub ack_wait: Duration,
+    /// Deliveries of a task before it is dead-lettered.
+    pub max_deliver: i64,
+    /// Longest a prover may run on one task before it is killed and the delivery counts as
+    /// failed; None leaves it to the gateway's `--task-timeout`.
+    pub time_limit: Option<Duration>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeamConfig {
@@ -108,6 +136,13 @@ pub struct TeamConfig {
     /// Realtime: what happens to work on a block that missed its deadline.
     #[serde(default)]
     pub late_policy: LatePolicy,
+    /// Longest a prover may run on one task (every class), unless its class says otherwise;
+    /// None leaves it to the gateway's `--task-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit_ms: Option<u64>,
+    /// Per-class overrides of `ack_wait_ms`, `max_deliver` and `time_limit_ms`, by class name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub class: BTreeMap<String, ClassSettings>,
 }
 
 impl TeamConfig {
@@ -128,6 +163,8 @@ impl TeamConfig {
             slot_ms: default_slot_ms(),
             sample_every: default_sample_every(),
             late_policy: LatePolicy::Drop,
+            time_limit_ms: None,
+            class: BTreeMap::new(),
         }
     }
 
@@ -199,6 +236,21 @@ impl TeamConfig {
         classes
     }
 
+    /// The settings tasks of `class` get: the class's overrides, else the team's.
+    pub fn limits(&self, class: &str) -> ClassLimits {
+        let own = self.class.get(class);
+        ClassLimits {
+            ack_wait: Duration::from_millis(
+                own.and_then(|c| c.ack_wait_ms).unwrap_or(self.ack_wait_ms),
+            ),
+            max_deliver: own.and_then(|c| c.max_deliver).unwrap_or(self.max_deliver),
+            time_limit: own
+                .and_then(|c| c.time_limit_ms)
+                .or(self.time_limit_ms)
+                .map(Duration::from_millis),
+        }
+    }
+
     /// The class a node of this team's workflow is proved on.
     pub fn class_of(&self, level: u32) -> &str {
         if level == 0 {
@@ -241,11 +293,39 @@ impl TeamConfig {
                 self.arity
             ));
         }
-        if self.ack_wait_ms < 500 {
-            problems.push(format!("team {name}: ack_wait_ms must be at least 500"));
+        let classes = self.classes();
+        let settings = std::iter::once((
+            format!("team {name}"),
+            self.ack_wait_ms,
+            self.max_deliver,
+            self.time_limit_ms,
+        ))
+        .chain(self.class.iter().map(|(class, c)| {
+            (
+                format!("team {name}, class {class}"),
+                c.ack_wait_ms.unwrap_or(self.ack_wait_ms),
+                c.max_deliver.unwrap_or(self.max_deliver),
+                c.time_limit_ms,
+            )
+        }));
+        for (whose, ack_wait_ms, max_deliver, time_limit_ms) in settings {
+            if ack_wait_ms < 500 {
+                problems.push(format!("{whose}: ack_wait_ms must be at least 500"));
+            }
+            if max_deliver < 1 {
+                problems.push(format!("{whose}: max_deliver must be at least 1"));
+            }
+            if time_limit_ms.is_some_and(|t| t < 100) {
+                problems.push(format!("{whose}: time_limit_ms must be at least 100"));
+            }
         }
-        if self.max_deliver < 1 {
-            problems.push(format!("team {name}: max_deliver must be at least 1"));
+        for class in self.class.keys() {
+            if !classes.contains(class) {
+                problems.push(format!(
+                    "team {name}: settings for class {class}, which the team does not use (its classes: {})",
+                    classes.join(", ")
+                ));
+            }
         }
         if self.slot_ms < 50 {
             problems.push(format!("team {name}: slot_ms must be at least 50"));
@@ -356,6 +436,50 @@ mod tests {
         assert_eq!(TeamConfig::single("s").deadline_for(1000, None), None);
         let err = TeamsFile::parse("[[team]]\nname = \"a\"\nsample_every = 2\n").unwrap_err();
         assert!(err[0].contains("realtime"), "{err:?}");
+    }
+
+    #[test]
+    fn class_settings_override_the_teams() {
+        let teams = TeamsFile::parse(
+            r#"
+            [[team]]
+            name = "s"
+            shape = "split"
+            parts = 4
+            leaf_class = "leaf"
+            aggregate_class = "agg"
+            ack_wait_ms = 2000
+            max_deliver = 4
+            time_limit_ms = 60000
+            [team.class.agg]
+            ack_wait_ms = 9000
+            max_deliver = 2
+            "#,
+        )
+        .unwrap();
+        let t = &teams[0];
+        let leaf = t.limits("leaf");
+        assert_eq!(leaf.ack_wait, Duration::from_secs(2));
+        assert_eq!(leaf.max_deliver, 4);
+        assert_eq!(leaf.time_limit, Some(Duration::from_secs(60)));
+        let agg = t.limits("agg");
+        assert_eq!(agg.ack_wait, Duration::from_secs(9));
+        assert_eq!(agg.max_deliver, 2);
+        assert_eq!(agg.time_limit, Some(Duration::from_secs(60)), "inherited");
+
+        let err = TeamsFile::parse(
+            "[[team]]\nname = \"a\"\n[team.class.prove]\nmax_deliver = 0\n[team.class.other]\nack_wait_ms = 1000\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.iter().any(|e| e.contains("class prove: max_deliver")),
+            "{err:?}"
+        );
+        assert!(
+            err.iter()
+                .any(|e| e.contains("class other, which the team does not use")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Topology {
             stream: self.subjects.stream_tasks(),
             durable: self.subjects.task_consumer(&team.name, class),
             filter: self.subjects.tasks(&team.name, class),
-            ack_wait: Duration::from_millis(team.ack_wait_ms),
+            ack_wait: team.limits(class).ack_wait,
             // Unlimited on the server: the team's limit is kept by its gateways, which report
             // a task past it (durably, again on every redelivery until the scheduler files it)
             // instead of proving it. The server's own limit ends in one core advisory, lost if

@@ -16,6 +16,10 @@ use crate::telemetry;
 /// catching up takes longer).
 const CONSUMER_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Pull requests a consumer holds at once (the server's default is 512): one per prover slot
+/// of a team's whole fleet, so a fleet of more than 512 slots is not refused with 409s.
+const MAX_WAITING_PULLS: i64 = 8192;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, Error)]
@@ -206,9 +210,11 @@ impl Bus {
         Ok(())
     }
 
-    /// The durable pull consumer described by `spec`, created if absent. Keeps trying for
-    /// `CONSUMER_PATIENCE`: a gateway restarted, or a standby made active, while a node is down
-    /// must wait out the leader election rather than exit.
+    /// The durable pull consumer described by `spec`, created if absent, its ack wait,
+    /// delivery limit and ack-pending bound brought to the spec's if they differ (a team's
+    /// settings changed since it was made). Keeps trying for `CONSUMER_PATIENCE`: a gateway
+    /// restarted, or a standby made active, while a node is down must wait out the leader
+    /// election rather than exit.
     pub async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<PullConsumer, RuntimeError> {
         let config = jetstream::consumer::pull::Config {
             durable_name: Some(spec.durable.clone()),
@@ -225,18 +231,40 @@ impl Bus {
                 None => jetstream::consumer::PriorityPolicy::None,
             },
             priority_groups: spec.priority_group.iter().cloned().collect(),
+            max_waiting: MAX_WAITING_PULLS,
             ..Default::default()
         };
         let declare = || async {
+            let what = || format!("declare consumer {}", spec.durable);
             let stream = self
                 .js
                 .get_stream(&spec.stream)
                 .await
                 .map_err(|e| RuntimeError::nats(format!("get stream {}", spec.stream), e))?;
-            stream
+            let consumer: PullConsumer = stream
                 .get_or_create_consumer(&spec.durable, config.clone())
                 .await
-                .map_err(|e| RuntimeError::nats(format!("declare consumer {}", spec.durable), e))
+                .map_err(|e| RuntimeError::nats(what(), e))?;
+            let have = &consumer.cached_info().config;
+            if have.ack_wait == config.ack_wait
+                && have.max_deliver == config.max_deliver
+                && have.max_ack_pending == config.max_ack_pending
+            {
+                return Ok(consumer);
+            }
+            tracing::info!(
+                consumer = %spec.durable,
+                ack_wait = ?config.ack_wait,
+                max_deliver = config.max_deliver,
+                "consumer settings changed, updating it in place"
+            );
+            let mut update = config.clone();
+            // Fixed once the consumer exists.
+            update.max_waiting = have.max_waiting;
+            stream
+                .update_consumer(update)
+                .await
+                .map_err(|e| RuntimeError::nats(what(), e))
         };
         let deadline = tokio::time::Instant::now() + CONSUMER_PATIENCE;
         let mut delay = Duration::from_millis(100);

@@ -228,8 +228,9 @@ impl Gateway {
     /// the task back for a while. The scheduler files it as a dead letter and deletes it from
     /// the work queue; until it has, every redelivery is reported again, so a notice lost with
     /// a NATS node or a gateway that dies before sending it costs one `EXHAUSTED_RECHECK`. The
-    /// msg-id names the delivery: a retried publish is dropped, the next delivery's report is
-    /// not; a report of a task already filed finds it gone and changes nothing.
+    /// msg-id names the message and delivery: a retried publish is dropped, the next
+    /// delivery's report is not, nor is a replayed task's (a new message of the same task id);
+    /// a report of a task already filed finds it gone and changes nothing.
     async fn report_exhausted(&self, task: &Task, delivery: &Delivery) {
         let consumer = self.bus.subjects.task_consumer(&task.team, &task.class);
         let notice = serde_json::json!({
@@ -243,7 +244,11 @@ impl Gateway {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             push0_protocol::MSG_ID_HEADER,
-            format!("exhausted/{}/{}", task.task_id, delivery.delivered).as_str(),
+            format!(
+                "exhausted/{}/{}/{}",
+                task.task_id, delivery.stream_sequence, delivery.delivered
+            )
+            .as_str(),
         );
         let subject = self.bus.subjects.max_deliveries_advisory(&consumer);
         let payload = Bytes::from(notice.to_string());

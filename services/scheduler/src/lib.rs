@@ -799,9 +799,11 @@ impl Handler for ReadyHandler {
     }
 }
 
-/// Poison tasks: when a task runs out of deliveries the server leaves it in the work queue and
-/// says so in an advisory (NATS.md pitfall 6). This files the task as a dead letter with its
-/// delivery count, marks the block failed for the team, and deletes the task from the queue.
+/// Poison tasks: a task that ran out of deliveries stays in the work queue (NATS.md pitfall 6)
+/// and is reported on the advisories stream — by the team's gateways, which keep the delivery
+/// limit, again on every redelivery until it is handled, or by the server in the same shape.
+/// This files the task as a dead letter with its delivery count, marks the block failed for
+/// the team, and deletes the task from the queue.
 struct PoisonHandler {
     scheduler: Arc<Scheduler>,
     blobs: BlobStore,

@@ -114,7 +114,8 @@ pub struct TeamConfig {
     #[serde(default = "default_ack_wait_ms")]
     pub ack_wait_ms: u64,
     /// Deliveries of one task before it is dead-lettered; also the number of invalid proofs
-    /// of one node tolerated before the block fails for this team.
+    /// of one node tolerated before the block fails for this team. A class may override it
+    /// (`class`), for both.
     #[serde(default = "default_max_deliver")]
     pub max_deliver: i64,
     /// Proof system the team's provers produce; a result naming another is rejected.

@@ -16,8 +16,10 @@ use crate::telemetry;
 /// catching up takes longer).
 const CONSUMER_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Pull requests a consumer holds at once (the server's default is 512): one per prover slot
-/// of a team's whole fleet, so a fleet of more than 512 slots is not refused with 409s.
+/// Pull requests a consumer declared here holds at once (the server's default is 512): one
+/// per prover slot of a team's whole fleet, so a fleet of more than 512 slots is not refused
+/// with 409s. The server cannot change it on an existing consumer; one made with less keeps
+/// it (a warning says so) until it is deleted and declared again.
 const MAX_WAITING_PULLS: i64 = 8192;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -246,6 +248,13 @@ impl Bus {
                 .await
                 .map_err(|e| RuntimeError::nats(what(), e))?;
             let have = &consumer.cached_info().config;
+            if have.max_waiting < MAX_WAITING_PULLS {
+                tracing::warn!(
+                    consumer = %spec.durable,
+                    max_waiting = have.max_waiting,
+                    "consumer holds fewer waiting pulls than push0 declares; recreate it for fleets that large"
+                );
+            }
             if have.ack_wait == config.ack_wait
                 && have.max_deliver == config.max_deliver
                 && have.max_ack_pending == config.max_ack_pending

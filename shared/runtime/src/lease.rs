@@ -15,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, RuntimeError};
 
+/// Consecutive NATS failures of the active work after which `while_leader` gives up.
+const NATS_FAILURES_BEFORE_EXIT: u32 = 5;
+/// An active run this long resets the failure count.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 /// How often the holder renews, and how often a standby tries to take the lease.
 const RENEW_EVERY: Duration = Duration::from_millis(LEASE_TTL.as_millis() as u64 / 3);
 
@@ -28,7 +33,10 @@ pub fn holder_name(role: &str) -> String {
 
 /// Runs `work` while this process holds the lease of `role`, as often as it wins it again,
 /// until `shutdown`. `work` gets a token that is cancelled when the lease is lost (or on
-/// shutdown) and must then return; it starts over from durable state on the next win.
+/// shutdown) and must then return; it starts over from durable state on the next win. Work
+/// that fails on a NATS error hands the lease back and stands by (a node loss is no reason to
+/// exit); `NATS_FAILURES_BEFORE_EXIT` such failures in a row, with no run lasting a minute in
+/// between, end it with the error, so a permanent refusal still stops the process.
 pub async fn while_leader<F, Fut>(
     bus: &Bus,
     role: &str,
@@ -42,6 +50,7 @@ where
     let kv = bus.kv(&bus.subjects.bucket_leases()).await?;
     let holder = holder_name(role);
     let mut waiting_logged = false;
+    let mut failures = 0;
     while !shutdown.is_cancelled() {
         let Some(revision) = try_acquire(&kv, role, &holder).await else {
             if !waiting_logged {
@@ -72,7 +81,11 @@ where
             revision,
             active.clone(),
         ));
+        let began = tokio::time::Instant::now();
         let result = work(active.clone()).await;
+        if began.elapsed() >= HEALTHY_RUN {
+            failures = 0;
+        }
         let still_held = !active.is_cancelled() || shutdown.is_cancelled();
         active.cancel();
         let last_revision = renewer.await.ok().flatten();
@@ -85,8 +98,11 @@ where
         match result {
             // NATS trouble (a node lost, a leader being elected) is no reason to exit: a
             // standby, this one included, takes over once it clears.
-            Err(RuntimeError::Nats { what, source }) if !shutdown.is_cancelled() => {
-                tracing::error!(role, holder, %what, error = %source, "active work failed: standing by");
+            Err(RuntimeError::Nats { what, source })
+                if !shutdown.is_cancelled() && failures + 1 < NATS_FAILURES_BEFORE_EXIT =>
+            {
+                failures += 1;
+                tracing::error!(role, holder, %what, error = %source, failures, "active work failed: standing by");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(RENEW_EVERY) => {}

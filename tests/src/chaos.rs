@@ -963,45 +963,48 @@ pub async fn leader_of(bus: &Bus, stream: &str) -> Result<usize> {
     Ok(leader.trim_start_matches('n').parse()?)
 }
 
-/// When ingest recorded the reorg (ms since the epoch): the time the stream stored its notice,
-/// published once the new block's record naming the orphans was written.
-async fn reorg_recorded_at(bus: &Bus) -> Option<u64> {
-    let mut stream = bus
-        .js
-        .get_stream(bus.subjects.stream_accepted())
-        .await
-        .ok()?;
+/// The first message of `stream`, oldest first, for which `pick` (given the message and its
+/// schema header) returns something.
+async fn first_in_stream<T>(
+    bus: &Bus,
+    stream: String,
+    pick: impl Fn(&async_nats::jetstream::message::StreamMessage, Option<&str>) -> Option<T>,
+) -> Option<T> {
+    let mut stream = bus.js.get_stream(stream).await.ok()?;
     let last = stream.info().await.ok()?.state.last_sequence;
     for seq in 1..=last {
         let Ok(m) = stream.get_raw_message(seq).await else {
             continue;
         };
         let schema = m.headers.get(SCHEMA_HEADER).map(|v| v.as_str().to_string());
-        if schema.as_deref() == Some(push0_protocol::Reorg::SCHEMA) {
-            return u64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok();
+        if let Some(found) = pick(&m, schema.as_deref()) {
+            return Some(found);
         }
     }
     None
 }
 
+/// When ingest recorded the reorg (ms since the epoch): the time the stream stored its notice,
+/// published once the new block's record naming the orphans was written.
+async fn reorg_recorded_at(bus: &Bus) -> Option<u64> {
+    first_in_stream(bus, bus.subjects.stream_accepted(), |m, schema| {
+        (schema == Some(push0_protocol::Reorg::SCHEMA))
+            .then(|| u64::try_from(m.time.unix_timestamp_nanos() / 1_000_000).ok())
+            .flatten()
+    })
+    .await
+}
+
 /// The DLQ sequence of gamma's poison task's dead letter, once it is there.
 async fn poison_dead_letter(bus: &Bus, poison: u64) -> Option<u64> {
-    let mut stream = bus.js.get_stream(bus.subjects.stream_dlq()).await.ok()?;
-    let last = stream.info().await.ok()?.state.last_sequence;
-    for seq in 1..=last {
-        let Ok(m) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        let schema = m.headers.get(SCHEMA_HEADER).map(|v| v.as_str().to_string());
-        if let Ok(d) = decode::<push0_protocol::DeadLetter>(schema.as_deref(), &m.payload)
-            && d.reason == DlqReason::MaxDeliveries
+    first_in_stream(bus, bus.subjects.stream_dlq(), |m, schema| {
+        let d = decode::<push0_protocol::DeadLetter>(schema, &m.payload).ok()?;
+        (d.reason == DlqReason::MaxDeliveries
             && d.team.as_deref() == Some(POISON_TEAM)
-            && d.block.as_ref().is_some_and(|b| b.number == poison)
-        {
-            return Some(seq);
-        }
-    }
-    None
+            && d.block.as_ref().is_some_and(|b| b.number == poison))
+        .then_some(m.sequence)
+    })
+    .await
 }
 
 fn replay(url: &str, prefix: &str, seq: u64) -> Result<()> {

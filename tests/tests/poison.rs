@@ -33,6 +33,30 @@ async fn poisoned_cluster(
     Ok((push0::cluster::LocalCluster::start(spec).await?, marker))
 }
 
+/// What a dead-lettered poison task leaves: block `number` marked failed for `team`, and the
+/// task out of the work queue (within 5 s).
+async fn block_failed_and_task_gone(env: &Env, team: &str, number: u64) -> anyhow::Result<()> {
+    let plans = env.bus.kv(&env.bus.subjects.bucket_plans()).await?;
+    let (plan, _) = kv_get::<Plan>(&plans, &plan_key(team, "eth", number))
+        .await?
+        .expect("plan");
+    assert!(
+        plan.failed.is_some(),
+        "block {number} is marked failed for the team"
+    );
+    let tasks = env
+        .bus
+        .js
+        .get_stream(env.bus.subjects.stream_tasks())
+        .await?;
+    eventually(
+        Duration::from_secs(5),
+        "the poison task to leave the work queue",
+        || async { (tasks.get_info().await.ok()?.state.messages == 0).then_some(()) },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
     let env = Env::new().await?;
@@ -66,28 +90,7 @@ async fn poison_task_is_dead_lettered_then_replayed() -> anyhow::Result<()> {
         record.history
     );
 
-    let plans = env.bus.kv(&env.bus.subjects.bucket_plans()).await?;
-    let (plan, _) = kv_get::<Plan>(&plans, &plan_key("rollup", "eth", 2))
-        .await?
-        .expect("plan");
-    assert!(
-        plan.failed.is_some(),
-        "block 2 is marked failed for the team"
-    );
-    let tasks = env
-        .bus
-        .js
-        .get_stream(env.bus.subjects.stream_tasks())
-        .await?;
-    eventually(
-        Duration::from_secs(5),
-        "the poison task to leave the work queue",
-        || {
-            let mut tasks = tasks.clone();
-            async move { (tasks.info().await.ok()?.state.messages == 0).then_some(()) }
-        },
-    )
-    .await?;
+    block_failed_and_task_gone(&env, "rollup", 2).await?;
     // Block 3 is proved, yet not published: it waits behind the failed block 2.
     let block3 = make_block("eth", 3, 1000);
     let block3 = BlockRef {
@@ -198,25 +201,7 @@ async fn a_lost_exhaustion_notice_is_sent_again() -> anyhow::Result<()> {
     assert_eq!(record.block.as_ref().map(|b| b.number), Some(2));
     assert!(record.detail.contains("2 deliveries"), "{}", record.detail);
     assert_eq!(record.history.len(), 2, "{:#?}", record.history);
-    let plans = env.bus.kv(&env.bus.subjects.bucket_plans()).await?;
-    let (plan, _) = kv_get::<Plan>(&plans, &plan_key("unheard", "eth", 2))
-        .await?
-        .expect("plan");
-    assert!(
-        plan.failed.is_some(),
-        "block 2 is marked failed for the team"
-    );
-    let tasks = env
-        .bus
-        .js
-        .get_stream(env.bus.subjects.stream_tasks())
-        .await?;
-    eventually(
-        Duration::from_secs(5),
-        "the poison task to leave the work queue",
-        || async { (tasks.get_info().await.ok()?.state.messages == 0).then_some(()) },
-    )
-    .await?;
+    block_failed_and_task_gone(&env, "unheard", 2).await?;
     cluster.stop().await
 }
 

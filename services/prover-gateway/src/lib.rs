@@ -231,14 +231,14 @@ impl Gateway {
     /// msg-id names the message and delivery: a retried publish is dropped, the next
     /// delivery's report is not, nor is a replayed task's (a new message of the same task id);
     /// a report of a task already filed finds it gone and changes nothing.
-    async fn report_exhausted(&self, task: &Task, delivery: &Delivery) {
+    async fn report_exhausted(&self, task: &Task, delivery: &Delivery, max_deliver: i64) {
         let consumer = self.bus.subjects.task_consumer(&task.team, &task.class);
         let notice = serde_json::json!({
             "type": "io.nats.jetstream.advisory.v1.max_deliver",
             "stream": self.bus.subjects.stream_tasks(),
             "consumer": consumer,
             "stream_seq": delivery.stream_sequence,
-            "deliveries": self.team.limits(&task.class).max_deliver,
+            "deliveries": max_deliver,
             "reported_by": self.config.id,
         });
         let mut headers = async_nats::HeaderMap::new();
@@ -402,7 +402,8 @@ impl Gateway {
         let limits = self.team.limits(&task.class);
         if delivery.delivered > limits.max_deliver {
             // Its last delivery ended unreported (a gateway died, or its notice was lost).
-            self.report_exhausted(&task, &delivery).await;
+            self.report_exhausted(&task, &delivery, limits.max_deliver)
+                .await;
             return;
         }
         let queue_wait_ms = now_ms().saturating_sub(delivery.published_ms);
@@ -520,7 +521,8 @@ impl Gateway {
                 self.report_attempt(&task.task_id, delivery.delivered, &detail)
                     .await;
                 if delivery.delivered >= limits.max_deliver {
-                    self.report_exhausted(&task, &delivery).await;
+                    self.report_exhausted(&task, &delivery, limits.max_deliver)
+                        .await;
                 } else {
                     let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
                 }

@@ -17,7 +17,7 @@ use push0_protocol::{
 use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
 use push0_runtime::{
-    BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
+    BlobStore, Bus, Delivery, Handler, Order, Outcome, Registry, Rejection, RuntimeError, consume,
     kv_create, kv_get, kv_update, kv_update_at, metrics,
 };
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,9 @@ struct Aggregator {
 }
 
 impl Handler for Aggregator {
+    // Results arrive on their team's subject; teams share no record.
+    const ORDER: Order = Order::PerSubject;
+
     async fn handle(&self, delivery: &Delivery) -> Outcome {
         let result: TaskResult = match delivery.decode() {
             Ok(r) => r,
@@ -131,6 +134,9 @@ impl Aggregator {
         let key = part_key(&result.team, b, result.node);
         // The first recorded result of a node stands; only a new one is verified. A team that
         // checks nothing goes straight to the create, which settles duplicates by itself.
+        let root = result.workflow.is_root(result.node);
+        let fkey = final_key(&result.team, b);
+        let mut final_written = false;
         let first = match team.checks_proofs() {
             true => kv_get::<PartRecord>(&self.parts, &key)
                 .await?
@@ -146,7 +152,16 @@ impl Aggregator {
                 if let Some(reason) = self.check_proof(team, &record).await? {
                     return self.reject_proof(team, &result, &key, reason).await;
                 }
-                if kv_create(&self.parts, &key, &record).await? {
+                // A root's final record is written alongside: it is what the publication
+                // walk reads, and its create settles duplicates the same way.
+                let (part, written) = tokio::join!(kv_create(&self.parts, &key, &record), async {
+                    match root {
+                        true => kv_create(&self.parts, &fkey, &record).await,
+                        false => Ok(None),
+                    }
+                });
+                final_written = written?.is_some();
+                if part?.is_some() {
                     record
                 } else {
                     // A redelivery or a late duplicate. The steps below are idempotent and run
@@ -158,9 +173,17 @@ impl Aggregator {
                 }
             }
         };
-        if result.workflow.is_root(result.node) {
-            let fkey = final_key(&result.team, b);
-            kv_create(&self.parts, &fkey, &record).await?;
+        if root {
+            // A repeat handling writes it if the first stopped before; the first written stands.
+            let record = match final_written {
+                true => record,
+                false => match kv_create(&self.parts, &fkey, &record).await? {
+                    Some(_) => record,
+                    None => kv_get::<PartRecord>(&self.parts, &fkey)
+                        .await?
+                        .map_or(record, |(r, _)| r),
+                },
+            };
             if team.is_realtime() {
                 self.publish_now(&result.team, &b.chain, b.number, &record)
                     .await?;
@@ -305,9 +328,12 @@ impl Aggregator {
     ) -> Result<(), RuntimeError> {
         let ckey = cursor_key(team, chain);
         let mut hint = Some(recorded);
+        // The cursor this walk last wrote, with its revision: not read back.
+        let mut moved: Option<(Cursor, u64)> = None;
         loop {
-            let (cursor, guessed) = match hint {
-                Some(r) => {
+            let (cursor, guessed) = match (moved.take(), hint) {
+                (Some(c), _) => (Some(c), None),
+                (None, Some(r)) => {
                     let bkey = block_key(chain, r.block.number);
                     let (c, g) = tokio::join!(
                         kv_get::<Cursor>(&self.cursors, &ckey),
@@ -315,7 +341,7 @@ impl Aggregator {
                     );
                     (c?, g?)
                 }
-                None => (kv_get::<Cursor>(&self.cursors, &ckey).await?, None),
+                (None, None) => (kv_get::<Cursor>(&self.cursors, &ckey).await?, None),
             };
             let Some((cursor, revision)) = cursor else {
                 // The scheduler creates the cursor before releasing any task of the chain.
@@ -353,7 +379,9 @@ impl Aggregator {
                 next: number + 1,
                 published: cursor.published + 1,
             };
-            kv_update_at(&self.cursors, &ckey, &next, revision).await?;
+            moved = kv_update_at(&self.cursors, &ckey, &next, revision)
+                .await?
+                .map(|revision| (next, revision));
         }
     }
 

@@ -10,8 +10,8 @@ use push0_protocol::{
     validate_chain,
 };
 use push0_runtime::{
-    BlobStore, Bus, Delivery, Handler, Outcome, Rejection, RuntimeError, consume, kv_create,
-    kv_get, kv_update, metrics,
+    BlobStore, Bus, Delivery, Handler, Order, Outcome, Rejection, RuntimeError, consume, kv_create,
+    kv_get, kv_update, kv_update_at, metrics,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +101,9 @@ pub fn validate(
 }
 
 impl Handler for Ingest {
+    // Blocks arrive on their chain's subject; chains share no record.
+    const ORDER: Order = Order::PerSubject;
+
     async fn handle(&self, delivery: &Delivery) -> Outcome {
         let submission: BlockSubmission = match delivery.decode() {
             Ok(s) => s,
@@ -124,6 +127,15 @@ impl Handler for Ingest {
                 Outcome::Retry(Duration::from_millis(500))
             }
         }
+    }
+}
+
+/// `status` as the record of a block accepted now.
+fn accepted_now(status: &BlockStatus) -> BlockStatus {
+    BlockStatus {
+        state: BlockState::Accepted,
+        accepted_at_ms: Some(now_ms()),
+        ..status.clone()
     }
 }
 
@@ -160,15 +172,16 @@ impl Ingest {
                 return Ok(Outcome::Reject(orphaned(&block)));
             }
         }
-        let status = match own? {
-            Some((status, _)) => status,
+        // The revision `status` was read or written at, while it is known.
+        let (status, mut revision) = match own? {
+            Some((status, revision)) => (status, Some(revision)),
             None => {
                 let fresh = fresh_status(&submission, &block, submitted_at_ms, None);
-                if !kv_create(&self.blocks, &key, &fresh).await? {
+                let Some(revision) = kv_create(&self.blocks, &key, &fresh).await? else {
                     // Another ingest instance recorded it in between: decide on the next delivery.
                     return Ok(Outcome::Retry(Duration::from_millis(50)));
-                }
-                fresh
+                };
+                (fresh, Some(revision))
             }
         };
         let status = if status.block.hash == block.hash {
@@ -217,6 +230,7 @@ impl Ingest {
                 BlockState::Orphaned => Vec::new(),
                 _ => self.descendants(&status.block, &block.hash).await?,
             };
+            revision = None;
             let mut next = fresh_status(&submission, &block, submitted_at_ms, Some(&status));
             next.replaced = replaced;
             let old_hash = status.block.hash.clone();
@@ -267,19 +281,26 @@ impl Ingest {
             )
             .await?;
         // Only this very block, still received: a reorg handled meanwhile (by another ingest
-        // instance) may have orphaned or replaced it.
-        kv_update::<BlockStatus, _>(&self.blocks, &key, |s| {
-            let s = s?;
-            if s.block.hash != block.hash || s.state != BlockState::Received {
-                return None;
+        // instance) may have orphaned or replaced it. First at the revision known, which
+        // saves the read; if the record moved since, read it and decide again.
+        let written = match revision {
+            Some(revision) if status.state == BlockState::Received => {
+                kv_update_at(&self.blocks, &key, &accepted_now(&status), revision)
+                    .await?
+                    .is_some()
             }
-            Some(BlockStatus {
-                state: BlockState::Accepted,
-                accepted_at_ms: Some(now_ms()),
-                ..s.clone()
+            _ => false,
+        };
+        if !written {
+            kv_update::<BlockStatus, _>(&self.blocks, &key, |s| {
+                let s = s?;
+                if s.block.hash != block.hash || s.state != BlockState::Received {
+                    return None;
+                }
+                Some(accepted_now(s))
             })
-        })
-        .await?;
+            .await?;
+        }
         tracing::info!(chain = %block.chain, number = block.number, "block accepted");
         Ok(Outcome::Ack)
     }

@@ -7,7 +7,7 @@ mod oversight;
 pub mod queue;
 pub mod track;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use push0_protocol::{
 use push0_runtime::parts::recorded_children;
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use push0_runtime::{
-    BlobStore, Bus, Delivery, Handler, Outcome, Registry, Rejection, RuntimeError, consume,
+    BlobStore, Bus, Delivery, Handler, Order, Outcome, Registry, Rejection, RuntimeError, consume,
     kv_create, kv_get, kv_update, kv_write, metrics, register_team,
 };
 use tokio::sync::Notify;
@@ -87,6 +87,7 @@ pub async fn run(
         queues: Mutex::new(Queues::default()),
         consumers: tokio::sync::Mutex::new(HashMap::new()),
         wake: Notify::new(),
+        published_from: Mutex::new(HashSet::new()),
     });
     scheduler.recover().await?;
 
@@ -153,6 +154,9 @@ pub struct Scheduler {
     queues: Mutex<Queues>,
     consumers: tokio::sync::Mutex<HashMap<QueueKey, PullConsumer>>,
     wake: Notify,
+    /// (team, chain)s whose cursor has published: planning never moves it again (a reorg's
+    /// rewind keeps the count), so it is not read for their blocks.
+    published_from: Mutex<HashSet<(String, String)>>,
 }
 
 fn leaf_task(team: &TeamConfig, plan: &Plan, node: NodeId) -> Task {
@@ -231,7 +235,7 @@ impl Scheduler {
             withdrawn: None,
             finalized: false,
         };
-        let mut plan = if kv_create(&self.plans, &key, &fresh).await? {
+        let mut plan = if kv_create(&self.plans, &key, &fresh).await?.is_some() {
             fresh.clone()
         } else {
             match kv_get::<Plan>(&self.plans, &key).await? {
@@ -328,7 +332,16 @@ impl Scheduler {
         team: &TeamConfig,
         b: &push0_protocol::BlockRef,
     ) -> Result<(), RuntimeError> {
-        kv_update::<Cursor, _>(
+        let lane = (team.name.clone(), b.chain.clone());
+        if self
+            .published_from
+            .lock()
+            .expect("cursor lock")
+            .contains(&lane)
+        {
+            return Ok(());
+        }
+        let cursor = kv_update::<Cursor, _>(
             &self.cursors,
             &cursor_key(&team.name, &b.chain),
             |c| match c {
@@ -344,6 +357,12 @@ impl Scheduler {
             },
         )
         .await?;
+        if cursor.is_some_and(|c| c.published > 0) {
+            self.published_from
+                .lock()
+                .expect("cursor lock")
+                .insert(lane);
+        }
         Ok(())
     }
 
@@ -505,11 +524,13 @@ impl Scheduler {
                     .map(|(k, _)| k.clone())
                     .collect()
             };
-            for key in keys {
-                if let Err(e) = self.release(&key).await {
+            // Queues are independent: one team's slow publish does not hold up another's.
+            let releases = keys.iter().map(|key| async move {
+                if let Err(e) = self.release(key).await {
                     tracing::warn!(team = %key.0, class = %key.1, error = %e, "release failed, will retry");
                 }
-            }
+            });
+            futures::future::join_all(releases).await;
         }
     }
 
@@ -534,30 +555,51 @@ impl Scheduler {
             }
         }
         loop {
-            let task = {
+            let batch = {
                 let mut queues = self.queues.lock().expect("queues lock");
                 let Some(q) = queues.queues.get_mut(key) else {
                     return Ok(());
                 };
-                let held = q.held();
+                let room = bound.saturating_sub(q.undelivered.unwrap_or(bound));
+                let mut batch = Vec::new();
+                while (batch.len() as u64) < room {
+                    let Some(popped) = q.pop() else { break };
+                    batch.push(popped);
+                }
+                q.undelivered = q.undelivered.map(|n| n + batch.len() as u64);
                 metrics()
                     .tasks_held
                     .with_label_values(&[&key.0, &key.1])
-                    .set(held as i64);
-                if q.undelivered.unwrap_or(bound) >= bound {
-                    return Ok(());
-                }
-                let Some(popped) = q.pop() else { return Ok(()) };
-                q.undelivered = q.undelivered.map(|n| n + 1);
-                popped
+                    .set(q.held() as i64);
+                batch
             };
-            let (task, trace) = task;
-            if let Err(e) = self.publish_task(&task, trace.clone()).await {
-                let mut queues = self.queues.lock().expect("queues lock");
-                if let Some(q) = queues.queues.get_mut(key) {
-                    q.unpop(task, trace);
-                    q.undelivered = None;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            // Published at once, then recorded: one round trip for the batch, not one each.
+            let sent = futures::future::join_all(
+                batch
+                    .iter()
+                    .map(|(task, trace)| self.send_task(task, trace.clone())),
+            )
+            .await;
+            let mut released = Vec::new();
+            let mut failure = None;
+            for ((task, trace), outcome) in batch.into_iter().zip(sent) {
+                match outcome {
+                    Ok(()) => released.push(task),
+                    Err(e) => {
+                        let mut queues = self.queues.lock().expect("queues lock");
+                        if let Some(q) = queues.queues.get_mut(key) {
+                            q.unpop(task, trace);
+                            q.undelivered = None;
+                        }
+                        failure = Some(e);
+                    }
                 }
+            }
+            self.record_released(&released).await?;
+            if let Some(e) = failure {
                 return Err(e);
             }
         }
@@ -637,6 +679,11 @@ impl Scheduler {
     /// Publishes a task (msg-id = task id, so a repeat after a crash is dropped by the server),
     /// then records it as released.
     async fn publish_task(&self, task: &Task, trace: TraceContext) -> Result<(), RuntimeError> {
+        self.send_task(task, trace).await?;
+        self.record_released(std::slice::from_ref(task)).await
+    }
+
+    async fn send_task(&self, task: &Task, trace: TraceContext) -> Result<(), RuntimeError> {
         let span = tracing::info_span!(
             "release",
             otel.name = "scheduler.release",
@@ -651,33 +698,56 @@ impl Scheduler {
             .publish(subject, task, Some(&task.task_id))
             .instrument(span.clone())
             .await?;
-        let key = plan_key(&task.team, &task.block.chain, task.block.number);
-        let node = task.node;
-        // Recorded in this block's own plan only: after a reorg another block's plan may hold
-        // the key, and a withdrawn block's work is not tracked any more.
-        kv_update::<Plan, _>(&self.plans, &key, |p| {
-            let p = p?;
-            if p.accepted.block.hash != task.block.hash
-                || p.withdrawn.is_some()
-                || p.released.contains(&node)
-            {
-                return None;
-            }
-            let mut p = p.clone();
-            p.released.push(node);
-            Some(p)
-        })
-        .await?;
-        metrics()
-            .tasks_released
-            .with_label_values(&[&task.team])
-            .inc();
-        self.tracker
-            .lock()
-            .expect("tracker lock")
-            .team(&task.team)
-            .released(&task.block.chain, task.block.number, now_ms());
         tracing::debug!(parent: &span, "task released");
+        Ok(())
+    }
+
+    /// Records published tasks as released in their blocks' plans: one write per plan.
+    async fn record_released(&self, tasks: &[Task]) -> Result<(), RuntimeError> {
+        let mut by_plan: HashMap<String, (&Task, Vec<NodeId>)> = HashMap::new();
+        for task in tasks {
+            let key = plan_key(&task.team, &task.block.chain, task.block.number);
+            by_plan
+                .entry(key)
+                .or_insert((task, Vec::new()))
+                .1
+                .push(task.node);
+        }
+        let writes = by_plan.iter().map(|(key, (task, nodes))| {
+            // Recorded in this block's own plan only: after a reorg another block's plan may
+            // hold the key, and a withdrawn block's work is not tracked any more.
+            kv_update::<Plan, _>(&self.plans, key, |p| {
+                let p = p?;
+                let new: Vec<NodeId> = nodes
+                    .iter()
+                    .filter(|n| !p.released.contains(n))
+                    .copied()
+                    .collect();
+                if p.accepted.block.hash != task.block.hash
+                    || p.withdrawn.is_some()
+                    || new.is_empty()
+                {
+                    return None;
+                }
+                let mut p = p.clone();
+                p.released.extend(new);
+                Some(p)
+            })
+        });
+        for written in futures::future::join_all(writes).await {
+            written?;
+        }
+        let now = now_ms();
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        for task in tasks {
+            metrics()
+                .tasks_released
+                .with_label_values(&[&task.team])
+                .inc();
+            tracker
+                .team(&task.team)
+                .released(&task.block.chain, task.block.number, now);
+        }
         Ok(())
     }
 }
@@ -685,6 +755,9 @@ impl Scheduler {
 struct AcceptedHandler(Arc<Scheduler>);
 
 impl Handler for AcceptedHandler {
+    // Blocks and reorg notices arrive on their chain's subject, in order there.
+    const ORDER: Order = Order::PerSubject;
+
     async fn handle(&self, delivery: &Delivery) -> Outcome {
         if delivery.schema.as_deref() == Some(Reorg::SCHEMA) {
             let reorg: Reorg = match delivery.decode() {
@@ -759,6 +832,9 @@ impl ReadyHandler {
 }
 
 impl Handler for ReadyHandler {
+    // Joins and redos arrive on their team's subject.
+    const ORDER: Order = Order::PerSubject;
+
     async fn handle(&self, delivery: &Delivery) -> Outcome {
         if delivery.schema.as_deref() == Some(Redo::SCHEMA) {
             return self.redo(delivery).await;

@@ -89,9 +89,15 @@ impl Topology {
         vec![
             stream(s.stream_blocks(), s.blocks_all(), Retention::Limits),
             stream(s.stream_accepted(), s.accepted_all(), Retention::Limits),
+            // Tasks leave their stream when acked: the scheduler's poison handling and a team's
+            // removal read and purge what is still queued there.
             stream(s.stream_tasks(), s.tasks_all(), Retention::WorkQueue),
-            stream(s.stream_results(), s.results_all(), Retention::WorkQueue),
-            stream(s.stream_ready(), s.ready_all(), Retention::WorkQueue),
+            // Results and joins go to one consumer each. A work queue would delete each message
+            // on its ack, and on nats-server 2.15 a stream drained to empty unlinks its message
+            // block file and creates a new one: a quarter of the server's CPU in the burst
+            // (BENCHMARKS.md). Kept for the stream's age instead; nothing reads them twice.
+            stream(s.stream_results(), s.results_all(), Retention::Limits),
+            stream(s.stream_ready(), s.ready_all(), Retention::Limits),
             stream(s.stream_proofs(), s.proofs_all(), Retention::Limits),
             stream(s.stream_dlq(), s.dlq_all(), Retention::Limits),
             stream(

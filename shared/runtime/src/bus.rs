@@ -483,34 +483,34 @@ pub async fn kv_get<M: WireMessage>(
     Ok(Some((value, entry.revision)))
 }
 
-/// Creates a record if the key is absent. Returns false, writing nothing, if it exists: the
-/// first writer wins.
+/// Creates a record if the key is absent, returning its revision. Returns None, writing
+/// nothing, if it exists: the first writer wins.
 pub async fn kv_create<M: WireMessage>(
     store: &kv::Store,
     key: &str,
     value: &M,
-) -> Result<bool, RuntimeError> {
+) -> Result<Option<u64>, RuntimeError> {
     match store.create(key, Bytes::from(encode(value))).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Ok(revision) => Ok(Some(revision)),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(RuntimeError::nats(format!("create {key}"), e)),
     }
 }
 
-/// Replaces a record at `revision` (compare-and-set). Returns false, writing nothing, if the
-/// record changed since that revision.
+/// Replaces a record at `revision` (compare-and-set), returning the new revision. Returns
+/// None, writing nothing, if the record changed since that revision.
 pub async fn kv_update_at<M: WireMessage>(
     store: &kv::Store,
     key: &str,
     value: &M,
     revision: u64,
-) -> Result<bool, RuntimeError> {
+) -> Result<Option<u64>, RuntimeError> {
     match store
         .update(key, Bytes::from(encode(value)), revision)
         .await
     {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+        Ok(revision) => Ok(Some(revision)),
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
         Err(e) => Err(RuntimeError::nats(format!("update {key}"), e)),
     }
 }
@@ -563,7 +563,7 @@ where
             Some((_, revision)) => kv_update_at(store, key, &next, *revision).await?,
             None => kv_create(store, key, &next).await?,
         };
-        if written {
+        if written.is_some() {
             return Ok((Some(next), true));
         }
     }

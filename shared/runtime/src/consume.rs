@@ -2,10 +2,13 @@
 //! the handler's outcome into an ack kind. Rejections become dead-letter records before the
 //! message is terminated, so bad input is never lost and never blocks the stream.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use push0_protocol::topology::SERVICE_ACK_WAIT;
 use push0_protocol::wire::{DecodeError, WireMessage, decode};
 use push0_protocol::{BlockRef, ConsumerSpec, DeadLetter, DlqReason, SCHEMA_HEADER, now_ms};
@@ -127,17 +130,80 @@ impl Delivery {
     }
 }
 
+/// Which messages of a consumer may be handled at the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// One at a time, in stream order.
+    Stream,
+    /// In stream order per subject, different subjects concurrently. For streams whose subject
+    /// names the domain an order matters in (a chain's blocks, a team's results).
+    PerSubject,
+}
+
 /// Handles one message. Must be idempotent: any message can arrive more than once.
 pub trait Handler: Send + Sync {
+    /// Whether messages on different subjects may be handled concurrently.
+    const ORDER: Order = Order::Stream;
     fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
 }
 
 /// Messages one pull request may deliver ahead of handling.
 const PULL_BATCH: usize = 64;
+/// Messages handled at once under [`Order::PerSubject`] (each on its own subject).
+const MAX_CONCURRENT: usize = 32;
 
-/// Pulls from the consumer `spec` until `shutdown`, handling messages one at a time in stream
-/// order. `kind` names the wire type for metrics. Messages fetched but not handled when
-/// shutdown comes are nak'ed so they are redelivered at once rather than after the ack wait.
+/// Messages waiting for their subject's predecessor, and the subjects being handled.
+#[derive(Default)]
+struct Lanes {
+    busy: HashMap<String, VecDeque<jetstream::Message>>,
+    waiting: usize,
+}
+
+impl Lanes {
+    /// Takes `message` into its subject's lane; returns it if the lane was free to start now.
+    fn admit(&mut self, message: jetstream::Message, order: Order) -> Option<jetstream::Message> {
+        let lane = match order {
+            Order::Stream => String::new(),
+            Order::PerSubject => message.subject.to_string(),
+        };
+        match self.busy.get_mut(&lane) {
+            Some(queue) => {
+                queue.push_back(message);
+                self.waiting += 1;
+                None
+            }
+            None => {
+                self.busy.insert(lane, VecDeque::new());
+                Some(message)
+            }
+        }
+    }
+
+    /// The lane `lane` finished a message: its next one, or the lane closes.
+    fn next(&mut self, lane: &str) -> Option<jetstream::Message> {
+        let queue = self.busy.get_mut(lane)?;
+        match queue.pop_front() {
+            Some(m) => {
+                self.waiting -= 1;
+                Some(m)
+            }
+            None => {
+                self.busy.remove(lane);
+                None
+            }
+        }
+    }
+
+    fn drain_waiting(&mut self) -> Vec<jetstream::Message> {
+        self.waiting = 0;
+        self.busy.values_mut().flat_map(|q| q.drain(..)).collect()
+    }
+}
+
+/// Pulls from the consumer `spec` until `shutdown`, handling messages in stream order, one at a
+/// time or (`H::ORDER`) concurrently across subjects. `kind` names the wire type for metrics.
+/// Messages fetched but not started when shutdown comes are nak'ed so they are redelivered at
+/// once rather than after the ack wait; those being handled are finished first.
 pub async fn consume<H: Handler>(
     bus: &Bus,
     blobs: &BlobStore,
@@ -148,46 +214,77 @@ pub async fn consume<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let consumer = bus.ensure_consumer(spec).await?;
-    let mut backoff = Duration::from_millis(50);
-    'pull: while !shutdown.is_cancelled() {
-        // A short expiry: a pull whose answer is lost is replaced within seconds.
-        let pull = Pull::request(bus, &consumer, PULL_BATCH, None, Duration::from_secs(2)).await;
-        let mut pull = match pull {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(service, consumer = %spec.durable, error = %e, "pull failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'pull,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
+    let limit = match H::ORDER {
+        Order::Stream => 1,
+        Order::PerSubject => MAX_CONCURRENT,
+    };
+    let mut lanes = Lanes::default();
+    let mut running = FuturesUnordered::new();
+    let start = |message: jetstream::Message| {
+        let lane = match H::ORDER {
+            Order::Stream => String::new(),
+            Order::PerSubject => message.subject.to_string(),
         };
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    nak_buffered(&mut pull).await;
-                    break 'pull;
-                }
-                next = pull.next() => next,
-            };
-            match next {
-                Ok(Some(message)) => {
-                    backoff = Duration::from_millis(50);
-                    handle_one(bus, blobs, service, kind, handler, message).await;
-                }
+        async move {
+            handle_one(bus, blobs, service, kind, handler, message).await;
+            lane
+        }
+    };
+    let mut pull: Option<Pull> = None;
+    let mut backoff = Duration::from_millis(50);
+    while !shutdown.is_cancelled() {
+        let room = running.len() + lanes.waiting < limit;
+        if pull.is_none() && room {
+            // A short expiry: a pull whose answer is lost is replaced within seconds.
+            match Pull::request(bus, &consumer, PULL_BATCH, None, Duration::from_secs(2)).await {
+                Ok(p) => pull = Some(p),
                 Err(e) => {
-                    tracing::warn!(service, consumer = %spec.durable, error = %e, "pull ended with an error, re-pulling");
-                    tokio::time::sleep(backoff).await;
+                    tracing::warn!(service, consumer = %spec.durable, error = %e, "pull failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue 'pull;
+                    continue;
                 }
-                Ok(None) => continue 'pull,
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(lane) = running.next(), if !running.is_empty() => {
+                if let Some(m) = lanes.next(String::as_str(&lane)) {
+                    running.push(start(m));
+                }
+            }
+            next = async { pull.as_mut().expect("pull").next().await }, if pull.is_some() && room => {
+                match next {
+                    Ok(Some(message)) => {
+                        backoff = Duration::from_millis(50);
+                        if let Some(m) = lanes.admit(message, H::ORDER) {
+                            running.push(start(m));
+                        }
+                    }
+                    Ok(None) => pull = None,
+                    Err(e) => {
+                        tracing::warn!(service, consumer = %spec.durable, error = %e, "pull ended with an error, re-pulling");
+                        pull = None;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
             }
         }
     }
+    for message in lanes.drain_waiting() {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+    if let Some(mut p) = pull {
+        nak_buffered(&mut p).await;
+    }
+    // What is being handled is finished (each ack follows its side effects); a lane's next
+    // message was nak'ed above.
+    while running.next().await.is_some() {}
     // Acks are fire-and-forget: flush them before the connection goes (NATS.md pitfall 3).
     bus.client
         .flush()

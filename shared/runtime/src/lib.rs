@@ -19,7 +19,7 @@ pub mod verifier;
 pub use blobs::BlobStore;
 pub use bus::{Bus, RuntimeError, kv_create, kv_get, kv_update, kv_update_at, kv_write};
 pub use config::{CommonArgs, LogFormat};
-pub use consume::{Delivery, Handler, Outcome, Rejection, consume};
+pub use consume::{Delivery, Handler, Order, Outcome, Rejection, consume};
 pub use metrics::{Metrics, metrics, serve_metrics};
 pub use registry::{Registry, register_team, remove_team};
 pub use shutdown::shutdown_on_signal;

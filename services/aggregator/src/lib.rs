@@ -11,8 +11,8 @@ use push0_protocol::subjects::{
     block_key, cursor_key, final_key, part_key, plan_key, proof_msg_id, short_hash,
 };
 use push0_protocol::{
-    Blob, BlockProof, BlockState, BlockStatus, Cursor, InvalidCount, NodeId, PartRecord, Plan,
-    Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
+    Blob, BlockProof, BlockRef, BlockState, BlockStatus, Cursor, InvalidCount, NodeId, PartRecord,
+    Plan, Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
@@ -23,6 +23,9 @@ use push0_runtime::{
 use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "aggregator";
+
+/// A publication cursor and a block's status, each with its revision, as read.
+type Head = (Option<(Cursor, u64)>, Option<(BlockStatus, u64)>);
 
 /// A verifier taking longer than this is treated as a failure of the verifier, not the proof.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,6 +140,7 @@ impl Aggregator {
         let root = result.workflow.is_root(result.node);
         let fkey = final_key(&result.team, b);
         let mut final_written = false;
+        let mut head = None;
         let first = match team.checks_proofs() {
             true => kv_get::<PartRecord>(&self.parts, &key)
                 .await?
@@ -154,13 +158,25 @@ impl Aggregator {
                 }
                 // A root's final record is written alongside: it is what the publication
                 // walk reads, and its create settles duplicates the same way.
-                let (part, written) = tokio::join!(kv_create(&self.parts, &key, &record), async {
-                    match root {
-                        true => kv_create(&self.parts, &fkey, &record).await,
-                        false => Ok(None),
+                // So is the head of the publication order, read while the records are written:
+                // the walk starts from it instead of reading it after them.
+                let (part, written, read) = tokio::join!(
+                    kv_create(&self.parts, &key, &record),
+                    async {
+                        match root {
+                            true => kv_create(&self.parts, &fkey, &record).await,
+                            false => Ok(None),
+                        }
+                    },
+                    async {
+                        match root && !team.is_realtime() {
+                            true => Some(self.read_head(&result.team, b).await),
+                            false => None,
+                        }
                     }
-                });
+                );
                 final_written = written?.is_some();
+                head = read.transpose()?;
                 if part?.is_some() {
                     record
                 } else {
@@ -188,7 +204,7 @@ impl Aggregator {
                 self.publish_now(&result.team, &b.chain, b.number, &record)
                     .await?;
             } else {
-                self.publish_in_order(&result.team, &b.chain, &record)
+                self.publish_in_order(&result.team, &b.chain, &record, head)
                     .await?;
             }
         } else {
@@ -315,16 +331,31 @@ impl Aggregator {
         Ok(())
     }
 
+    /// `team`'s publication cursor on `block`'s chain and `block`'s status, read at once.
+    async fn read_head(&self, team: &str, block: &BlockRef) -> Result<Head, RuntimeError> {
+        let (ckey, bkey) = (
+            cursor_key(team, &block.chain),
+            block_key(&block.chain, block.number),
+        );
+        let (cursor, status) = tokio::join!(
+            kv_get::<Cursor>(&self.cursors, &ckey),
+            kv_get::<BlockStatus>(&self.blocks, &bkey)
+        );
+        Ok((cursor?, status?))
+    }
+
     /// Publishes every finished block at the head of (team, chain)'s cursor, moving the cursor
     /// with compare-and-set after each publication. The proof's msg-id makes a publication
     /// repeated after a crash between the two steps harmless. `recorded` is the root just
     /// recorded: most often the block at the cursor, so its status is read alongside the
-    /// cursor and its root is not read back.
+    /// cursor and its root is not read back. `head` is that read, when the caller made it
+    /// already (alongside writing the root).
     async fn publish_in_order(
         &self,
         team: &str,
         chain: &str,
         recorded: &PartRecord,
+        mut head: Option<Head>,
     ) -> Result<(), RuntimeError> {
         let ckey = cursor_key(team, chain);
         let mut hint = Some(recorded);
@@ -333,14 +364,10 @@ impl Aggregator {
         loop {
             let (cursor, guessed) = match (moved.take(), hint) {
                 (Some(c), _) => (Some(c), None),
-                (None, Some(r)) => {
-                    let bkey = block_key(chain, r.block.number);
-                    let (c, g) = tokio::join!(
-                        kv_get::<Cursor>(&self.cursors, &ckey),
-                        kv_get::<BlockStatus>(&self.blocks, &bkey)
-                    );
-                    (c?, g?)
-                }
+                (None, Some(r)) => match head.take() {
+                    Some(read) => read,
+                    None => self.read_head(team, &r.block).await?,
+                },
                 (None, None) => (kv_get::<Cursor>(&self.cursors, &ckey).await?, None),
             };
             let Some((cursor, revision)) = cursor else {

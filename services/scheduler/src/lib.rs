@@ -777,16 +777,22 @@ impl Handler for AcceptedHandler {
             Err(e) => return Outcome::Reject(e.into()),
         };
         let s = &self.0;
-        for team in s.registry.all() {
-            if !team.proves_chain(&accepted.block.chain) {
-                continue;
-            }
-            if let Err(e) = s.plan(&team, &accepted).await {
+        let accepted = &accepted;
+        let teams = s.registry.all();
+        // Teams' plans share no record: planned at once. A redelivery plans again only what
+        // is missing (plans are created once).
+        let plans = teams
+            .iter()
+            .filter(|team| team.proves_chain(&accepted.block.chain))
+            .map(|team| async move { (team, s.plan(team, accepted).await) });
+        let mut outcome = Outcome::Ack;
+        for (team, planned) in futures::future::join_all(plans).await {
+            if let Err(e) = planned {
                 tracing::warn!(team = %team.name, error = %e, "planning failed, will retry");
-                return Outcome::Retry(Duration::from_millis(500));
+                outcome = Outcome::Retry(Duration::from_millis(500));
             }
         }
-        Outcome::Ack
+        outcome
     }
 }
 

@@ -665,8 +665,8 @@ impl Scheduler {
     }
 
     async fn undelivered_on_bus(&self, key: &QueueKey) -> Result<u64, RuntimeError> {
-        let consumers = self.consumers.lock().await;
-        let Some(consumer) = consumers.get(key) else {
+        // Not held across the request: other queues release meanwhile.
+        let Some(consumer) = self.consumers.lock().await.get(key).cloned() else {
             return Ok(0);
         };
         let info = consumer
@@ -704,16 +704,17 @@ impl Scheduler {
 
     /// Records published tasks as released in their blocks' plans: one write per plan.
     async fn record_released(&self, tasks: &[Task]) -> Result<(), RuntimeError> {
-        let mut by_plan: HashMap<String, (&Task, Vec<NodeId>)> = HashMap::new();
+        // By plan and block: after a reorg one batch may hold tasks of both blocks at a height.
+        let mut by_plan: HashMap<(String, &[u8]), (&Task, Vec<NodeId>)> = HashMap::new();
         for task in tasks {
             let key = plan_key(&task.team, &task.block.chain, task.block.number);
             by_plan
-                .entry(key)
+                .entry((key, task.block.hash.as_slice()))
                 .or_insert((task, Vec::new()))
                 .1
                 .push(task.node);
         }
-        let writes = by_plan.iter().map(|(key, (task, nodes))| {
+        let writes = by_plan.iter().map(|((key, _), (task, nodes))| {
             // Recorded in this block's own plan only: after a reorg another block's plan may
             // hold the key, and a withdrawn block's work is not tracked any more.
             kv_update::<Plan, _>(&self.plans, key, |p| {

@@ -12,6 +12,7 @@ use futures::stream::FuturesUnordered;
 use push0_protocol::topology::SERVICE_ACK_WAIT;
 use push0_protocol::wire::{DecodeError, WireMessage, decode};
 use push0_protocol::{BlockRef, ConsumerSpec, DeadLetter, DlqReason, SCHEMA_HEADER, now_ms};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -202,8 +203,8 @@ impl Lanes {
 
 /// Pulls from the consumer `spec` until `shutdown`, handling messages in stream order, one at a
 /// time or (`H::ORDER`) concurrently across subjects. `kind` names the wire type for metrics.
-/// Messages fetched but not started when shutdown comes are nak'ed so they are redelivered at
-/// once rather than after the ack wait; those being handled are finished first.
+/// Messages being handled when shutdown comes are finished; those fetched but not started are
+/// then nak'ed, so they are redelivered at once rather than after the ack wait.
 pub async fn consume<H: Handler>(
     bus: &Bus,
     blobs: &BlobStore,
@@ -232,20 +233,21 @@ pub async fn consume<H: Handler>(
     };
     let mut pull: Option<Pull> = None;
     let mut backoff = Duration::from_millis(50);
+    // After a failed pull, when to pull again. Waiting is a branch of the select below, so the
+    // handlers already running keep going meanwhile.
+    let mut resume_at: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         let room = running.len() + lanes.waiting < limit;
-        if pull.is_none() && room {
+        let may_pull = resume_at.is_none_or(|at| Instant::now() >= at);
+        if pull.is_none() && room && may_pull {
+            resume_at = None;
             // A short expiry: a pull whose answer is lost is replaced within seconds.
             match Pull::request(bus, &consumer, PULL_BATCH, None, Duration::from_secs(2)).await {
                 Ok(p) => pull = Some(p),
                 Err(e) => {
                     tracing::warn!(service, consumer = %spec.durable, error = %e, "pull failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
+                    resume_at = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
                 }
             }
         }
@@ -269,22 +271,24 @@ pub async fn consume<H: Handler>(
                     Err(e) => {
                         tracing::warn!(service, consumer = %spec.durable, error = %e, "pull ended with an error, re-pulling");
                         pull = None;
-                        tokio::time::sleep(backoff).await;
+                        resume_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }
+            _ = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now)), if pull.is_none() && resume_at.is_some() => {}
         }
     }
+    // What is being handled is finished first (each ack follows its side effects), so a
+    // standby never handles a message while its predecessor on the subject is still running
+    // here; then what waited, or was delivered but not started, is handed back.
+    while running.next().await.is_some() {}
     for message in lanes.drain_waiting() {
         let _ = message.ack_with(AckKind::Nak(None)).await;
     }
     if let Some(mut p) = pull {
         nak_buffered(&mut p).await;
     }
-    // What is being handled is finished (each ack follows its side effects); a lane's next
-    // message was nak'ed above.
-    while running.next().await.is_some() {}
     // Acks are fire-and-forget: flush them before the connection goes (NATS.md pitfall 3).
     bus.client
         .flush()

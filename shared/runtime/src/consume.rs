@@ -153,6 +153,14 @@ const PULL_BATCH: usize = 64;
 /// Messages handled at once under [`Order::PerSubject`] (each on its own subject).
 const MAX_CONCURRENT: usize = 32;
 
+/// The lane a message is handled in: its subject, or one lane for the whole stream.
+fn lane_of(message: &jetstream::Message, order: Order) -> String {
+    match order {
+        Order::Stream => String::new(),
+        Order::PerSubject => message.subject.to_string(),
+    }
+}
+
 /// Messages waiting for their subject's predecessor, and the subjects being handled.
 #[derive(Default)]
 struct Lanes {
@@ -163,10 +171,7 @@ struct Lanes {
 impl Lanes {
     /// Takes `message` into its subject's lane; returns it if the lane was free to start now.
     fn admit(&mut self, message: jetstream::Message, order: Order) -> Option<jetstream::Message> {
-        let lane = match order {
-            Order::Stream => String::new(),
-            Order::PerSubject => message.subject.to_string(),
-        };
+        let lane = lane_of(&message, order);
         match self.busy.get_mut(&lane) {
             Some(queue) => {
                 queue.push_back(message);
@@ -222,10 +227,7 @@ pub async fn consume<H: Handler>(
     let mut lanes = Lanes::default();
     let mut running = FuturesUnordered::new();
     let start = |message: jetstream::Message| {
-        let lane = match H::ORDER {
-            Order::Stream => String::new(),
-            Order::PerSubject => message.subject.to_string(),
-        };
+        let lane = lane_of(&message, H::ORDER);
         async move {
             handle_one(bus, blobs, service, kind, handler, message).await;
             lane

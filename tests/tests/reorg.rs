@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use push0::source::{make_block, submit};
+use push0_protocol::subjects::block_key;
 use push0_protocol::{
-    BlockProof, BlockSubmission, DlqReason, MSG_ID_HEADER, SCHEMA_HEADER, TeamConfig, WireMessage,
-    encode,
+    BlockProof, BlockState, BlockStatus, BlockSubmission, DlqReason, MSG_ID_HEADER, SCHEMA_HEADER,
+    TeamConfig, WireMessage, encode,
 };
 use push0_runtime::metrics;
 use push0_tests::*;
@@ -100,18 +101,45 @@ async fn reorg_orphans_the_old_branch_and_proves_the_new_one() -> anyhow::Result
         submit(&env.bus, b).await?;
     }
     wait_for_proofs(&env, None, 14, "fork B's blocks 3 and 4").await?;
+
+    // A child of fork A's orphaned block 5, at a height no block reached yet: off the chain.
+    // It is dead-lettered and its record says orphaned, so fork B's block 6 is accepted there.
+    let fork_a6 = fork_block("a", 2, 6);
+    submit(&env.bus, &fork_a6).await?;
+    eventually(
+        Duration::from_secs(10),
+        "fork A's block 6 dead-lettered",
+        || async { (dead_letters(&env.bus).await.ok()?.len() == 2).then_some(()) },
+    )
+    .await?;
+    let blocks = env.bus.kv(&env.bus.subjects.bucket_blocks()).await?;
+    let (status, _) = push0_runtime::kv_get::<BlockStatus>(&blocks, &block_key(CHAIN, 6))
+        .await?
+        .expect("a record of fork A's block 6");
+    assert_eq!(
+        (status.state, status.block.hash.as_slice()),
+        (BlockState::Orphaned, fork_a6.hash.as_slice()),
+        "fork A's block 6 is recorded as off the chain"
+    );
+    let fork_b56: Vec<BlockSubmission> = (5..=6).map(|n| fork_block("b", 3, n)).collect();
+    for b in &fork_b56 {
+        submit(&env.bus, b).await?;
+    }
+    wait_for_proofs(&env, None, 18, "fork B's blocks 5 and 6").await?;
+    fork_b.extend(fork_b56);
     let proofs = all_proofs(&env.bus, Duration::from_secs(2)).await?;
 
     let hashes = |blocks: &[&BlockSubmission]| -> Vec<(u64, Vec<u8>)> {
         blocks.iter().map(|b| (b.number, b.hash.clone())).collect()
     };
     let expected = hashes(&[
-        &main[0], &fork_a[0], &fork_a[1], &fork_a[2], &fork_a5, &fork_b[0], &fork_b[1],
+        &main[0], &fork_a[0], &fork_a[1], &fork_a[2], &fork_a5, &fork_b[0], &fork_b[1], &fork_b[2],
+        &fork_b[3],
     ]);
     for (team, got) in published(&proofs) {
         assert_eq!(got, expected, "team {team}: the chain's blocks, in order");
     }
-    assert_eq!(proofs.len(), 14, "{:#?}", published(&proofs));
+    assert_eq!(proofs.len(), 18, "{:#?}", published(&proofs));
     // Each proof is of the new block's own payload.
     let payloads: BTreeMap<Vec<u8>, Vec<u8>> = main
         .iter()
@@ -127,11 +155,15 @@ async fn reorg_orphans_the_old_branch_and_proves_the_new_one() -> anyhow::Result
 
     let dlq = dead_letters(&env.bus).await?;
     assert_eq!(
-        dlq.iter().map(|d| d.reason).collect::<Vec<_>>(),
-        vec![DlqReason::Orphaned],
-        "only the resubmitted orphan is dead-lettered: {dlq:#?}"
+        dlq.iter()
+            .map(|d| (d.reason, d.block.as_ref().map(|b| b.number)))
+            .collect::<Vec<_>>(),
+        vec![
+            (DlqReason::Orphaned, Some(3)),
+            (DlqReason::Orphaned, Some(6))
+        ],
+        "only the resubmitted orphan and fork A's block 6 are dead-lettered: {dlq:#?}"
     );
-    assert_eq!(dlq[0].block.as_ref().map(|b| b.number), Some(3));
 
     let m = metrics();
     for team in ["seq", "wide"] {

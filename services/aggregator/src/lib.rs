@@ -2,6 +2,8 @@
 //! an aggregation's inputs are complete, and publishes each block's proof exactly once, in block
 //! order per (team, chain): a proof that finishes early waits for its predecessors.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -42,6 +44,7 @@ pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeErr
         plans: bus.kv(&bus.subjects.bucket_plans()).await?,
         bus: bus.clone(),
         registry,
+        walks: Walks::default(),
     };
     let spec = bus.topology.aggregator_consumer();
     consume(
@@ -64,11 +67,14 @@ struct Aggregator {
     blocks: kv::Store,
     cursors: kv::Store,
     plans: kv::Store,
+    walks: Walks,
 }
 
 impl Handler for Aggregator {
-    // Results arrive on their team's subject; teams share no record.
-    const ORDER: Order = Order::PerSubject;
+    // Results are handled as they come: a part is recorded by a create (the first stands), a
+    // join is signalled under a msg-id by whichever sibling sees all of them recorded, and the
+    // publication walk moves its cursor by compare-and-set.
+    const ORDER: Order = Order::Unordered;
 
     async fn handle(&self, delivery: &Delivery) -> Outcome {
         let result: TaskResult = match delivery.decode() {
@@ -344,21 +350,42 @@ impl Aggregator {
         Ok((cursor?, status?))
     }
 
+    /// Walks (team, chain)'s publication order, unless a walk of it is running here already:
+    /// then that walk is asked to look once more, which finds the root just recorded. Either
+    /// way the root is durable before its result is acked, and the walk that publishes it is
+    /// owed to a result not yet acked (redelivered if this process dies).
+    async fn publish_in_order(
+        &self,
+        team: &str,
+        chain: &str,
+        recorded: &PartRecord,
+        head: Option<Head>,
+    ) -> Result<(), RuntimeError> {
+        let Some(mut walk) = self.walks.start(cursor_key(team, chain)) else {
+            return Ok(());
+        };
+        self.walk(team, chain, Some(recorded), head).await?;
+        while walk.again() {
+            self.walk(team, chain, None, None).await?;
+        }
+        Ok(())
+    }
+
     /// Publishes every finished block at the head of (team, chain)'s cursor, moving the cursor
     /// with compare-and-set after each publication. The proof's msg-id makes a publication
     /// repeated after a crash between the two steps harmless. `recorded` is the root just
     /// recorded: most often the block at the cursor, so its status is read alongside the
     /// cursor and its root is not read back. `head` is that read, when the caller made it
     /// already (alongside writing the root).
-    async fn publish_in_order(
+    async fn walk(
         &self,
         team: &str,
         chain: &str,
-        recorded: &PartRecord,
+        recorded: Option<&PartRecord>,
         mut head: Option<Head>,
     ) -> Result<(), RuntimeError> {
         let ckey = cursor_key(team, chain);
-        let mut hint = Some(recorded);
+        let mut hint = recorded;
         // The cursor this walk last wrote, with its revision: not read back.
         let mut moved: Option<(Cursor, u64)> = None;
         loop {
@@ -528,5 +555,83 @@ impl Aggregator {
             "block proof published"
         );
         Ok(())
+    }
+}
+
+/// The publication walks running in this process, by cursor key, each with whether a root
+/// recorded meanwhile asked it to look again.
+#[derive(Default)]
+struct Walks(Mutex<HashMap<String, bool>>);
+
+impl Walks {
+    /// Starts the walk of `key`, or returns None after asking the running one to look again.
+    fn start(&self, key: String) -> Option<Walk<'_>> {
+        let mut walks = self.0.lock().expect("walks lock");
+        if let Some(again) = walks.get_mut(&key) {
+            *again = true;
+            return None;
+        }
+        walks.insert(key.clone(), false);
+        Some(Walk {
+            walks: self,
+            key,
+            ended: false,
+        })
+    }
+}
+
+/// A running walk; it ends when [`Walk::again`] says so, or (on an error) when dropped.
+struct Walk<'a> {
+    walks: &'a Walks,
+    key: String,
+    ended: bool,
+}
+
+impl Walk<'_> {
+    /// Whether the walk must look again (clearing the request); if not, the walk ends here, in
+    /// the same step, so no request can come in between and be missed.
+    fn again(&mut self) -> bool {
+        let mut walks = self.walks.0.lock().expect("walks lock");
+        if walks.get(&self.key) == Some(&true) {
+            walks.insert(self.key.clone(), false);
+            return true;
+        }
+        walks.remove(&self.key);
+        self.ended = true;
+        false
+    }
+}
+
+impl Drop for Walk<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.walks.0.lock().expect("walks lock").remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Walks;
+
+    #[test]
+    fn a_walk_asked_while_running_looks_again_then_ends() {
+        let walks = Walks::default();
+        let mut walk = walks.start("t.eth".into()).expect("no walk runs yet");
+        assert!(walks.start("t.eth".into()).is_none(), "one walk per cursor");
+        assert!(walks.start("u.eth".into()).is_some(), "other cursors walk apart");
+        assert!(walk.again(), "a root recorded meanwhile is looked for");
+        assert!(!walk.again(), "the request was cleared");
+        let next = walks.start("t.eth".into());
+        assert!(next.is_some(), "an ended walk makes room for the next");
+    }
+
+    #[test]
+    fn a_failed_walk_makes_room_when_dropped() {
+        let walks = Walks::default();
+        let walk = walks.start("t.eth".into());
+        assert!(walk.is_some());
+        drop(walk);
+        assert!(walks.start("t.eth".into()).is_some());
     }
 }

@@ -10,9 +10,12 @@ struct Args {
     common: push0_runtime::CommonArgs,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    push0_runtime::service::runtime(&args.common).block_on(serve(args));
+}
+
+async fn serve(args: Args) {
     let result = async {
         let started =
             push0_runtime::service::start(push0_aggregator::SERVICE, &args.common).await?;

@@ -155,13 +155,14 @@ impl Ingest {
         delivered: i64,
     ) -> Result<Outcome, RuntimeError> {
         let key = block_key(&block.chain, block.number);
-        // The parent's record is read alongside (no added latency): a block whose parent a
-        // reorg orphaned is itself off the chain.
-        let (own, parent) = tokio::join!(
-            kv_get::<BlockStatus>(&self.blocks, &key),
+        // Most blocks are new: their record is created while the parent's is read (one round
+        // trip for both), and the block's own record is read only when one exists already.
+        let fresh = fresh_status(&submission, &block, submitted_at_ms, None);
+        let (created, parent) = tokio::join!(
+            kv_create(&self.blocks, &key, &fresh),
             self.parent_of(&block)
         );
-        let parent = parent?;
+        let (created, parent) = (created?, parent?);
         if let Some(p) = &parent {
             let parent_orphaned = (p.state == BlockState::Orphaned
                 && p.block.hash == submission.parent_hash)
@@ -169,20 +170,28 @@ impl Ingest {
                     .iter()
                     .any(|h| h.as_slice() == submission.parent_hash);
             if parent_orphaned {
+                // A block a reorg left off the chain: the record just made says so, so a
+                // resubmission is recognised and the height stays free for the new branch.
+                // (Left as received, by a crash here, the new branch's block at this height
+                // orphans it as a reorg would.)
+                if let Some(revision) = created {
+                    let off_chain = BlockStatus {
+                        state: BlockState::Orphaned,
+                        ..fresh
+                    };
+                    kv_update_at(&self.blocks, &key, &off_chain, revision).await?;
+                }
                 return Ok(Outcome::Reject(orphaned(&block)));
             }
         }
         // The revision `status` was read or written at, while it is known.
-        let (status, mut revision) = match own? {
-            Some((status, revision)) => (status, Some(revision)),
-            None => {
-                let fresh = fresh_status(&submission, &block, submitted_at_ms, None);
-                let Some(revision) = kv_create(&self.blocks, &key, &fresh).await? else {
-                    // Another ingest instance recorded it in between: decide on the next delivery.
-                    return Ok(Outcome::Retry(Duration::from_millis(50)));
-                };
-                (fresh, Some(revision))
-            }
+        let (status, mut revision) = match created {
+            Some(revision) => (fresh, Some(revision)),
+            None => match kv_get::<BlockStatus>(&self.blocks, &key).await? {
+                Some((status, revision)) => (status, Some(revision)),
+                // Gone since the create found it (expired): decide on the next delivery.
+                None => return Ok(Outcome::Retry(Duration::from_millis(50))),
+            },
         };
         let status = if status.block.hash == block.hash {
             if status.state == BlockState::Orphaned {

@@ -18,9 +18,12 @@ struct Args {
     inline_threshold: usize,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    push0_runtime::service::runtime(&args.common).block_on(serve(args));
+}
+
+async fn serve(args: Args) {
     let config = push0_ingest::Config {
         max_payload: args.max_payload,
         inline_threshold: args.inline_threshold,

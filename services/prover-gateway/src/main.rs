@@ -99,9 +99,12 @@ struct Args {
     inline_threshold: usize,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    push0_runtime::service::runtime(&args.common).block_on(serve(args));
+}
+
+async fn serve(args: Args) {
     let prover = match args.prover {
         ProverKind::Sim => Prover::Sim(SimProver {
             latency: args.sim_latency.clone(),

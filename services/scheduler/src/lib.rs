@@ -719,11 +719,15 @@ impl Scheduler {
             // hold the key, and a withdrawn block's work is not tracked any more.
             kv_update::<Plan, _>(&self.plans, key, |p| {
                 let p = p?;
-                let new: Vec<NodeId> = nodes
+                // A join signalled twice may be in the batch twice (its msg-id made the second
+                // publication a no-op): recorded once.
+                let mut new: Vec<NodeId> = nodes
                     .iter()
                     .filter(|n| !p.released.contains(n))
                     .copied()
                     .collect();
+                new.sort_unstable();
+                new.dedup();
                 if p.accepted.block.hash != task.block.hash
                     || p.withdrawn.is_some()
                     || new.is_empty()
@@ -839,8 +843,9 @@ impl ReadyHandler {
 }
 
 impl Handler for ReadyHandler {
-    // Joins and redos arrive on their team's subject.
-    const ORDER: Order = Order::PerSubject;
+    // Joins and redos are independent of each other: each only queues a task, whose msg-id
+    // settles a join signalled twice.
+    const ORDER: Order = Order::Unordered;
 
     async fn handle(&self, delivery: &Delivery) -> Outcome {
         if delivery.schema.as_deref() == Some(Redo::SCHEMA) {

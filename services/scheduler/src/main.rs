@@ -39,9 +39,12 @@ struct Args {
     alert_miss_window: Duration,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
+    push0_runtime::service::runtime(&args.common).block_on(serve(args));
+}
+
+async fn serve(args: Args) {
     let teams = match &args.teams {
         None => None,
         Some(path) => match std::fs::read_to_string(path) {

@@ -31,4 +31,10 @@ pub struct CommonArgs {
     /// Log format
     #[arg(long, env = "PUSH0_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Threads of the service's async runtime. A service's work is waiting on its one NATS
+    /// connection, and on a single thread it costs less CPU than handing each reply between
+    /// threads (BENCHMARKS.md); raise it where one service must use several cores
+    #[arg(long, env = "PUSH0_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
 }

@@ -139,6 +139,8 @@ pub enum Order {
     /// In stream order per subject, different subjects concurrently. For streams whose subject
     /// names the domain an order matters in (a chain's blocks, a team's results).
     PerSubject,
+    /// Concurrently, in no order: for handlers whose records settle races themselves.
+    Unordered,
 }
 
 /// Handles one message. Must be idempotent: any message can arrive more than once.
@@ -150,13 +152,15 @@ pub trait Handler: Send + Sync {
 
 /// Messages one pull request may deliver ahead of handling.
 const PULL_BATCH: usize = 64;
-/// Messages handled at once under [`Order::PerSubject`] (each on its own subject).
+/// Messages handled at once under [`Order::PerSubject`] (each on its own subject) and
+/// [`Order::Unordered`].
 const MAX_CONCURRENT: usize = 32;
 
-/// The lane a message is handled in: its subject, or one lane for the whole stream.
+/// The lane a message is handled in: its subject, or one lane for the whole stream (unordered
+/// messages take none).
 fn lane_of(message: &jetstream::Message, order: Order) -> String {
     match order {
-        Order::Stream => String::new(),
+        Order::Stream | Order::Unordered => String::new(),
         Order::PerSubject => message.subject.to_string(),
     }
 }
@@ -171,6 +175,9 @@ struct Lanes {
 impl Lanes {
     /// Takes `message` into its subject's lane; returns it if the lane was free to start now.
     fn admit(&mut self, message: jetstream::Message, order: Order) -> Option<jetstream::Message> {
+        if order == Order::Unordered {
+            return Some(message);
+        }
         let lane = lane_of(&message, order);
         match self.busy.get_mut(&lane) {
             Some(queue) => {
@@ -222,7 +229,7 @@ pub async fn consume<H: Handler>(
     let consumer = bus.ensure_consumer(spec).await?;
     let limit = match H::ORDER {
         Order::Stream => 1,
-        Order::PerSubject => MAX_CONCURRENT,
+        Order::PerSubject | Order::Unordered => MAX_CONCURRENT,
     };
     let mut lanes = Lanes::default();
     let mut running = FuturesUnordered::new();

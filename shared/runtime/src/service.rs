@@ -14,6 +14,23 @@ pub struct Started {
     pub telemetry: TelemetryGuard,
 }
 
+/// The async runtime a service binary runs on: one thread unless `--worker-threads` asks for
+/// more.
+pub fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
+    let threads = usize::from(common.worker_threads);
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build().unwrap_or_else(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        std::process::exit(1)
+    })
+}
+
 /// How long a service keeps retrying the topology at start before it gives up.
 const TOPOLOGY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -31,6 +31,8 @@ type Head = (Option<(Cursor, u64)>, Option<(BlockStatus, u64)>);
 
 /// A verifier taking longer than this is treated as a failure of the verifier, not the proof.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Proofs a walk publishes before it writes the cursor: what a crash may publish again.
+const MAX_RUN: u64 = 32;
 
 /// Runs the aggregator until `shutdown`.
 pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeError> {
@@ -371,12 +373,12 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Publishes every finished block at the head of (team, chain)'s cursor, moving the cursor
-    /// with compare-and-set after each publication. The proof's msg-id makes a publication
-    /// repeated after a crash between the two steps harmless. `recorded` is the root just
-    /// recorded: most often the block at the cursor, so its status is read alongside the
-    /// cursor and its root is not read back. `head` is that read, when the caller made it
-    /// already (alongside writing the root).
+    /// Publishes every finished block at the head of (team, chain)'s cursor, in runs: each
+    /// block's proof is published while the next block's status is read, and the cursor moves
+    /// once per run, by compare-and-set. The proofs' msg-ids make a run repeated after a crash
+    /// before its cursor write harmless. `recorded` is the root just recorded: most often the
+    /// block at the cursor, so its status is read alongside the cursor and its root is not read
+    /// back. `head` is that read, when the caller made it already (alongside writing the root).
     async fn walk(
         &self,
         team: &str,
@@ -401,42 +403,71 @@ impl Aggregator {
                 // The scheduler creates the cursor before releasing any task of the chain.
                 return Ok(());
             };
-            let number = cursor.next;
-            let status = match guessed {
+            let mut number = cursor.next;
+            let mut status = match guessed {
                 Some((s, _)) if s.block.number == number => Some(s),
-                _ => kv_get::<BlockStatus>(&self.blocks, &block_key(chain, number))
-                    .await?
-                    .map(|(s, _)| s),
+                _ => self.status(chain, number).await?,
             };
-            // The block on the chain at the cursor, as ingest records it: after a reorg only
-            // the new block's root is looked for, so an orphan's proof is never published.
-            let block = match status {
-                Some(s) if s.state == BlockState::Orphaned => return Ok(()),
-                Some(s) => s.block,
-                // The record expired (a block that waited a day): the plan names the block.
-                None => match kv_get::<Plan>(&self.plans, &plan_key(team, chain, number)).await? {
-                    Some((p, _)) if p.withdrawn.is_none() => p.accepted.block,
-                    _ => return Ok(()),
-                },
+            let mut run = 0;
+            let finished = loop {
+                if run == MAX_RUN {
+                    break false;
+                }
+                // The block on the chain at the cursor, as ingest records it: after a reorg
+                // only the new block's root is looked for, so an orphan's proof is never
+                // published.
+                let block = match status.take() {
+                    Some(s) if s.state == BlockState::Orphaned => break true,
+                    Some(s) => s.block,
+                    // The record expired (a block that waited a day): the plan names it.
+                    None => {
+                        match kv_get::<Plan>(&self.plans, &plan_key(team, chain, number)).await? {
+                            Some((p, _)) if p.withdrawn.is_none() => p.accepted.block,
+                            _ => break true,
+                        }
+                    }
+                };
+                let root = match hint.take() {
+                    Some(r) if r.block == block => r.clone(),
+                    _ => match kv_get::<PartRecord>(&self.parts, &final_key(team, &block)).await? {
+                        Some((root, _)) => root,
+                        None => break true,
+                    },
+                };
+                let (sent, next) = tokio::join!(
+                    self.publish_proof(team, chain, number, &root),
+                    self.status(chain, number + 1)
+                );
+                sent?;
+                status = next?;
+                number += 1;
+                run += 1;
             };
-            let root = match hint.take() {
-                Some(r) if r.block == block => r.clone(),
-                _ => match kv_get::<PartRecord>(&self.parts, &final_key(team, &block)).await? {
-                    Some((root, _)) => root,
-                    None => return Ok(()),
-                },
-            };
-            self.publish_proof(team, chain, number, &root).await?;
+            if run == 0 {
+                return Ok(());
+            }
             // At the revision read above; if another writer moved it meanwhile (a concurrent
             // walk, a reorg's rewind), the next round reads it again.
             let next = Cursor {
-                next: number + 1,
-                published: cursor.published + 1,
+                next: number,
+                published: cursor.published + run,
             };
             moved = kv_update_at(&self.cursors, &ckey, &next, revision)
                 .await?
                 .map(|revision| (next, revision));
+            if finished && moved.is_some() {
+                return Ok(());
+            }
         }
+    }
+
+    /// The status ingest recorded for `chain`'s block `number`.
+    async fn status(&self, chain: &str, number: u64) -> Result<Option<BlockStatus>, RuntimeError> {
+        Ok(
+            kv_get::<BlockStatus>(&self.blocks, &block_key(chain, number))
+                .await?
+                .map(|(s, _)| s),
+        )
     }
 
     /// Realtime teams: the proof goes out as soon as it exists, unless the scheduler withdrew
@@ -619,7 +650,10 @@ mod tests {
         let walks = Walks::default();
         let mut walk = walks.start("t.eth".into()).expect("no walk runs yet");
         assert!(walks.start("t.eth".into()).is_none(), "one walk per cursor");
-        assert!(walks.start("u.eth".into()).is_some(), "other cursors walk apart");
+        assert!(
+            walks.start("u.eth".into()).is_some(),
+            "other cursors walk apart"
+        );
         assert!(walk.again(), "a root recorded meanwhile is looked for");
         assert!(!walk.again(), "the request was cleared");
         let next = walks.start("t.eth".into());

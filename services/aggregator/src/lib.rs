@@ -262,6 +262,12 @@ impl Aggregator {
             .invalid_proofs
             .with_label_values(&[&result.team, &result.gateway])
             .inc();
+        // Results are handled concurrently: if a valid result of the node was recorded
+        // meanwhile, it stands, and the node needs no new run.
+        if kv_get::<PartRecord>(&self.parts, key).await?.is_some() {
+            tracing::warn!(team = %result.team, gateway = %result.gateway, task = %result.task_id, reason = %reason, "proof rejected; the node has a valid one");
+            return Ok(Outcome::Ack);
+        }
         let counted = kv_update::<InvalidCount, _>(&self.parts, &format!("{key}.invalid"), |c| {
             Some(InvalidCount {
                 count: c.map_or(0, |c| c.count) + 1,
@@ -408,9 +414,12 @@ impl Aggregator {
                 Some((s, _)) if s.block.number == number => Some(s),
                 _ => self.status(chain, number).await?,
             };
+            // Until a proof is out, the scheduler may still move the start down (a lower block
+            // planned late): the first proof is written to the cursor on its own.
+            let max_run = if cursor.published == 0 { 1 } else { MAX_RUN };
             let mut run = 0;
             let finished = loop {
-                if run == MAX_RUN {
+                if run == max_run {
                     break false;
                 }
                 // The block on the chain at the cursor, as ingest records it: after a reorg

@@ -170,14 +170,21 @@ impl Ingest {
                     .iter()
                     .any(|h| h.as_slice() == submission.parent_hash);
             if parent_orphaned {
-                // A block a reorg left off the chain: the record just made says so, so a
+                // A block a reorg left off the chain: its record (just made, or left as
+                // received by an earlier delivery that stopped here) says so, so a
                 // resubmission is recognised and the height stays free for the new branch.
-                // (Left as received, by a crash here, the new branch's block at this height
-                // orphans it as a reorg would.)
-                if let Some(revision) = created {
+                let own = match created {
+                    Some(revision) => Some((fresh, revision)),
+                    None => kv_get::<BlockStatus>(&self.blocks, &key)
+                        .await?
+                        .filter(|(s, _)| {
+                            s.block.hash == block.hash && s.state == BlockState::Received
+                        }),
+                };
+                if let Some((status, revision)) = own {
                     let off_chain = BlockStatus {
                         state: BlockState::Orphaned,
-                        ..fresh
+                        ..status
                     };
                     kv_update_at(&self.blocks, &key, &off_chain, revision).await?;
                 }

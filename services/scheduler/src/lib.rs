@@ -311,16 +311,20 @@ impl Scheduler {
             if team.is_realtime() {
                 continue;
             }
-            let rewound =
-                kv_write::<Cursor, _>(&self.cursors, &cursor_key(&team.name, chain), |c| match c {
-                    Some(c) if c.next > fork => Some(Cursor {
-                        next: fork,
-                        published: c.published,
-                    }),
-                    _ => None,
+            // Written even when the cursor is not past the fork: a walk that read it before
+            // ingest marked the orphans may be publishing a run past the fork right now. The
+            // new revision fails that walk's cursor write, and it reads the cursor again.
+            let mut rewound = false;
+            kv_write::<Cursor, _>(&self.cursors, &cursor_key(&team.name, chain), |c| {
+                let c = c?;
+                rewound = c.next > fork;
+                Some(Cursor {
+                    next: c.next.min(fork),
+                    published: c.published,
                 })
-                .await?;
-            if rewound.is_some() {
+            })
+            .await?;
+            if rewound {
                 tracing::warn!(team = %team.name, chain, fork, "publication goes back to the fork height");
             }
         }

@@ -6,9 +6,12 @@ evening"), then:
 
     PYTHONPATH=.tools/pyclient python3 loadtest/stream_times.py nats://127.0.0.1:4333
 
-It picks the run whose PROOFS stream is largest (or the prefix given as a second argument),
-reads every message's time from ACCEPTED, RESULTS and PROOFS, takes the block number from
-each msg-id, and prints: when blocks were accepted, how results arrived per second, and how
+(.tools/pyclient is installed by .ci/install-tools.)
+
+It picks the latest run (or the stream prefix given as a second argument, e.g. `TABCDEF0123_`),
+reads every message's time from ACCEPTED, RESULTS and PROOFS, and prints: when blocks were
+accepted (by arrival order), how results arrived per second, and, from the block numbers in
+the msg-ids, how
 far each team's proofs ran behind its results (the publication walk's lag).
 """
 
@@ -24,6 +27,8 @@ async def times(nc, stream):
     """(subject, msg-id, unix seconds) of every message in `stream`."""
     info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", b"")).data)
     state = info["state"]
+    if state["messages"] == 0:
+        return []
     js = nc.jetstream()
     out = []
     for seq in range(state["first_seq"], state["last_seq"] + 1):
@@ -33,9 +38,9 @@ async def times(nc, stream):
 
 
 def number(msg_id):
-    # result/<team>/<chain>/<number>/…, proof/<team>/<chain>/<number>/…, block/<chain>/<number>/…
-    digits = [p for p in msg_id.split("/") if p.isdigit()]
-    return int(digits[0]) if digits else None
+    # result/<team>/<chain>/<number>/… and proof/<team>/<chain>/<number>/…
+    parts = msg_id.split("/")
+    return int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else None
 
 
 async def main():
@@ -45,11 +50,15 @@ async def main():
         prefix = sys.argv[2]
     else:
         names = json.loads((await nc.request("$JS.API.STREAM.NAMES", b"{}")).data)["streams"]
-        sizes = {}
+        # The latest run: the PROOFS stream written to last.
+        latest = {}
         for name in (n for n in names if n.endswith("_PROOFS")):
             info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"")).data)
-            sizes[name[: -len("PROOFS")]] = info["state"]["messages"]
-        prefix = max(sizes, key=sizes.get)
+            if info["state"]["messages"]:
+                latest[name[: -len("PROOFS")]] = info["state"]["last_ts"]
+        if not latest:
+            sys.exit("no run with proofs on this server")
+        prefix = max(latest, key=latest.get)
     accepted = await times(nc, prefix + "ACCEPTED")
     results = await times(nc, prefix + "RESULTS")
     proofs = await times(nc, prefix + "PROOFS")
@@ -82,28 +91,37 @@ async def main():
     for second in sorted(per_second):
         print(f"| {second} | {per_second[second]} |")
 
+    # One chain per harness run: keyed by team and block number.
     result_at = defaultdict(dict)
     for _, msg_id, t in results:
-        parts = msg_id.split("/")
-        result_at[parts[1]][number(msg_id)] = t
+        if number(msg_id) is not None:
+            result_at[msg_id.split("/")[1]][number(msg_id)] = t
     print("\n| team | last result | last proof | walk lag p50 | walk lag max |")
     print("|---|---|---|---|---|")
     proof_at = defaultdict(dict)
     for _, msg_id, t in proofs:
-        proof_at[msg_id.split("/")[1]][number(msg_id)] = t
+        if number(msg_id) is not None:
+            proof_at[msg_id.split("/")[1]][number(msg_id)] = t
     for team in sorted(proof_at):
         # A proof can go out once its own and every lower block's result is in: its lag is
         # how long after that it went.
-        lags, ready = [], 0.0
+        lags, ready, unmatched = [], 0.0, 0
         for n in sorted(proof_at[team]):
-            ready = max(ready, result_at[team].get(n, ready))
+            if n not in result_at[team]:
+                unmatched += 1
+                continue
+            ready = max(ready, result_at[team][n])
             lags.append(proof_at[team][n] - ready)
+        if not lags:
+            print(f"| {team} | - | - | - | - |")
+            continue
         lags.sort()
         last_result = max(result_at[team].values()) - t0
         last_proof = max(proof_at[team].values()) - t0
         print(
             f"| {team} | {last_result:.3f} | {last_proof:.3f} | "
             f"{lags[len(lags) // 2]:.3f} | {lags[-1]:.3f} |"
+            + (f" ({unmatched} proofs without a result left out)" if unmatched else "")
         )
 
 

@@ -375,8 +375,10 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                 };
                 let nodes = plan.workflow.nodes();
                 let block = &plan.accepted.block;
-                let mut proved = 0;
-                for node in &nodes {
+                let root = kv_get::<PartRecord>(&parts, &final_key(&team.name, block)).await?;
+                // The root is recorded under the final key only.
+                let mut proved = usize::from(root.is_some());
+                for node in nodes.iter().filter(|n| !plan.workflow.is_root(**n)) {
                     if kv_get::<PartRecord>(&parts, &part_key(&team.name, block, *node))
                         .await?
                         .is_some()
@@ -384,7 +386,6 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                         proved += 1;
                     }
                 }
-                let root = kv_get::<PartRecord>(&parts, &final_key(&team.name, block)).await?;
                 let cursor = kv_get::<Cursor>(&cursors, &cursor_key(&team.name, chain)).await?;
                 let state = match (&plan.withdrawn, root, cursor) {
                     (Some(reason), _, _) => format!("withdrawn: {reason}"),

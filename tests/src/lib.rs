@@ -160,15 +160,15 @@ pub fn expected_sim_proof(payload: &[u8], workflow: Workflow) -> Vec<u8> {
     node_proof(payload, &workflow, workflow.root())
 }
 
-/// Every proved node recorded in the parts bucket (root copies and invalid markers left out),
-/// in the order they were recorded.
+/// Every proved node recorded in the parts bucket (a root under its block's final key; invalid
+/// markers left out), in the order they were recorded.
 pub async fn part_records(bus: &Bus) -> Result<Vec<PartRecord>> {
     let parts = bus.kv(&bus.subjects.bucket_parts()).await?;
     let mut keys = parts.keys().await?;
     let mut records = Vec::new();
     while let Some(key) = keys.next().await {
         let key = key?;
-        if key.ends_with(".final") || key.ends_with(".invalid") {
+        if key.ends_with(".invalid") {
             continue;
         }
         if let Some(entry) = parts.get(&key).await? {

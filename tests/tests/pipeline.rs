@@ -130,7 +130,11 @@ async fn split_block_proof_comes_after_all_parts_and_aggregations() -> anyhow::R
         };
         let mut last_part_ms = 0;
         for node in workflow.nodes() {
-            let (rec, _) = kv_get::<PartRecord>(&parts, &part_key("wide", &block, node))
+            let key = match workflow.is_root(node) {
+                true => final_key("wide", &block),
+                false => part_key("wide", &block, node),
+            };
+            let (rec, _) = kv_get::<PartRecord>(&parts, &key)
                 .await?
                 .unwrap_or_else(|| panic!("part {node} of block {} recorded", p.number));
             last_part_ms = last_part_ms.max(rec.recorded_at_ms);

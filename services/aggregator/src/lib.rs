@@ -13,8 +13,8 @@ use push0_protocol::subjects::{
     block_key, cursor_key, final_key, part_key, plan_key, proof_msg_id, short_hash,
 };
 use push0_protocol::{
-    Blob, BlockProof, BlockRef, BlockState, BlockStatus, Cursor, InvalidCount, NodeId, PartRecord,
-    Plan, Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
+    Blob, BlockProof, BlockRef, BlockState, BlockStatus, Cursor, InvalidCount, PartRecord, Plan,
+    Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
@@ -142,12 +142,15 @@ impl Aggregator {
             submitted_at_ms: result.submitted_at_ms,
             recorded_at_ms: now_ms(),
         };
-        let key = part_key(&result.team, b, result.node);
+        // A root is recorded once, under the block's final key: what the publication walk
+        // reads. Every other node under its part key, where its parent's join looks.
+        let root = result.workflow.is_root(result.node);
+        let key = match root {
+            true => final_key(&result.team, b),
+            false => part_key(&result.team, b, result.node),
+        };
         // The first recorded result of a node stands; only a new one is verified. A team that
         // checks nothing goes straight to the create, which settles duplicates by itself.
-        let root = result.workflow.is_root(result.node);
-        let fkey = final_key(&result.team, b);
-        let mut final_written = false;
         let mut head = None;
         let first = match team.checks_proofs() {
             true => kv_get::<PartRecord>(&self.parts, &key)
@@ -164,28 +167,16 @@ impl Aggregator {
                 if let Some(reason) = self.check_proof(team, &record).await? {
                     return self.reject_proof(team, &result, &key, reason).await;
                 }
-                // A root's final record is written alongside: it is what the publication
-                // walk reads, and its create settles duplicates the same way.
-                // So is the head of the publication order, read while the records are written:
-                // the walk starts from it instead of reading it after them.
-                let (part, written, read) = tokio::join!(
-                    kv_create(&self.parts, &key, &record),
-                    async {
-                        match root {
-                            true => kv_create(&self.parts, &fkey, &record).await,
-                            false => Ok(None),
-                        }
-                    },
-                    async {
-                        match root && !team.is_realtime() {
-                            true => Some(self.read_head(&result.team, b).await),
-                            false => None,
-                        }
+                // The head of the publication order is read while a root is written: the walk
+                // starts from it instead of reading it after.
+                let (created, read) = tokio::join!(kv_create(&self.parts, &key, &record), async {
+                    match root && !team.is_realtime() {
+                        true => Some(self.read_head(&result.team, b).await),
+                        false => None,
                     }
-                );
-                final_written = written?.is_some();
+                });
                 head = read.transpose()?;
-                if part?.is_some() {
+                if created?.is_some() {
                     record
                 } else {
                     // A redelivery or a late duplicate. The steps below are idempotent and run
@@ -197,26 +188,14 @@ impl Aggregator {
                 }
             }
         };
-        if root {
-            // A repeat handling writes it if the first stopped before; the first written stands.
-            let record = match final_written {
-                true => record,
-                false => match kv_create(&self.parts, &fkey, &record).await? {
-                    Some(_) => record,
-                    None => kv_get::<PartRecord>(&self.parts, &fkey)
-                        .await?
-                        .map_or(record, |(r, _)| r),
-                },
-            };
-            if team.is_realtime() {
-                self.publish_now(&result.team, &b.chain, b.number, &record)
-                    .await?;
-            } else {
-                self.publish_in_order(&result.team, &b.chain, &record, head)
-                    .await?;
-            }
+        if !root {
+            self.signal_parent(&result, &record).await?;
+        } else if team.is_realtime() {
+            self.publish_now(&result.team, &b.chain, b.number, &record)
+                .await?;
         } else {
-            self.signal_parent(&result, result.node).await?;
+            self.publish_in_order(&result.team, &b.chain, &record, head)
+                .await?;
         }
         Ok(Outcome::Ack)
     }
@@ -311,14 +290,21 @@ impl Aggregator {
         Ok(Outcome::Ack)
     }
 
-    /// If every sibling of `node` is proved, tells the scheduler to release their parent.
-    async fn signal_parent(&self, result: &TaskResult, node: NodeId) -> Result<(), RuntimeError> {
+    /// If every sibling of the node `recorded` proves is proved too, tells the scheduler to
+    /// release their parent. `recorded` is the node's record as it stands, so only its
+    /// siblings are read.
+    async fn signal_parent(
+        &self,
+        result: &TaskResult,
+        recorded: &PartRecord,
+    ) -> Result<(), RuntimeError> {
         let w = result.workflow;
-        let Some(parent) = w.parent(node) else {
+        let Some(parent) = w.parent(recorded.node) else {
             return Ok(());
         };
         let b = &result.block;
-        let Some(children) = recorded_children(&self.parts, &result.team, b, w, parent).await?
+        let Some(children) =
+            recorded_children(&self.parts, &result.team, b, w, parent, Some(recorded)).await?
         else {
             return Ok(());
         };

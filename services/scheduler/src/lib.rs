@@ -428,7 +428,7 @@ impl Scheduler {
     ) -> Result<Option<Task>, RuntimeError> {
         let b = &plan.accepted.block;
         let Some(children) =
-            recorded_children(&self.parts, &team.name, b, plan.workflow, node).await?
+            recorded_children(&self.parts, &team.name, b, plan.workflow, node, None).await?
         else {
             return Ok(None);
         };

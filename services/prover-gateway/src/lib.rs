@@ -19,7 +19,7 @@ use push0_protocol::{
     TeamConfig, encode, now_ms,
 };
 use push0_runtime::consume::dead_letter;
-use push0_runtime::pull::{Pull, Tier};
+use push0_runtime::pull::{PullInbox, Tier};
 use push0_runtime::{BlobStore, Bus, Delivery, Registry, Rejection, RuntimeError, metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -302,32 +302,51 @@ impl Gateway {
 
     /// One prover slot: pull exactly one task, prove it, repeat. One-message pull requests
     /// never stall (NATS.md pitfall 1), hold no task a free prover elsewhere could take
-    /// (pitfall 7), and carry this gateway's tier priority.
+    /// (pitfall 7), and carry this gateway's tier priority. A proved task's ack carries the
+    /// slot's next pull request, once its result is durable.
     async fn slot_loop(&self, consumer: PullConsumer, slot: usize, shutdown: CancellationToken) {
+        let tier = Tier {
+            group: TIER_GROUP,
+            priority: self.config.priority,
+        };
         let mut backoff = Duration::from_millis(50);
-        while !shutdown.is_cancelled() {
-            let tier = Tier {
-                group: TIER_GROUP,
-                priority: self.config.priority,
-            };
-            let pull = Pull::request(&self.bus, &consumer, 1, Some(tier), PULL_EXPIRES).await;
-            let mut pull = match pull {
-                Ok(p) => p,
+        let mut inbox = loop {
+            match PullInbox::new(&self.bus).await {
+                Ok(inbox) => break inbox,
                 Err(e) => {
-                    tracing::warn!(slot, error = %e, "pull failed");
+                    tracing::warn!(slot, error = %e, "pull inbox not ready");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
                 }
+            }
+        };
+        // A proved task whose ack is still to send, with the next pull on it.
+        let mut done: Option<Arc<Delivery>> = None;
+        while !shutdown.is_cancelled() {
+            let sent = match done.take() {
+                Some(d) => inbox
+                    .ack_next(&d.message, Some(tier), PULL_EXPIRES)
+                    .await
+                    .inspect_err(|e| tracing::warn!(error = %e, "ack not sent; a redelivery will find the result recorded")),
+                None => inbox.request(&consumer, Some(tier), PULL_EXPIRES).await,
             };
+            if let Err(e) = sent {
+                tracing::warn!(slot, error = %e, "pull failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
             let next = tokio::select! {
-                n = pull.next() => n,
+                n = inbox.next() => n,
                 _ = shutdown.cancelled() => {
                     // A task may still arrive for this pull: hand it straight back.
-                    if let Ok(Some(m)) = pull.next().await {
+                    if let Ok(Some(m)) = inbox.next().await {
                         let _ = m.ack_with(AckKind::Nak(None)).await;
                     }
                     return;
@@ -336,7 +355,7 @@ impl Gateway {
             match next {
                 Ok(Some(message)) => {
                     backoff = Duration::from_millis(50);
-                    self.process(Delivery::new(message), &shutdown).await;
+                    done = self.process(Delivery::new(message), &shutdown).await;
                 }
                 Err(e) => {
                     tracing::debug!(slot, error = %e, "pull ended with an error");
@@ -346,16 +365,27 @@ impl Gateway {
                 Ok(None) => {}
             }
         }
+        if let Some(d) = done
+            && let Err(e) = d.message.ack_with(AckKind::Ack).await
+        {
+            tracing::warn!(error = %e, "ack not sent; a redelivery will find the result recorded");
+        }
     }
 
-    async fn process(&self, delivery: Delivery, shutdown: &CancellationToken) {
+    /// Handles one task; returns it if it was proved and its result is durable, for the caller
+    /// to ack (every other outcome is acked, nak'ed or terminated here).
+    async fn process(
+        &self,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<Delivery>> {
         let delivery = Arc::new(delivery);
         let task: Task = match delivery.decode() {
             Ok(t) => t,
             Err(e) => {
                 let rejection = Rejection::from(e);
                 self.reject(&delivery, rejection).await;
-                return;
+                return None;
             }
         };
         let span = tracing::info_span!(
@@ -370,7 +400,7 @@ impl Gateway {
         push0_runtime::telemetry::set_parent_from(&span, delivery.message.headers.as_ref());
         self.prove_task(delivery, task, shutdown)
             .instrument(span)
-            .await;
+            .await
     }
 
     async fn reject(&self, delivery: &Delivery, rejection: Rejection) {
@@ -386,7 +416,14 @@ impl Gateway {
         let _ = delivery.message.ack_with(outcome).await;
     }
 
-    async fn prove_task(&self, delivery: Arc<Delivery>, task: Task, shutdown: &CancellationToken) {
+    /// Proves one task and publishes its result; returns the delivery if the caller is to ack
+    /// it (proved, result durable), as `process` says.
+    async fn prove_task(
+        &self,
+        delivery: Arc<Delivery>,
+        task: Task,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<Delivery>> {
         let m = metrics();
         let withdrawn = self
             .withdrawn
@@ -397,14 +434,14 @@ impl Gateway {
             m.tasks_cancelled.with_label_values(&[&task.team]).inc();
             let _ = delivery.message.ack_with(AckKind::Ack).await;
             tracing::info!("task of withdrawn work skipped");
-            return;
+            return None;
         }
         let limits = self.team.limits(&task.class);
         if delivery.delivered > limits.max_deliver {
             // Its last delivery ended unreported (a gateway died, or its notice was lost).
             self.report_exhausted(&task, &delivery, limits.max_deliver)
                 .await;
-            return;
+            return None;
         }
         let queue_wait_ms = now_ms().saturating_sub(delivery.published_ms);
         m.queue_wait
@@ -434,7 +471,7 @@ impl Gateway {
                     .message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
-                return;
+                return None;
             }
         };
 
@@ -471,7 +508,7 @@ impl Gateway {
                 m.tasks_cancelled.with_label_values(&[&task.team]).inc();
                 let _ = delivery.message.ack_with(AckKind::Ack).await;
                 tracing::info!("prover stopped; task withdrawn");
-                return;
+                return None;
             }
             _ = shutdown.cancelled() => {
                 // Give in-flight work its grace period, then hand it back at once.
@@ -482,7 +519,7 @@ impl Gateway {
         let Some(outcome) = outcome else {
             tracing::info!("shutting down mid-proof; task handed back");
             let _ = delivery.message.ack_with(AckKind::Nak(None)).await;
-            return;
+            return None;
         };
         let prove_ms = started.elapsed().as_millis() as u64;
         m.prove_time
@@ -508,7 +545,7 @@ impl Gateway {
                         .message
                         .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                         .await;
-                    return;
+                    return None;
                 }
             },
             Err(ProveError::Invalid(detail)) => TaskOutcome::Failed {
@@ -526,7 +563,7 @@ impl Gateway {
                 } else {
                     let _ = delivery.message.ack_with(AckKind::Nak(Some(delay))).await;
                 }
-                return;
+                return None;
             }
         };
         let failed = matches!(outcome, TaskOutcome::Failed { .. });
@@ -558,14 +595,17 @@ impl Gateway {
         {
             tracing::warn!(error = %e, "result not published; the task will be redelivered");
             let _ = delivery.message.ack_with(AckKind::Nak(None)).await;
-            return;
-        }
-        // The result is durable: only now may the task go.
-        let ack = if failed { AckKind::Term } else { AckKind::Ack };
-        if let Err(e) = delivery.message.ack_with(ack).await {
-            tracing::warn!(error = %e, "ack not sent; a redelivery will find the result recorded");
+            return None;
         }
         tracing::info!(prove_ms, failed, "task done");
+        // The result is durable: only now may the task go.
+        if !failed {
+            return Some(delivery);
+        }
+        if let Err(e) = delivery.message.ack_with(AckKind::Term).await {
+            tracing::warn!(error = %e, "ack not sent; a redelivery will find the result recorded");
+        }
+        None
     }
 
     fn register(&self, task: &Task) -> Running<'_> {

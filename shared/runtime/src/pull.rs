@@ -2,7 +2,8 @@
 //! outstanding-message bookkeeping stalls: NATS.md pitfall 1, and went quiet on a clustered
 //! consumer) or `batch()` (which cannot carry a pull priority). A request asks for up to
 //! `batch` messages, optionally in a priority group; its reply inbox is read directly, and a
-//! request whose answer is lost counts as expired shortly after its `expires`.
+//! request whose answer is lost counts as expired shortly after its `expires`. A prover slot,
+//! which pulls one message at a time, keeps one inbox for all its requests ([`PullInbox`]).
 
 use std::time::Duration;
 
@@ -48,15 +49,8 @@ impl Pull {
             .subscribe(inbox_subject.clone())
             .await
             .map_err(|e| RuntimeError::nats("subscribe to a pull inbox", e))?;
-        let request = BatchConfig {
-            batch,
-            expires: Some(expires),
-            group: tier.map(|t| t.group.to_string()),
-            priority: tier.map(|t| t.priority as usize),
-            ..Default::default()
-        };
         consumer
-            .request_batch(request, inbox_subject.into())
+            .request_batch(config(batch, tier, expires), inbox_subject.into())
             .await
             .map_err(|e| RuntimeError::nats("send a pull request", e))?;
         Ok(Pull {
@@ -68,9 +62,8 @@ impl Pull {
     }
 
     /// The next message, or None once the request is complete (all delivered, or expired). A
-    /// status other than
-    /// expiry (a deleted consumer, a leader change, too many waiting pulls) is an error; the
-    /// caller backs off and pulls again.
+    /// status other than expiry (a deleted consumer, a leader change, too many waiting pulls)
+    /// is an error; the caller backs off and pulls again.
     pub async fn next(&mut self) -> Result<Option<Message>, RuntimeError> {
         loop {
             if self.remaining == 0 {
@@ -80,28 +73,193 @@ impl Pull {
                 Ok(Some(reply)) => reply,
                 Ok(None) | Err(_) => return Ok(None),
             };
-            match reply.status.unwrap_or(StatusCode::OK) {
-                StatusCode::OK => {
+            match answer(reply, &self.js) {
+                Answer::Message(message) => {
                     self.remaining -= 1;
-                    return Ok(Some(Message {
-                        message: reply,
-                        context: self.js.clone(),
-                    }));
+                    return Ok(Some(message));
                 }
-                StatusCode::IDLE_HEARTBEAT => continue,
-                StatusCode::TIMEOUT | StatusCode::NOT_FOUND => {
+                Answer::Heartbeat => continue,
+                Answer::Expired => {
                     self.remaining = 0;
                     return Ok(None);
                 }
-                status => {
+                Answer::Failed(e) => {
                     self.remaining = 0;
-                    let detail = reply.description.unwrap_or_default();
-                    return Err(RuntimeError::nats(
-                        "pull request",
-                        format!("status {status}: {detail}"),
-                    ));
+                    return Err(e);
                 }
             }
         }
+    }
+}
+
+/// What a reply to a pull request says.
+enum Answer {
+    Message(Message),
+    Heartbeat,
+    /// The request ended without (more) messages.
+    Expired,
+    Failed(RuntimeError),
+}
+
+fn answer(reply: async_nats::Message, js: &jetstream::Context) -> Answer {
+    match reply.status.unwrap_or(StatusCode::OK) {
+        StatusCode::OK => Answer::Message(Message {
+            message: reply,
+            context: js.clone(),
+        }),
+        StatusCode::IDLE_HEARTBEAT => Answer::Heartbeat,
+        StatusCode::TIMEOUT | StatusCode::NOT_FOUND => Answer::Expired,
+        status => {
+            let detail = reply.description.unwrap_or_default();
+            Answer::Failed(RuntimeError::nats(
+                "pull request",
+                format!("status {status}: {detail}"),
+            ))
+        }
+    }
+}
+
+/// One-message pull requests made one after another, all answered on one subscription: each
+/// request replies on its own subject below the inbox, so a late status of an earlier request
+/// is told apart, and no subscription is made and dropped per request. A request can also
+/// ride on the ack of the message before it (`+NXT`): one message to the server for both.
+pub struct PullInbox {
+    inbox: async_nats::Subscriber,
+    prefix: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    sent: u64,
+    open: Option<Open>,
+}
+
+/// The request a [`PullInbox`] waits on.
+struct Open {
+    subject: String,
+    give_up_at: Instant,
+}
+
+impl PullInbox {
+    pub async fn new(bus: &Bus) -> Result<Self, RuntimeError> {
+        let prefix = bus.client.new_inbox();
+        let inbox = bus
+            .client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(|e| RuntimeError::nats("subscribe to a pull inbox", e))?;
+        Ok(PullInbox {
+            inbox,
+            prefix,
+            client: bus.client.clone(),
+            js: bus.js.clone(),
+            sent: 0,
+            open: None,
+        })
+    }
+
+    /// Whether a request is waiting for its answer.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The reply subject of a new request, which becomes the open one.
+    fn open(&mut self, expires: Duration) -> String {
+        self.sent += 1;
+        let subject = format!("{}.{}", self.prefix, self.sent);
+        self.open = Some(Open {
+            subject: subject.clone(),
+            give_up_at: Instant::now() + expires + Duration::from_secs(2),
+        });
+        subject
+    }
+
+    /// Asks `consumer` for one message, waiting at most `expires` for it.
+    pub async fn request(
+        &mut self,
+        consumer: &PullConsumer,
+        tier: Option<Tier<'_>>,
+        expires: Duration,
+    ) -> Result<(), RuntimeError> {
+        let subject = self.open(expires);
+        let sent = consumer
+            .request_batch(config(1, tier, expires), subject.into())
+            .await;
+        sent.map_err(|e| {
+            self.open = None;
+            RuntimeError::nats("send a pull request", e)
+        })
+    }
+
+    /// Acks `message` and, in the same message to the server, asks its consumer for the next
+    /// one. An error means neither was sent: the message is redelivered after its ack wait.
+    pub async fn ack_next(
+        &mut self,
+        message: &Message,
+        tier: Option<Tier<'_>>,
+        expires: Duration,
+    ) -> Result<(), RuntimeError> {
+        let Some(ack_subject) = message.reply.clone() else {
+            return Err(RuntimeError::nats("ack", "not a JetStream message"));
+        };
+        let mut payload = b"+NXT ".to_vec();
+        let request = serde_json::to_vec(&config(1, tier, expires))
+            .map_err(|e| RuntimeError::nats("encode a pull request", e))?;
+        payload.extend_from_slice(&request);
+        let subject = self.open(expires);
+        let sent = self
+            .client
+            .publish_with_reply(ack_subject, subject, payload.into())
+            .await;
+        sent.map_err(|e| {
+            self.open = None;
+            RuntimeError::nats("ack and pull", e)
+        })
+    }
+
+    /// The open request's message, or None once it ends without one (expired, answer lost,
+    /// or no request open). An error status ends it too, as with [`Pull::next`].
+    pub async fn next(&mut self) -> Result<Option<Message>, RuntimeError> {
+        loop {
+            let Some(open) = &self.open else {
+                return Ok(None);
+            };
+            let reply = match tokio::time::timeout_at(open.give_up_at, self.inbox.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) | Err(_) => {
+                    self.open = None;
+                    return Ok(None);
+                }
+            };
+            // A status arrives on its request's own subject (a message on its stream
+            // subject): one for an earlier request is stale.
+            if reply.status.is_some() && reply.subject.as_str() != open.subject {
+                continue;
+            }
+            match answer(reply, &self.js) {
+                Answer::Message(message) => {
+                    self.open = None;
+                    return Ok(Some(message));
+                }
+                Answer::Heartbeat => continue,
+                Answer::Expired => {
+                    self.open = None;
+                    return Ok(None);
+                }
+                Answer::Failed(e) => {
+                    self.open = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// A request for up to `batch` messages.
+fn config(batch: usize, tier: Option<Tier<'_>>, expires: Duration) -> BatchConfig {
+    BatchConfig {
+        batch,
+        expires: Some(expires),
+        group: tier.map(|t| t.group.to_string()),
+        priority: tier.map(|t| t.priority as usize),
+        ..Default::default()
     }
 }

@@ -345,9 +345,9 @@ impl Aggregator {
     }
 
     /// Walks (team, chain)'s publication order, unless a walk of it is running here already:
-    /// then that walk is asked to look once more, which finds the root just recorded. Either
-    /// way the root is durable before its result is acked, and the walk that publishes it is
-    /// owed to a result not yet acked (redelivered if this process dies).
+    /// then the root just recorded is handed to that walk, which looks for it before it ends.
+    /// Either way the root is durable before its result is acked, and the walk that publishes
+    /// it is owed to a result not yet acked (redelivered if this process dies).
     async fn publish_in_order(
         &self,
         team: &str,
@@ -355,78 +355,84 @@ impl Aggregator {
         recorded: &PartRecord,
         head: Option<Head>,
     ) -> Result<(), RuntimeError> {
-        let Some(mut walk) = self.walks.start(cursor_key(team, chain)) else {
+        let (cursor, status) = match head {
+            Some(head) => head,
+            None => self.read_head(team, &recorded.block).await?,
+        };
+        let Some(mut walk) = self.walks.start(cursor_key(team, chain), recorded) else {
             return Ok(());
         };
-        self.walk(team, chain, Some(recorded), head).await?;
-        while walk.again() {
-            self.walk(team, chain, None, None).await?;
-        }
-        Ok(())
+        let status = status.map(|(s, _)| s);
+        self.walk(team, chain, &mut walk, cursor, recorded, status)
+            .await
     }
 
     /// Publishes every finished block at the head of (team, chain)'s cursor, in runs: each
     /// block's proof is published while the next block's status is read, and the cursor moves
-    /// once per run, by compare-and-set. The proofs' msg-ids make a run repeated after a crash
-    /// before its cursor write harmless. `recorded` is the root just recorded: most often the
-    /// block at the cursor, so its status is read alongside the cursor and its root is not read
-    /// back. `head` is that read, when the caller made it already (alongside writing the root).
+    /// once per run of up to [`MAX_RUN`], by compare-and-set. The proofs' msg-ids make a run
+    /// repeated after a crash before its cursor write harmless. `recorded` is the root just
+    /// recorded, with its block's status as read alongside (most often the block at the
+    /// cursor). Roots recorded here while the walk runs are handed to it: they are not read
+    /// back, and the walk goes on with them before it writes the cursor. A block neither
+    /// handed over nor found recorded ends the run; the walk ends when no root came in
+    /// meanwhile.
     async fn walk(
         &self,
         team: &str,
         chain: &str,
-        recorded: Option<&PartRecord>,
-        mut head: Option<Head>,
+        walk: &mut Walk<'_>,
+        mut cursor: Option<(Cursor, u64)>,
+        recorded: &PartRecord,
+        mut guessed: Option<BlockStatus>,
     ) -> Result<(), RuntimeError> {
         let ckey = cursor_key(team, chain);
-        let mut hint = recorded;
-        // The cursor this walk last wrote, with its revision: not read back.
-        let mut moved: Option<(Cursor, u64)> = None;
+        let mut known: HashMap<u64, PartRecord> = HashMap::new();
+        known.insert(recorded.block.number, recorded.clone());
         loop {
-            let (cursor, guessed) = match (moved.take(), hint) {
-                (Some(c), _) => (Some(c), None),
-                (None, Some(r)) => match head.take() {
-                    Some(read) => read,
-                    None => self.read_head(team, &r.block).await?,
-                },
-                (None, None) => (kv_get::<Cursor>(&self.cursors, &ckey).await?, None),
-            };
-            let Some((cursor, revision)) = cursor else {
+            let (at, revision) = match cursor.take() {
+                Some(c) => c,
                 // The scheduler creates the cursor before releasing any task of the chain.
-                return Ok(());
+                None => match kv_get::<Cursor>(&self.cursors, &ckey).await? {
+                    Some(c) => c,
+                    None => return Ok(()),
+                },
             };
-            let mut number = cursor.next;
-            let mut status = match guessed {
-                Some((s, _)) if s.block.number == number => Some(s),
-                _ => self.status(chain, number).await?,
-            };
+            known.retain(|n, _| *n >= at.next);
             // Until a proof is out, the scheduler may still move the start down (a lower block
             // planned late): the first proof is written to the cursor on its own.
-            let max_run = if cursor.published == 0 { 1 } else { MAX_RUN };
+            let max_run = if at.published == 0 { 1 } else { MAX_RUN };
+            let mut number = at.next;
             let mut run = 0;
-            let finished = loop {
-                if run == max_run {
-                    break false;
+            // The status of block `number`, when read ahead.
+            let mut ahead: Option<Option<BlockStatus>> = None;
+            while run < max_run {
+                if !known.contains_key(&number) {
+                    known.extend(walk.take_handed().map(|r| (r.block.number, r)));
                 }
+                let status = match (ahead.take(), guessed.take()) {
+                    (Some(read), _) => read,
+                    (None, Some(s)) if s.block.number == number => Some(s),
+                    _ => self.status(chain, number).await?,
+                };
                 // The block on the chain at the cursor, as ingest records it: after a reorg
                 // only the new block's root is looked for, so an orphan's proof is never
                 // published.
-                let block = match status.take() {
-                    Some(s) if s.state == BlockState::Orphaned => break true,
+                let block = match status {
+                    Some(s) if s.state == BlockState::Orphaned => break,
                     Some(s) => s.block,
                     // The record expired (a block that waited a day): the plan names it.
                     None => {
                         match kv_get::<Plan>(&self.plans, &plan_key(team, chain, number)).await? {
                             Some((p, _)) if p.withdrawn.is_none() => p.accepted.block,
-                            _ => break true,
+                            _ => break,
                         }
                     }
                 };
-                let root = match hint.take() {
-                    Some(r) if r.block == block => r.clone(),
+                let root = match known.remove(&number) {
+                    Some(r) if r.block == block => r,
                     _ => match kv_get::<PartRecord>(&self.parts, &final_key(team, &block)).await? {
                         Some((root, _)) => root,
-                        None => break true,
+                        None => break,
                     },
                 };
                 let (sent, next) = tokio::join!(
@@ -434,24 +440,30 @@ impl Aggregator {
                     self.status(chain, number + 1)
                 );
                 sent?;
-                status = next?;
+                ahead = Some(next?);
                 number += 1;
                 run += 1;
-            };
-            if run == 0 {
-                return Ok(());
             }
-            // At the revision read above; if another writer moved it meanwhile (a concurrent
-            // walk, a reorg's rewind), the next round reads it again.
-            let next = Cursor {
-                next: number,
-                published: cursor.published + run,
-            };
-            moved = kv_update_at(&self.cursors, &ckey, &next, revision)
-                .await?
-                .map(|revision| (next, revision));
-            if finished && moved.is_some() {
-                return Ok(());
+            if run > 0 {
+                // At the revision read above; if another writer moved it meanwhile (a
+                // concurrent walk, a reorg's rewind), it is read again.
+                let next = Cursor {
+                    next: number,
+                    published: at.published + run,
+                };
+                cursor = kv_update_at(&self.cursors, &ckey, &next, revision)
+                    .await?
+                    .map(|revision| (next, revision));
+                if cursor.is_none() || run == max_run {
+                    continue;
+                }
+            } else {
+                cursor = Some((at, revision));
+            }
+            // Nothing more to publish now: the walk ends, unless a root came in meanwhile.
+            match walk.more() {
+                Some(handed) => known.extend(handed.map(|r| (r.block.number, r))),
+                None => return Ok(()),
             }
         }
     }
@@ -584,20 +596,20 @@ impl Aggregator {
     }
 }
 
-/// The publication walks running in this process, by cursor key, each with whether a root
-/// recorded meanwhile asked it to look again.
+/// The publication walks running in this process, by cursor key, each with the roots recorded
+/// meanwhile and not yet taken by it.
 #[derive(Default)]
-struct Walks(Mutex<HashMap<String, bool>>);
+struct Walks(Mutex<HashMap<String, Vec<PartRecord>>>);
 
 impl Walks {
-    /// Starts the walk of `key`, or returns None after asking the running one to look again.
-    fn start(&self, key: String) -> Option<Walk<'_>> {
+    /// Starts the walk of `key`, or hands `recorded` to the running one and returns None.
+    fn start(&self, key: String, recorded: &PartRecord) -> Option<Walk<'_>> {
         let mut walks = self.0.lock().expect("walks lock");
-        if let Some(again) = walks.get_mut(&key) {
-            *again = true;
+        if let Some(handed) = walks.get_mut(&key) {
+            handed.push(recorded.clone());
             return None;
         }
-        walks.insert(key.clone(), false);
+        walks.insert(key.clone(), Vec::new());
         Some(Walk {
             walks: self,
             key,
@@ -606,7 +618,7 @@ impl Walks {
     }
 }
 
-/// A running walk; it ends when [`Walk::again`] says so, or (on an error) when dropped.
+/// A running walk; it ends when [`Walk::more`] says so, or (on an error) when dropped.
 struct Walk<'a> {
     walks: &'a Walks,
     key: String,
@@ -614,17 +626,25 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Whether the walk must look again (clearing the request); if not, the walk ends here, in
-    /// the same step, so no request can come in between and be missed.
-    fn again(&mut self) -> bool {
+    /// The roots handed over since the last call; the walk goes on either way.
+    fn take_handed(&mut self) -> impl Iterator<Item = PartRecord> + use<> {
         let mut walks = self.walks.0.lock().expect("walks lock");
-        if walks.get(&self.key) == Some(&true) {
-            walks.insert(self.key.clone(), false);
-            return true;
+        let handed = walks.get_mut(&self.key).map(std::mem::take);
+        handed.unwrap_or_default().into_iter()
+    }
+
+    /// The roots handed over since the last call, if any; if none, the walk ends here, in the
+    /// same step, so no root can be handed over in between and be missed.
+    fn more(&mut self) -> Option<impl Iterator<Item = PartRecord> + use<>> {
+        let mut walks = self.walks.0.lock().expect("walks lock");
+        match walks.get_mut(&self.key) {
+            Some(handed) if !handed.is_empty() => Some(std::mem::take(handed).into_iter()),
+            _ => {
+                walks.remove(&self.key);
+                self.ended = true;
+                None
+            }
         }
-        walks.remove(&self.key);
-        self.ended = true;
-        false
     }
 }
 
@@ -638,29 +658,64 @@ impl Drop for Walk<'_> {
 
 #[cfg(test)]
 mod tests {
+    use push0_protocol::{Blob, BlockRef, NodeId, PartRecord};
+
     use super::Walks;
 
+    fn root(number: u64) -> PartRecord {
+        PartRecord {
+            task_id: format!("t-{number}"),
+            block: BlockRef {
+                chain: "eth".into(),
+                number,
+                hash: vec![number as u8; 32],
+            },
+            node: NodeId { level: 0, index: 0 },
+            proof: Blob::Inline(vec![1]),
+            proof_system: "sim".into(),
+            prove_ms: 0,
+            critical_ms: 0,
+            gateway: "g".into(),
+            submitted_at_ms: 0,
+            recorded_at_ms: 0,
+        }
+    }
+
     #[test]
-    fn a_walk_asked_while_running_looks_again_then_ends() {
+    fn roots_recorded_while_a_walk_runs_are_handed_to_it_then_it_ends() {
         let walks = Walks::default();
-        let mut walk = walks.start("t.eth".into()).expect("no walk runs yet");
-        assert!(walks.start("t.eth".into()).is_none(), "one walk per cursor");
+        let mut walk = walks
+            .start("t.eth".into(), &root(1))
+            .expect("no walk runs yet");
         assert!(
-            walks.start("u.eth".into()).is_some(),
+            walks.start("t.eth".into(), &root(2)).is_none(),
+            "one walk per cursor"
+        );
+        assert!(
+            walks.start("u.eth".into(), &root(1)).is_some(),
             "other cursors walk apart"
         );
-        assert!(walk.again(), "a root recorded meanwhile is looked for");
-        assert!(!walk.again(), "the request was cleared");
-        let next = walks.start("t.eth".into());
+        let taken: Vec<u64> = walk.take_handed().map(|r| r.block.number).collect();
+        assert_eq!(taken, vec![2], "the root recorded meanwhile is handed over");
+        assert!(walk.take_handed().next().is_none(), "and only once");
+        assert!(walks.start("t.eth".into(), &root(3)).is_none());
+        let more: Vec<u64> = walk
+            .more()
+            .expect("a root came in")
+            .map(|r| r.block.number)
+            .collect();
+        assert_eq!(more, vec![3]);
+        assert!(walk.more().is_none(), "nothing came in: the walk ends");
+        let next = walks.start("t.eth".into(), &root(4));
         assert!(next.is_some(), "an ended walk makes room for the next");
     }
 
     #[test]
     fn a_failed_walk_makes_room_when_dropped() {
         let walks = Walks::default();
-        let walk = walks.start("t.eth".into());
+        let walk = walks.start("t.eth".into(), &root(1));
         assert!(walk.is_some());
         drop(walk);
-        assert!(walks.start("t.eth".into()).is_some());
+        assert!(walks.start("t.eth".into(), &root(1)).is_some());
     }
 }

@@ -117,10 +117,7 @@ impl Handler for Ingest {
         if let Err(rejection) = validate(&submission, &delivery.subject, self.config.max_payload) {
             return Outcome::Reject(rejection.block(&block));
         }
-        match self
-            .accept(submission, block, delivery.published_ms, delivery.delivered)
-            .await
-        {
+        match self.accept(submission, block, delivery).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::warn!(error = %e, "ingest failed, will retry");
@@ -151,9 +148,9 @@ impl Ingest {
         &self,
         submission: BlockSubmission,
         block: BlockRef,
-        submitted_at_ms: u64,
-        delivered: i64,
+        delivery: &Delivery,
     ) -> Result<Outcome, RuntimeError> {
+        let (submitted_at_ms, delivered) = (delivery.published_ms, delivery.delivered);
         let key = block_key(&block.chain, block.number);
         // Most blocks are new: their record is created while the parent's is read (one round
         // trip for both), and the block's own record is read only when one exists already.
@@ -296,6 +293,10 @@ impl Ingest {
                 Some(&msg_id),
             )
             .await?;
+        // Published, so the chain's next block may start: it reads this record only as its
+        // parent's, where received and accepted mean the same, and every write below is a
+        // compare-and-set that a reorg handled meanwhile wins.
+        delivery.release_lane();
         // Only this very block, still received: a reorg handled meanwhile (by another ingest
         // instance) may have orphaned or replaced it. First at the revision known, which
         // saves the read; if the record moved since, read it and decide again.

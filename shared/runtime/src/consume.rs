@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use push0_protocol::topology::SERVICE_ACK_WAIT;
 use push0_protocol::wire::{DecodeError, WireMessage, decode};
 use push0_protocol::{BlockRef, ConsumerSpec, DeadLetter, DlqReason, SCHEMA_HEADER, now_ms};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -95,6 +97,8 @@ pub struct Delivery {
     pub delivered: i64,
     /// When the message reached its stream, unix ms.
     pub published_ms: u64,
+    /// Lets the next message of this one's lane start: see [`Delivery::release_lane`].
+    lane: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl Delivery {
@@ -119,6 +123,16 @@ impl Delivery {
             delivered,
             published_ms,
             message,
+            lane: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Lets the next message on this one's subject start now, under [`Order::PerSubject`],
+    /// while this one's handling finishes: for a handler whose remaining steps the next
+    /// message's handling does not depend on. Its ack still follows its own side effects.
+    pub fn release_lane(&self) {
+        if let Some(free) = self.lane.lock().expect("lane lock").take() {
+            let _ = free.send(());
         }
     }
 
@@ -163,6 +177,13 @@ fn lane_of(message: &jetstream::Message, order: Order) -> String {
         Order::Stream | Order::Unordered => String::new(),
         Order::PerSubject => message.subject.to_string(),
     }
+}
+
+/// Where a handled message is: its lane let go with the rest of its work still to run, or
+/// finished (with its lane, if it still held it).
+enum Step<'a> {
+    LaneFree(String, BoxFuture<'a, Step<'a>>),
+    Done(Option<String>),
 }
 
 /// Messages waiting for their subject's predecessor, and the subjects being handled.
@@ -233,12 +254,27 @@ pub async fn consume<H: Handler>(
     };
     let mut lanes = Lanes::default();
     let mut running = FuturesUnordered::new();
-    let start = |message: jetstream::Message| {
+    let start = |message: jetstream::Message| -> BoxFuture<'_, Step<'_>> {
         let lane = lane_of(&message, H::ORDER);
-        async move {
-            handle_one(bus, blobs, service, kind, handler, message).await;
-            lane
-        }
+        Box::pin(async move {
+            let (free, freed) = oneshot::channel();
+            let mut work: BoxFuture<'_, ()> = Box::pin(handle_one(
+                bus,
+                blobs,
+                service,
+                kind,
+                handler,
+                message,
+                Some(free),
+            ));
+            tokio::select! {
+                () = &mut work => Step::Done(Some(lane)),
+                Ok(()) = freed => Step::LaneFree(lane, Box::pin(async move {
+                    work.await;
+                    Step::Done(None)
+                })),
+            }
+        })
     };
     let mut pull: Option<Pull> = None;
     let mut backoff = Duration::from_millis(50);
@@ -263,8 +299,15 @@ pub async fn consume<H: Handler>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(lane) = running.next(), if !running.is_empty() => {
-                if let Some(m) = lanes.next(String::as_str(&lane)) {
+            Some(step) = running.next(), if !running.is_empty() => {
+                let lane = match step {
+                    Step::LaneFree(lane, rest) => {
+                        running.push(rest);
+                        Some(lane)
+                    }
+                    Step::Done(lane) => lane,
+                };
+                if let Some(m) = lane.and_then(|lane| lanes.next(&lane)) {
                     running.push(start(m));
                 }
             }
@@ -291,7 +334,11 @@ pub async fn consume<H: Handler>(
     // What is being handled is finished first (each ack follows its side effects), so a
     // standby never handles a message while its predecessor on the subject is still running
     // here; then what waited, or was delivered but not started, is handed back.
-    while running.next().await.is_some() {}
+    while let Some(step) = running.next().await {
+        if let Step::LaneFree(_, rest) = step {
+            running.push(rest);
+        }
+    }
     for message in lanes.drain_waiting() {
         let _ = message.ack_with(AckKind::Nak(None)).await;
     }
@@ -326,8 +373,10 @@ async fn handle_one<H: Handler>(
     kind: &'static str,
     handler: &H,
     message: jetstream::Message,
+    lane: Option<oneshot::Sender<()>>,
 ) {
-    let delivery = Delivery::new(message);
+    let mut delivery = Delivery::new(message);
+    delivery.lane = std::sync::Mutex::new(lane);
     let span = tracing::info_span!(
         "handle",
         otel.name = format!("{service}.handle"),

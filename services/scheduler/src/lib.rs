@@ -23,7 +23,7 @@ use push0_runtime::parts::recorded_children;
 use push0_runtime::telemetry::{TraceContext, current_context, set_parent};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Order, Outcome, Registry, Rejection, RuntimeError, consume,
-    kv_create, kv_get, kv_update, kv_write, metrics, register_team,
+    kv_create, kv_get, kv_update, kv_update_at, kv_write, metrics, register_team,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -580,32 +580,7 @@ impl Scheduler {
             if batch.is_empty() {
                 return Ok(());
             }
-            // Published at once, then recorded: one round trip for the batch, not one each.
-            let sent = futures::future::join_all(
-                batch
-                    .iter()
-                    .map(|(task, trace)| self.send_task(task, trace.clone())),
-            )
-            .await;
-            let mut released = Vec::new();
-            let mut failure = None;
-            for ((task, trace), outcome) in batch.into_iter().zip(sent) {
-                match outcome {
-                    Ok(()) => released.push(task),
-                    Err(e) => {
-                        let mut queues = self.queues.lock().expect("queues lock");
-                        if let Some(q) = queues.queues.get_mut(key) {
-                            q.unpop(task, trace);
-                            q.undelivered = None;
-                        }
-                        failure = Some(e);
-                    }
-                }
-            }
-            self.record_released(&released).await?;
-            if let Some(e) = failure {
-                return Err(e);
-            }
+            self.release_batch(key, batch).await?;
         }
     }
 
@@ -656,13 +631,7 @@ impl Scheduler {
                     .await?;
                 continue;
             }
-            if let Err(e) = self.publish_task(&task, trace.clone()).await {
-                let mut queues = self.queues.lock().expect("queues lock");
-                if let Some(q) = queues.queues.get_mut(key) {
-                    q.unpop(task, trace);
-                }
-                return Err(e);
-            }
+            self.release_batch(key, vec![(task, trace)]).await?;
             free -= 1;
         }
         Ok(())
@@ -678,13 +647,6 @@ impl Scheduler {
             .await
             .map_err(|e| RuntimeError::nats(format!("consumer info {}", key.0), e))?;
         Ok(info.num_pending)
-    }
-
-    /// Publishes a task (msg-id = task id, so a repeat after a crash is dropped by the server),
-    /// then records it as released.
-    async fn publish_task(&self, task: &Task, trace: TraceContext) -> Result<(), RuntimeError> {
-        self.send_task(task, trace).await?;
-        self.record_released(std::slice::from_ref(task)).await
     }
 
     async fn send_task(&self, task: &Task, trace: TraceContext) -> Result<(), RuntimeError> {
@@ -706,49 +668,104 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Records published tasks as released in their blocks' plans: one write per plan.
-    async fn record_released(&self, tasks: &[Task]) -> Result<(), RuntimeError> {
+    /// Publishes `batch` (taken from `key`'s queue) and records it as released in the blocks'
+    /// plans. Each plan is read first, once for the batch: a task of a withdrawn block, of a
+    /// block a reorg replaced, or already released (a join signalled twice) is dropped. The
+    /// tasks go out at once (msg-id = task id, so a repeat after a crash is dropped by the
+    /// server), then each plan is written at the revision read. A task not published goes back
+    /// to its queue.
+    async fn release_batch(&self, key: &QueueKey, batch: Released) -> Result<(), RuntimeError> {
         // By plan and block: after a reorg one batch may hold tasks of both blocks at a height.
-        let mut by_plan: HashMap<(String, &[u8]), (&Task, Vec<NodeId>)> = HashMap::new();
-        for task in tasks {
-            let key = plan_key(&task.team, &task.block.chain, task.block.number);
+        let mut by_plan: HashMap<(String, Vec<u8>), Released> = HashMap::new();
+        for (task, trace) in batch {
+            let plan = plan_key(&task.team, &task.block.chain, task.block.number);
             by_plan
-                .entry((key, task.block.hash.as_slice()))
-                .or_insert((task, Vec::new()))
-                .1
-                .push(task.node);
+                .entry((plan, task.block.hash.clone()))
+                .or_default()
+                .push((task, trace));
         }
-        let writes = by_plan.iter().map(|((key, _), (task, nodes))| {
-            // Recorded in this block's own plan only: after a reorg another block's plan may
-            // hold the key, and a withdrawn block's work is not tracked any more.
-            kv_update::<Plan, _>(&self.plans, key, |p| {
-                let p = p?;
-                // A join signalled twice may be in the batch twice (its msg-id made the second
-                // publication a no-op): recorded once.
-                let mut new: Vec<NodeId> = nodes
-                    .iter()
-                    .filter(|n| !p.released.contains(n))
-                    .copied()
-                    .collect();
-                new.sort_unstable();
-                new.dedup();
-                if p.accepted.block.hash != task.block.hash
-                    || p.withdrawn.is_some()
-                    || new.is_empty()
-                {
-                    return None;
+        let by_plan: Vec<_> = by_plan.into_iter().collect();
+        let reads = by_plan
+            .iter()
+            .map(|((plan, _), _)| kv_get::<Plan>(&self.plans, plan));
+        let read = futures::future::join_all(reads).await;
+        let mut failure = None;
+        let mut unpop = Vec::new();
+        let mut dropped = 0u64;
+        // Per plan: the plan as read (None if it is gone) and the tasks to publish.
+        let mut planned = Vec::new();
+        for (((plan_key, hash), tasks), read) in by_plan.into_iter().zip(read) {
+            let plan = match read {
+                Ok(plan) => plan,
+                Err(e) => {
+                    unpop.extend(tasks);
+                    failure = Some(e);
+                    continue;
                 }
-                let mut p = p.clone();
-                p.released.extend(new);
-                Some(p)
-            })
+            };
+            let live = |t: &Task| match &plan {
+                Some((p, _)) => {
+                    p.accepted.block.hash == hash
+                        && p.withdrawn.is_none()
+                        && !(p.released.contains(&t.node) && t.task_id == first_task_id(t))
+                }
+                None => true,
+            };
+            let (keep, drop): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(t, _)| live(t));
+            if !drop.is_empty() {
+                dropped += drop.len() as u64;
+                metrics()
+                    .duplicates
+                    .with_label_values(&[SERVICE])
+                    .inc_by(drop.len() as u64);
+                tracing::debug!(plan = %plan_key, tasks = drop.len(), "tasks of withdrawn or released work not published");
+            }
+            planned.push((plan_key, hash, plan, keep));
+        }
+        let sends = planned.iter().flat_map(|(_, _, _, tasks)| {
+            tasks
+                .iter()
+                .map(|(task, trace)| self.send_task(task, trace.clone()))
         });
-        for written in futures::future::join_all(writes).await {
-            written?;
+        let mut sent = futures::future::join_all(sends).await.into_iter();
+        let mut writes = Vec::new();
+        let mut released = Vec::new();
+        for (plan_key, hash, plan, tasks) in planned {
+            let mut nodes = Vec::new();
+            for (task, trace) in tasks {
+                match sent.next().expect("one outcome per task") {
+                    Ok(()) => {
+                        nodes.push(task.node);
+                        released.push(task);
+                    }
+                    Err(e) => {
+                        unpop.push((task, trace));
+                        failure = Some(e);
+                    }
+                }
+            }
+            if let Some((plan, revision)) = plan
+                && !nodes.is_empty()
+            {
+                writes.push(self.record_released(plan_key, hash, plan, revision, nodes));
+            }
+        }
+        let written = futures::future::join_all(writes).await;
+        {
+            let mut queues = self.queues.lock().expect("queues lock");
+            if let Some(q) = queues.queues.get_mut(key) {
+                q.undelivered = q.undelivered.map(|n| n.saturating_sub(dropped));
+                if !unpop.is_empty() {
+                    q.undelivered = None;
+                }
+                for (task, trace) in unpop {
+                    q.unpop(task, trace);
+                }
+            }
         }
         let now = now_ms();
         let mut tracker = self.tracker.lock().expect("tracker lock");
-        for task in tasks {
+        for task in &released {
             metrics()
                 .tasks_released
                 .with_label_values(&[&task.team])
@@ -757,8 +774,61 @@ impl Scheduler {
                 .team(&task.team)
                 .released(&task.block.chain, task.block.number, now);
         }
+        drop(tracker);
+        for w in written {
+            w?;
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Adds `nodes` (just published) to `plan`'s released ones: at the revision `plan` was
+    /// read at, or, if it changed since, read again. Only this block's own live plan: after
+    /// a reorg another block's plan may hold the key, and a withdrawn block's work is not
+    /// tracked any more.
+    async fn record_released(
+        &self,
+        key: String,
+        hash: Vec<u8>,
+        plan: Plan,
+        revision: u64,
+        nodes: Vec<NodeId>,
+    ) -> Result<(), RuntimeError> {
+        let add = |p: &Plan| {
+            let mut new: Vec<NodeId> = nodes
+                .iter()
+                .filter(|n| !p.released.contains(n))
+                .copied()
+                .collect();
+            // A join signalled twice may be in the batch twice: recorded once.
+            new.sort_unstable();
+            new.dedup();
+            if p.accepted.block.hash != hash || p.withdrawn.is_some() || new.is_empty() {
+                return None;
+            }
+            let mut p = p.clone();
+            p.released.extend(new);
+            Some(p)
+        };
+        let Some(next) = add(&plan) else {
+            return Ok(());
+        };
+        if kv_update_at(&self.plans, &key, &next, revision)
+            .await?
+            .is_none()
+        {
+            kv_update::<Plan, _>(&self.plans, &key, |p| add(p?)).await?;
+        }
         Ok(())
     }
+}
+
+/// Tasks taken from a queue to be released, with their trace contexts.
+type Released = Vec<(Task, TraceContext)>;
+
+/// The id a task of `task`'s node has when first released; a re-run's differs.
+fn first_task_id(task: &Task) -> String {
+    let b = &task.block;
+    task_id(&task.team, &b.chain, b.number, &b.hash, task.node)
 }
 
 struct AcceptedHandler(Arc<Scheduler>);
@@ -863,25 +933,8 @@ impl Handler for ReadyHandler {
         let Some(team) = s.registry.get(&ready.team) else {
             return Outcome::Reject(Rejection::unknown_team(&ready.team, &ready.block));
         };
-        let b = &ready.block;
-        let key = plan_key(&team.name, &b.chain, b.number);
-        match kv_get::<Plan>(&s.plans, &key).await {
-            Ok(Some((plan, _)))
-                if plan.accepted.block.hash != b.hash || plan.withdrawn.is_some() =>
-            {
-                tracing::debug!(team = %team.name, chain = %b.chain, number = b.number, "join of withdrawn work ignored");
-                return Outcome::Ack;
-            }
-            Ok(Some((plan, _))) if plan.released.contains(&ready.node) => {
-                metrics().duplicates.with_label_values(&[SERVICE]).inc();
-                return Outcome::Ack;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "reading plan failed, will retry");
-                return Outcome::Retry(Duration::from_millis(500));
-            }
-        }
+        // Work of a withdrawn block, or a join already released, is dropped at release, where
+        // the plan is read anyway.
         if let Err(e) = s.ensure_queue(&team).await {
             tracing::warn!(error = %e, "queue not ready, will retry");
             return Outcome::Retry(Duration::from_millis(500));

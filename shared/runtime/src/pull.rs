@@ -92,7 +92,8 @@ impl Pull {
     }
 }
 
-/// What a reply to a pull request says.
+/// What a reply to a pull request says. Read at once, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Answer {
     Message(Message),
     Heartbeat,

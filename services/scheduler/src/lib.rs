@@ -669,11 +669,12 @@ impl Scheduler {
     }
 
     /// Publishes `batch` (taken from `key`'s queue) and records it as released in the blocks'
-    /// plans. Each plan is read first, once for the batch: a task of a withdrawn block, of a
-    /// block a reorg replaced, or already released (a join signalled twice) is dropped. The
-    /// tasks go out at once (msg-id = task id, so a repeat after a crash is dropped by the
-    /// server), then each plan is written at the revision read. A task not published goes back
-    /// to its queue.
+    /// plans. A plan with an aggregation in the batch is read first, once for the batch: a
+    /// task of a withdrawn block, of a block a reorg replaced, or already released (a join
+    /// signalled twice) is dropped. Leaves, planned moments ago, go out without that read on
+    /// their way. The tasks go out at once (msg-id = task id, so a repeat after a crash is
+    /// dropped by the server), then each plan is written once (at the revision read, if it
+    /// was). A task not published goes back to its queue.
     async fn release_batch(&self, key: &QueueKey, batch: Released) -> Result<(), RuntimeError> {
         // By plan and block: after a reorg one batch may hold tasks of both blocks at a height.
         let mut by_plan: HashMap<(String, Vec<u8>), Released> = HashMap::new();
@@ -685,9 +686,12 @@ impl Scheduler {
                 .push((task, trace));
         }
         let by_plan: Vec<_> = by_plan.into_iter().collect();
-        let reads = by_plan
-            .iter()
-            .map(|((plan, _), _)| kv_get::<Plan>(&self.plans, plan));
+        let reads = by_plan.iter().map(|((plan, _), tasks)| async move {
+            match tasks.iter().any(|(t, _)| t.node.level > 0) {
+                true => kv_get::<Plan>(&self.plans, plan).await.map(Read::Read),
+                false => Ok(Read::Skipped),
+            }
+        });
         let read = futures::future::join_all(reads).await;
         let mut failure = None;
         let mut unpop = Vec::new();
@@ -704,12 +708,12 @@ impl Scheduler {
                 }
             };
             let live = |t: &Task| match &plan {
-                Some((p, _)) => {
+                Read::Read(Some((p, _))) => {
                     p.accepted.block.hash == hash
                         && p.withdrawn.is_none()
                         && !(p.released.contains(&t.node) && t.task_id == first_task_id(t))
                 }
-                None => true,
+                Read::Read(None) | Read::Skipped => true,
             };
             let (keep, drop): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(t, _)| live(t));
             if !drop.is_empty() {
@@ -744,10 +748,13 @@ impl Scheduler {
                     }
                 }
             }
-            if let Some((plan, revision)) = plan
-                && !nodes.is_empty()
-            {
-                writes.push(self.record_released(plan_key, hash, plan, revision, nodes));
+            match plan {
+                _ if nodes.is_empty() => {}
+                Read::Read(None) => {}
+                Read::Read(Some(read)) => {
+                    writes.push(self.record_released(plan_key, hash, Some(read), nodes));
+                }
+                Read::Skipped => writes.push(self.record_released(plan_key, hash, None, nodes)),
             }
         }
         let written = futures::future::join_all(writes).await;
@@ -781,16 +788,15 @@ impl Scheduler {
         failure.map_or(Ok(()), Err)
     }
 
-    /// Adds `nodes` (just published) to `plan`'s released ones: at the revision `plan` was
-    /// read at, or, if it changed since, read again. Only this block's own live plan: after
-    /// a reorg another block's plan may hold the key, and a withdrawn block's work is not
-    /// tracked any more.
+    /// Adds `nodes` (just published) to the plan's released ones: at the revision `read` was
+    /// read at, or, if it changed since or was not read, as read now. Only this block's own
+    /// live plan: after a reorg another block's plan may hold the key, and a withdrawn block's
+    /// work is not tracked any more.
     async fn record_released(
         &self,
         key: String,
         hash: Vec<u8>,
-        plan: Plan,
-        revision: u64,
+        read: Option<(Plan, u64)>,
         nodes: Vec<NodeId>,
     ) -> Result<(), RuntimeError> {
         let add = |p: &Plan| {
@@ -809,21 +815,30 @@ impl Scheduler {
             p.released.extend(new);
             Some(p)
         };
-        let Some(next) = add(&plan) else {
-            return Ok(());
-        };
-        if kv_update_at(&self.plans, &key, &next, revision)
-            .await?
-            .is_none()
-        {
-            kv_update::<Plan, _>(&self.plans, &key, |p| add(p?)).await?;
+        if let Some((plan, revision)) = read {
+            let Some(next) = add(&plan) else {
+                return Ok(());
+            };
+            if kv_update_at(&self.plans, &key, &next, revision)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
         }
+        kv_update::<Plan, _>(&self.plans, &key, |p| add(p?)).await?;
         Ok(())
     }
 }
 
 /// Tasks taken from a queue to be released, with their trace contexts.
 type Released = Vec<(Task, TraceContext)>;
+
+/// A plan as a release round read it (None: it is gone), or not read.
+enum Read {
+    Read(Option<(Plan, u64)>),
+    Skipped,
+}
 
 /// The id a task of `task`'s node has when first released; a re-run's differs.
 fn first_task_id(task: &Task) -> String {

@@ -355,12 +355,12 @@ impl Aggregator {
         recorded: &PartRecord,
         head: Option<Head>,
     ) -> Result<(), RuntimeError> {
+        let Some(mut walk) = self.walks.start(cursor_key(team, chain), recorded) else {
+            return Ok(());
+        };
         let (cursor, status) = match head {
             Some(head) => head,
             None => self.read_head(team, &recorded.block).await?,
-        };
-        let Some(mut walk) = self.walks.start(cursor_key(team, chain), recorded) else {
-            return Ok(());
         };
         let status = status.map(|(s, _)| s);
         self.walk(team, chain, &mut walk, cursor, recorded, status)
@@ -394,7 +394,10 @@ impl Aggregator {
                 // The scheduler creates the cursor before releasing any task of the chain.
                 None => match kv_get::<Cursor>(&self.cursors, &ckey).await? {
                     Some(c) => c,
-                    None => return Ok(()),
+                    None => {
+                        tracing::warn!(team, chain, "no publication cursor; nothing published");
+                        return Ok(());
+                    }
                 },
             };
             known.retain(|n, _| *n >= at.next);

@@ -327,10 +327,15 @@ impl Gateway {
         let mut done: Option<Arc<Delivery>> = None;
         while !shutdown.is_cancelled() {
             let sent = match done.take() {
-                Some(d) => inbox
-                    .ack_next(&d.message, Some(tier), PULL_EXPIRES)
-                    .await
-                    .inspect_err(|e| tracing::warn!(error = %e, "ack not sent; a redelivery will find the result recorded")),
+                Some(d) => match inbox.ack_next(&d.message, Some(tier), PULL_EXPIRES).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        // The ack on its own, then; the pull is retried below.
+                        tracing::debug!(error = %e, "ack with the next pull not sent");
+                        ack_proved(&d).await;
+                        Err(e)
+                    }
+                },
                 None => inbox.request(&consumer, Some(tier), PULL_EXPIRES).await,
             };
             if let Err(e) = sent {
@@ -365,10 +370,8 @@ impl Gateway {
                 Ok(None) => {}
             }
         }
-        if let Some(d) = done
-            && let Err(e) = d.message.ack_with(AckKind::Ack).await
-        {
-            tracing::warn!(error = %e, "ack not sent; a redelivery will find the result recorded");
+        if let Some(d) = done {
+            ack_proved(&d).await;
         }
     }
 
@@ -603,7 +606,7 @@ impl Gateway {
             return Some(delivery);
         }
         if let Err(e) = delivery.message.ack_with(AckKind::Term).await {
-            tracing::warn!(error = %e, "ack not sent; a redelivery will find the result recorded");
+            tracing::warn!(error = %e, "{ACK_LOST}");
         }
         None
     }
@@ -667,6 +670,17 @@ fn capacity_key(team: &str, gateway: &str) -> String {
         })
         .collect();
     format!("{team}.{id}")
+}
+
+/// What a lost ack of a task with a published result leads to.
+const ACK_LOST: &str = "ack not sent; the task is redelivered after its ack wait and run again, \
+    and its repeat result is dropped (its msg-id, the aggregator's first-wins record)";
+
+/// Acks a proved task whose result is durable.
+async fn ack_proved(delivery: &Delivery) {
+    if let Err(e) = delivery.message.ack_with(AckKind::Ack).await {
+        tracing::warn!(error = %e, "{ACK_LOST}");
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -676,16 +676,21 @@ impl Scheduler {
     /// dropped by the server), then each plan is written once (at the revision read, if it
     /// was). A task not published goes back to its queue.
     async fn release_batch(&self, key: &QueueKey, batch: Released) -> Result<(), RuntimeError> {
-        // By plan and block: after a reorg one batch may hold tasks of both blocks at a height.
-        let mut by_plan: HashMap<(String, Vec<u8>), Released> = HashMap::new();
+        // By plan and block (after a reorg one batch may hold tasks of both blocks at a
+        // height), in the order the batch first names them: the most urgent first, as popped.
+        let mut by_plan: Vec<((String, Vec<u8>), Released)> = Vec::new();
+        let mut index: HashMap<(String, Vec<u8>), usize> = HashMap::new();
         for (task, trace) in batch {
-            let plan = plan_key(&task.team, &task.block.chain, task.block.number);
-            by_plan
-                .entry((plan, task.block.hash.clone()))
-                .or_default()
-                .push((task, trace));
+            let plan = (
+                plan_key(&task.team, &task.block.chain, task.block.number),
+                task.block.hash.clone(),
+            );
+            let at = *index.entry(plan.clone()).or_insert_with(|| {
+                by_plan.push((plan, Vec::new()));
+                by_plan.len() - 1
+            });
+            by_plan[at].1.push((task, trace));
         }
-        let by_plan: Vec<_> = by_plan.into_iter().collect();
         let reads = by_plan.iter().map(|((plan, _), tasks)| async move {
             match tasks.iter().any(|(t, _)| t.node.level > 0) {
                 true => kv_get::<Plan>(&self.plans, plan).await.map(Read::Read),

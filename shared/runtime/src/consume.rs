@@ -127,8 +127,8 @@ impl Delivery {
         }
     }
 
-    /// Lets the next message on this one's subject start now, under [`Order::PerSubject`],
-    /// while this one's handling finishes: for a handler whose remaining steps the next
+    /// Lets the next message on this one's subject start now, under [`Order::PerSubject`] (a
+    /// no-op under any other order), while this one's handling finishes: for a handler whose remaining steps the next
     /// message's handling does not depend on. Its ack still follows its own side effects.
     pub fn release_lane(&self) {
         if let Some(free) = self.lane.lock().expect("lane lock").take() {
@@ -258,14 +258,10 @@ pub async fn consume<H: Handler>(
         let lane = lane_of(&message, H::ORDER);
         Box::pin(async move {
             let (free, freed) = oneshot::channel();
+            // Only a subject's lane can be let go early: under `Stream` one lane is the order.
+            let free = (H::ORDER == Order::PerSubject).then_some(free);
             let mut work: BoxFuture<'_, ()> = Box::pin(handle_one(
-                bus,
-                blobs,
-                service,
-                kind,
-                handler,
-                message,
-                Some(free),
+                bus, blobs, service, kind, handler, message, free,
             ));
             tokio::select! {
                 () = &mut work => Step::Done(Some(lane)),

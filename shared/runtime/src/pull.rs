@@ -121,11 +121,16 @@ fn answer(reply: async_nats::Message, js: &jetstream::Context) -> Answer {
 }
 
 /// One-message pull requests made one after another, all answered on one subscription: each
-/// request replies on its own subject below the inbox, so a late status of an earlier request
-/// is told apart, and no subscription is made and dropped per request. A request can also
-/// ride on the ack of the message before it (`+NXT`): one message to the server for both.
+/// request replies on its own subject below the inbox, so an expiry status of an earlier
+/// request is told apart, and no subscription is made and dropped per request. A request can
+/// also ride on the ack of the message before it (`+NXT`): one message to the server for both.
+/// A message carries its stream's subject, not the request's, so a message for a request this
+/// side gave up on could be taken for the next one's: after giving up, the inbox is replaced,
+/// and such a late message goes to a closed subscription (and is redelivered after its ack
+/// wait) instead.
 pub struct PullInbox {
-    inbox: async_nats::Subscriber,
+    /// None after a request was given up on: subscribed anew before the next one.
+    inbox: Option<async_nats::Subscriber>,
     prefix: String,
     client: async_nats::Client,
     js: jetstream::Context,
@@ -141,25 +146,32 @@ struct Open {
 
 impl PullInbox {
     pub async fn new(bus: &Bus) -> Result<Self, RuntimeError> {
-        let prefix = bus.client.new_inbox();
-        let inbox = bus
-            .client
-            .subscribe(format!("{prefix}.*"))
-            .await
-            .map_err(|e| RuntimeError::nats("subscribe to a pull inbox", e))?;
-        Ok(PullInbox {
-            inbox,
-            prefix,
+        let mut inbox = PullInbox {
+            inbox: None,
+            prefix: String::new(),
             client: bus.client.clone(),
             js: bus.js.clone(),
             sent: 0,
             open: None,
-        })
+        };
+        inbox.subscribe().await?;
+        Ok(inbox)
     }
 
-    /// Whether a request is waiting for its answer.
-    pub fn is_open(&self) -> bool {
-        self.open.is_some()
+    /// Subscribes to a fresh inbox unless subscribed already.
+    async fn subscribe(&mut self) -> Result<(), RuntimeError> {
+        if self.inbox.is_some() {
+            return Ok(());
+        }
+        let prefix = self.client.new_inbox();
+        let inbox = self
+            .client
+            .subscribe(format!("{prefix}.*"))
+            .await
+            .map_err(|e| RuntimeError::nats("subscribe to a pull inbox", e))?;
+        self.inbox = Some(inbox);
+        self.prefix = prefix;
+        Ok(())
     }
 
     /// The reply subject of a new request, which becomes the open one.
@@ -180,6 +192,7 @@ impl PullInbox {
         tier: Option<Tier<'_>>,
         expires: Duration,
     ) -> Result<(), RuntimeError> {
+        self.subscribe().await?;
         let subject = self.open(expires);
         let sent = consumer
             .request_batch(config(1, tier, expires), subject.into())
@@ -205,6 +218,7 @@ impl PullInbox {
         let request = serde_json::to_vec(&config(1, tier, expires))
             .map_err(|e| RuntimeError::nats("encode a pull request", e))?;
         payload.extend_from_slice(&request);
+        self.subscribe().await?;
         let subject = self.open(expires);
         let sent = self
             .client
@@ -220,13 +234,16 @@ impl PullInbox {
     /// or no request open). An error status ends it too, as with [`Pull::next`].
     pub async fn next(&mut self) -> Result<Option<Message>, RuntimeError> {
         loop {
-            let Some(open) = &self.open else {
+            let (Some(open), Some(inbox)) = (&self.open, &mut self.inbox) else {
                 return Ok(None);
             };
-            let reply = match tokio::time::timeout_at(open.give_up_at, self.inbox.next()).await {
+            let reply = match tokio::time::timeout_at(open.give_up_at, inbox.next()).await {
                 Ok(Some(reply)) => reply,
+                // Given up on (its answer lost or late), or the subscription ended: the next
+                // request goes to a fresh inbox.
                 Ok(None) | Err(_) => {
                     self.open = None;
+                    self.inbox = None;
                     return Ok(None);
                 }
             };

@@ -168,9 +168,12 @@ impl Aggregator {
                     return self.reject_proof(team, &result, &key, reason).await;
                 }
                 // The head of the publication order is read while a root is written: the walk
-                // starts from it instead of reading it after.
+                // starts from it instead of reading it after. Not while a walk of the cursor
+                // runs here: the root is handed to that one, which has the head.
+                let walking = self.walks.running(&cursor_key(&result.team, &b.chain));
+                let read_head = root && !team.is_realtime() && !walking;
                 let (created, read) = tokio::join!(kv_create(&self.parts, &key, &record), async {
-                    match root && !team.is_realtime() {
+                    match read_head {
                         true => Some(self.read_head(&result.team, b).await),
                         false => None,
                     }
@@ -605,6 +608,11 @@ impl Aggregator {
 struct Walks(Mutex<HashMap<String, Vec<PartRecord>>>);
 
 impl Walks {
+    /// Whether a walk of `key` is running (it may end at any moment).
+    fn running(&self, key: &str) -> bool {
+        self.0.lock().expect("walks lock").contains_key(key)
+    }
+
     /// Starts the walk of `key`, or hands `recorded` to the running one and returns None.
     fn start(&self, key: String, recorded: &PartRecord) -> Option<Walk<'_>> {
         let mut walks = self.0.lock().expect("walks lock");

@@ -310,19 +310,7 @@ impl Gateway {
             priority: self.config.priority,
         };
         let mut backoff = Duration::from_millis(50);
-        let mut inbox = loop {
-            match PullInbox::new(&self.bus).await {
-                Ok(inbox) => break inbox,
-                Err(e) => {
-                    tracing::warn!(slot, error = %e, "pull inbox not ready");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        };
+        let mut inbox = PullInbox::new(&self.bus);
         // A proved task whose ack is still to send, with the next pull on it.
         let mut done: Option<Arc<Delivery>> = None;
         while !shutdown.is_cancelled() {

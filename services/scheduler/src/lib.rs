@@ -691,10 +691,11 @@ impl Scheduler {
             });
             by_plan[at].1.push((task, trace));
         }
+        // Read: the plan as it stands (None if not read, or gone).
         let reads = by_plan.iter().map(|((plan, _), tasks)| async move {
             match tasks.iter().any(|(t, _)| t.node.level > 0) {
-                true => kv_get::<Plan>(&self.plans, plan).await.map(Read::Read),
-                false => Ok(Read::Skipped),
+                true => kv_get::<Plan>(&self.plans, plan).await,
+                false => Ok(None),
             }
         });
         let read = futures::future::join_all(reads).await;
@@ -703,7 +704,7 @@ impl Scheduler {
         let mut dropped = 0u64;
         // Per plan: the plan as read (None if it is gone) and the tasks to publish.
         let mut planned = Vec::new();
-        for (((plan_key, hash), tasks), read) in by_plan.into_iter().zip(read) {
+        for (((pkey, hash), tasks), read) in by_plan.into_iter().zip(read) {
             let plan = match read {
                 Ok(plan) => plan,
                 Err(e) => {
@@ -713,12 +714,12 @@ impl Scheduler {
                 }
             };
             let live = |t: &Task| match &plan {
-                Read::Read(Some((p, _))) => {
+                Some((p, _)) => {
                     p.accepted.block.hash == hash
                         && p.withdrawn.is_none()
                         && !(p.released.contains(&t.node) && t.task_id == first_task_id(t))
                 }
-                Read::Read(None) | Read::Skipped => true,
+                None => true,
             };
             let (keep, drop): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(t, _)| live(t));
             if !drop.is_empty() {
@@ -727,9 +728,9 @@ impl Scheduler {
                     .duplicates
                     .with_label_values(&[SERVICE])
                     .inc_by(drop.len() as u64);
-                tracing::debug!(plan = %plan_key, tasks = drop.len(), "tasks of withdrawn or released work not published");
+                tracing::debug!(plan = %pkey, tasks = drop.len(), "tasks of withdrawn or released work not published");
             }
-            planned.push((plan_key, hash, plan, keep));
+            planned.push((pkey, hash, plan, keep));
         }
         let sends = planned.iter().flat_map(|(_, _, _, tasks)| {
             tasks
@@ -739,7 +740,7 @@ impl Scheduler {
         let mut sent = futures::future::join_all(sends).await.into_iter();
         let mut writes = Vec::new();
         let mut released = Vec::new();
-        for (plan_key, hash, plan, tasks) in planned {
+        for (pkey, hash, plan, tasks) in planned {
             let mut nodes = Vec::new();
             for (task, trace) in tasks {
                 match sent.next().expect("one outcome per task") {
@@ -753,13 +754,8 @@ impl Scheduler {
                     }
                 }
             }
-            match plan {
-                _ if nodes.is_empty() => {}
-                Read::Read(None) => {}
-                Read::Read(Some(read)) => {
-                    writes.push(self.record_released(plan_key, hash, Some(read), nodes));
-                }
-                Read::Skipped => writes.push(self.record_released(plan_key, hash, None, nodes)),
+            if !nodes.is_empty() {
+                writes.push(self.record_released(pkey, hash, plan, nodes));
             }
         }
         let written = futures::future::join_all(writes).await;
@@ -838,12 +834,6 @@ impl Scheduler {
 
 /// Tasks taken from a queue to be released, with their trace contexts.
 type Released = Vec<(Task, TraceContext)>;
-
-/// A plan as a release round read it (None: it is gone), or not read.
-enum Read {
-    Read(Option<(Plan, u64)>),
-    Skipped,
-}
 
 /// The id a task of `task`'s node has when first released; a re-run's differs.
 fn first_task_id(task: &Task) -> String {

@@ -5,6 +5,7 @@
 //! request whose answer is lost counts as expired shortly after its `expires`. A prover slot,
 //! which pulls one message at a time, keeps one inbox for all its requests ([`PullInbox`]).
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::StatusCode;
@@ -14,7 +15,10 @@ use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::bus::{Bus, RuntimeError};
+use crate::bus::{BoxError, Bus, RuntimeError};
+
+/// How long past its `expires` a request's answer is waited for before it counts as lost.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
 
 /// An outstanding pull request.
 pub struct Pull {
@@ -57,7 +61,7 @@ impl Pull {
             inbox,
             js: bus.js.clone(),
             remaining: batch,
-            give_up_at: Instant::now() + expires + Duration::from_secs(2),
+            give_up_at: Instant::now() + expires + ANSWER_GRACE,
         })
     }
 
@@ -145,17 +149,16 @@ struct Open {
 }
 
 impl PullInbox {
-    pub async fn new(bus: &Bus) -> Result<Self, RuntimeError> {
-        let mut inbox = PullInbox {
+    /// Subscribes on the first request.
+    pub fn new(bus: &Bus) -> Self {
+        PullInbox {
             inbox: None,
             prefix: String::new(),
             client: bus.client.clone(),
             js: bus.js.clone(),
             sent: 0,
             open: None,
-        };
-        inbox.subscribe().await?;
-        Ok(inbox)
+        }
     }
 
     /// Subscribes to a fresh inbox unless subscribed already.
@@ -174,15 +177,29 @@ impl PullInbox {
         Ok(())
     }
 
-    /// The reply subject of a new request, which becomes the open one.
-    fn open(&mut self, expires: Duration) -> String {
+    /// Opens a request that waits at most `expires` and sends it with `send`, given the
+    /// subject it is answered on; if sending fails, no request is open.
+    async fn ask<F, E>(
+        &mut self,
+        expires: Duration,
+        what: &'static str,
+        send: impl FnOnce(String) -> F,
+    ) -> Result<(), RuntimeError>
+    where
+        F: Future<Output = Result<(), E>>,
+        E: Into<BoxError>,
+    {
+        self.subscribe().await?;
         self.sent += 1;
         let subject = format!("{}.{}", self.prefix, self.sent);
         self.open = Some(Open {
             subject: subject.clone(),
-            give_up_at: Instant::now() + expires + Duration::from_secs(2),
+            give_up_at: Instant::now() + expires + ANSWER_GRACE,
         });
-        subject
+        send(subject).await.map_err(|e| {
+            self.open = None;
+            RuntimeError::nats(what, e)
+        })
     }
 
     /// Asks `consumer` for one message, waiting at most `expires` for it.
@@ -192,15 +209,11 @@ impl PullInbox {
         tier: Option<Tier<'_>>,
         expires: Duration,
     ) -> Result<(), RuntimeError> {
-        self.subscribe().await?;
-        let subject = self.open(expires);
-        let sent = consumer
-            .request_batch(config(1, tier, expires), subject.into())
-            .await;
-        sent.map_err(|e| {
-            self.open = None;
-            RuntimeError::nats("send a pull request", e)
+        let request = config(1, tier, expires);
+        self.ask(expires, "send a pull request", |subject| {
+            consumer.request_batch(request, subject.into())
         })
+        .await
     }
 
     /// Acks `message` and, in the same message to the server, asks its consumer for the next
@@ -218,16 +231,11 @@ impl PullInbox {
         let request = serde_json::to_vec(&config(1, tier, expires))
             .map_err(|e| RuntimeError::nats("encode a pull request", e))?;
         payload.extend_from_slice(&request);
-        self.subscribe().await?;
-        let subject = self.open(expires);
-        let sent = self
-            .client
-            .publish_with_reply(ack_subject, subject, payload.into())
-            .await;
-        sent.map_err(|e| {
-            self.open = None;
-            RuntimeError::nats("ack and pull", e)
+        let client = self.client.clone();
+        self.ask(expires, "ack and pull", |subject| {
+            client.publish_with_reply(ack_subject, subject, payload.into())
         })
+        .await
     }
 
     /// The open request's message, or None once it ends without one (expired, answer lost,

@@ -217,8 +217,16 @@ impl Scheduler {
     }
 
     /// Plans `accepted` for `team`: records the plan once, then queues the leaves not yet
-    /// released (all of them, unless this is a redelivery after a crash).
-    async fn plan(&self, team: &TeamConfig, accepted: &BlockAccepted) -> Result<(), RuntimeError> {
+    /// released. On a first delivery whose leaves would be released at once anyway, they go
+    /// out while the plan is created (see [`Scheduler::plan_express`]). A redelivery queues
+    /// every leaf again: a plan may record a leaf as released whose publish failed, and a
+    /// repeat of one that went out is dropped by its msg-id.
+    async fn plan(
+        &self,
+        team: &TeamConfig,
+        accepted: &BlockAccepted,
+        redelivered: bool,
+    ) -> Result<(), RuntimeError> {
         let b = &accepted.block;
         if !team.samples(b.number) {
             return Ok(());
@@ -235,7 +243,20 @@ impl Scheduler {
             withdrawn: None,
             finalized: false,
         };
-        let mut plan = if kv_create(&self.plans, &key, &fresh).await?.is_some() {
+        let express = !redelivered && !team.is_realtime();
+        let created = match express
+            .then(|| self.reserve_express(team, &fresh))
+            .flatten()
+        {
+            Some(leaves) => {
+                if self.plan_express(team, &key, &fresh, leaves).await? {
+                    return Ok(());
+                }
+                false
+            }
+            None => kv_create(&self.plans, &key, &fresh).await?.is_some(),
+        };
+        let mut plan = if created {
             fresh.clone()
         } else {
             match kv_get::<Plan>(&self.plans, &key).await? {
@@ -261,8 +282,109 @@ impl Scheduler {
             self.start_cursor(team, b).await?;
         }
         self.ensure_queue(team).await?;
-        self.enqueue_leaves(team, &plan);
+        self.enqueue_leaves(team, &plan, redelivered);
         Ok(())
+    }
+
+    /// The leaf tasks of `plan` if they may go out now: on every queue they join nothing is
+    /// held (nothing more urgent waits) and the bus has room for them. Their room is taken.
+    fn reserve_express(&self, team: &TeamConfig, plan: &Plan) -> Option<Vec<Task>> {
+        let tasks: Vec<Task> = plan
+            .workflow
+            .leaves()
+            .map(|n| leaf_task(team, plan, n))
+            .collect();
+        let mut per_queue: HashMap<QueueKey, u64> = HashMap::new();
+        for t in &tasks {
+            *per_queue
+                .entry((t.team.clone(), t.class.clone()))
+                .or_default() += 1;
+        }
+        let bound = self.config.max_undelivered;
+        let mut queues = self.queues.lock().expect("queues lock");
+        let fits = per_queue.iter().all(|(key, n)| {
+            queues
+                .queues
+                .get(key)
+                .is_some_and(|q| q.held() == 0 && q.undelivered.is_some_and(|u| u + n <= bound))
+        });
+        if !fits {
+            return None;
+        }
+        for (key, n) in per_queue {
+            if let Some(u) = queues
+                .queues
+                .get_mut(&key)
+                .and_then(|q| q.undelivered.as_mut())
+            {
+                *u += n;
+            }
+        }
+        Some(tasks)
+    }
+
+    /// Publishes `leaves` (their room taken by [`Scheduler::reserve_express`]) while creating
+    /// `fresh`'s plan with them recorded as released: one round trip where queueing costs two
+    /// and a plan write. The block's message is acked only after both, so if a publish fails
+    /// the redelivery queues the leaves again. True if the plan was created; false if one was
+    /// there (an earlier delivery's or another block's at the height), which the caller reads
+    /// and follows as usual (repeating a leaf that went out is harmless).
+    async fn plan_express(
+        &self,
+        team: &TeamConfig,
+        key: &str,
+        fresh: &Plan,
+        leaves: Vec<Task>,
+    ) -> Result<bool, RuntimeError> {
+        // The aggregator counts on the cursor existing before a chain's first task.
+        let ready = async {
+            self.start_cursor(team, &fresh.accepted.block).await?;
+            self.ensure_queue(team).await
+        };
+        if let Err(e) = ready.await {
+            self.forget_undelivered(&leaves);
+            return Err(e);
+        }
+        let recorded = Plan {
+            released: leaves.iter().map(|t| t.node).collect(),
+            ..fresh.clone()
+        };
+        let trace = current_context();
+        let sends = leaves.iter().map(|t| self.send_task(t, trace.clone()));
+        let (created, sent) = tokio::join!(
+            kv_create(&self.plans, key, &recorded),
+            futures::future::join_all(sends)
+        );
+        if let Some(e) = sent.into_iter().find_map(Result::err) {
+            self.forget_undelivered(&leaves);
+            return Err(e);
+        }
+        // Out, so counted as released whatever the plan write did.
+        let created = created.map(|c| c.is_some());
+        if matches!(created, Ok(true)) {
+            self.track(team, &recorded);
+        }
+        let now = now_ms();
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        for t in &leaves {
+            metrics().tasks_released.with_label_values(&[&t.team]).inc();
+            tracker
+                .team(&t.team)
+                .released(&t.block.chain, t.block.number, now);
+        }
+        drop(tracker);
+        created
+    }
+
+    /// The bus's undelivered count is not known any more on the queues of `tasks` (some of
+    /// them may not have gone out): the next release reads it.
+    fn forget_undelivered(&self, tasks: &[Task]) {
+        let mut queues = self.queues.lock().expect("queues lock");
+        for t in tasks {
+            if let Some(q) = queues.queues.get_mut(&(t.team.clone(), t.class.clone())) {
+                q.undelivered = None;
+            }
+        }
     }
 
     /// A block arrived at a height where another one is planned. If ingest holds the new one
@@ -370,11 +492,12 @@ impl Scheduler {
         Ok(())
     }
 
-    fn enqueue_leaves(&self, team: &TeamConfig, plan: &Plan) {
+    /// Queues the plan's leaves not recorded as released, or (`all`) every one.
+    fn enqueue_leaves(&self, team: &TeamConfig, plan: &Plan, all: bool) {
         let tasks = plan
             .workflow
             .leaves()
-            .filter(|n| !plan.released.contains(n))
+            .filter(|n| all || !plan.released.contains(n))
             .map(|n| leaf_task(team, plan, n))
             .collect();
         self.enqueue(tasks);
@@ -551,15 +674,20 @@ impl Scheduler {
             let queues = self.queues.lock().expect("queues lock");
             queues.queues.get(key).and_then(|q| q.undelivered)
         };
-        if known.is_none_or(|n| n >= bound) {
+        let read = || async {
             let undelivered = self.undelivered_on_bus(key).await?;
             let mut queues = self.queues.lock().expect("queues lock");
             if let Some(q) = queues.queues.get_mut(key) {
                 q.undelivered = Some(undelivered);
             }
+            Ok::<(), RuntimeError>(())
+        };
+        let mut fresh = known.is_none_or(|n| n >= bound);
+        if fresh {
+            read().await?;
         }
         loop {
-            let batch = {
+            let (batch, held) = {
                 let mut queues = self.queues.lock().expect("queues lock");
                 let Some(q) = queues.queues.get_mut(key) else {
                     return Ok(());
@@ -575,9 +703,17 @@ impl Scheduler {
                     .tasks_held
                     .with_label_values(&[&key.0, &key.1])
                     .set(q.held() as i64);
-                batch
+                (batch, q.held())
             };
             if batch.is_empty() {
+                // The releases since the last reading used up the room, with work still
+                // held: most of those tasks may be delivered by now, so the bus is read again
+                // at once rather than at the next poll.
+                if held > 0 && !fresh {
+                    fresh = true;
+                    read().await?;
+                    continue;
+                }
                 return Ok(());
             }
             self.release_batch(key, batch).await?;
@@ -867,13 +1003,14 @@ impl Handler for AcceptedHandler {
         };
         let s = &self.0;
         let accepted = &accepted;
+        let redelivered = delivery.delivered > 1;
         let teams = s.registry.all();
-        // Teams' plans share no record: planned at once. A redelivery plans again only what
-        // is missing (plans are created once).
+        // Teams' plans share no record: planned at once. Plans are created once; a
+        // redelivery queues the block's leaves again (see `plan`).
         let plans = teams
             .iter()
             .filter(|team| team.proves_chain(&accepted.block.chain))
-            .map(|team| async move { (team, s.plan(team, accepted).await) });
+            .map(|team| async move { (team, s.plan(team, accepted, redelivered).await) });
         let mut outcome = Outcome::Ack;
         for (team, planned) in futures::future::join_all(plans).await {
             if let Err(e) = planned {

@@ -286,17 +286,21 @@ impl Ingest {
             payload,
         };
         let msg_id = block_msg_id(&block.chain, block.number, &block.hash);
-        self.bus
-            .publish(
+        let published = self
+            .bus
+            .publish_sent(
                 self.bus.subjects.accepted(&block.chain),
                 &accepted,
                 Some(&msg_id),
             )
-            .await?;
-        // Published, so the chain's next block may start: it reads this record only as its
-        // parent's, where received and accepted mean the same, and every write below is a
-        // compare-and-set that a reorg handled meanwhile wins.
+            .await;
+        // Sent, so the chain's next block may start: its notice goes out behind this one, it
+        // reads this record only as its parent's, where received and accepted mean the same,
+        // and every write below is a compare-and-set that a reorg handled meanwhile wins. (If
+        // this publish has to be retried, the next block's may be stored first; the scheduler
+        // plans blocks in any order and the aggregator publishes their proofs in order.)
         delivery.release_lane();
+        published.await?;
         // Only this very block, still received: a reorg handled meanwhile (by another ingest
         // instance) may have orphaned or replaced it. First at the revision known, which
         // saves the read; if the record moved since, read it and decide again.

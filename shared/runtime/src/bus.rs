@@ -306,14 +306,36 @@ impl Bus {
         message: &M,
         msg_id: Option<&str>,
     ) -> Result<jetstream::publish::PublishAck, RuntimeError> {
-        let payload = Bytes::from(encode(message));
-        let mut headers = HeaderMap::new();
-        headers.insert(SCHEMA_HEADER, M::SCHEMA);
-        if let Some(id) = msg_id {
-            headers.insert(MSG_ID_HEADER, id);
-        }
-        telemetry::inject_current(&mut headers);
+        let (headers, payload) = envelope(message, msg_id);
         self.publish_raw(subject, headers, payload).await
+    }
+
+    /// [`Bus::publish`] in two steps: returns once `message` is sent, so what this connection
+    /// sends next reaches the server after it, with the wait for the stream's ack to await
+    /// later. Retries as `publish` does if the first try is not acked; a retried message may
+    /// then land behind ones sent after it.
+    pub async fn publish_sent<M: WireMessage>(
+        &self,
+        subject: String,
+        message: &M,
+        msg_id: Option<&str>,
+    ) -> impl Future<Output = Result<jetstream::publish::PublishAck, RuntimeError>> + '_ {
+        let (headers, payload) = envelope(message, msg_id);
+        let first = self
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await;
+        async move {
+            let failed = match first {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => return Ok(ack),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(subject = %subject, error = %failed, "publish failed, retrying");
+            self.publish_raw(subject, headers, payload).await
+        }
     }
 
     /// Publishes on core NATS (no stream, no ack): for signals whose loss only costs time,
@@ -571,4 +593,16 @@ where
         format!("update {key}"),
         "too many concurrent writers",
     ))
+}
+
+/// The headers and body of `message` on the wire: its schema, an optional msg-id and the
+/// current trace context.
+fn envelope<M: WireMessage>(message: &M, msg_id: Option<&str>) -> (HeaderMap, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(SCHEMA_HEADER, M::SCHEMA);
+    if let Some(id) = msg_id {
+        headers.insert(MSG_ID_HEADER, id);
+    }
+    telemetry::inject_current(&mut headers);
+    (headers, Bytes::from(encode(message)))
 }

@@ -286,41 +286,28 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The leaf tasks of `plan` if they may go out now: on every queue they join nothing is
-    /// held (nothing more urgent waits) and the bus has room for them. Their room is taken.
+    /// The leaf tasks of `plan` if they may go out now: their queue (leaves share one) holds
+    /// nothing, so nothing more urgent waits, and the bus has room for them. The room is
+    /// taken.
     fn reserve_express(&self, team: &TeamConfig, plan: &Plan) -> Option<Vec<Task>> {
-        let tasks: Vec<Task> = plan
-            .workflow
-            .leaves()
-            .map(|n| leaf_task(team, plan, n))
-            .collect();
-        let mut per_queue: HashMap<QueueKey, u64> = HashMap::new();
-        for t in &tasks {
-            *per_queue
-                .entry((t.team.clone(), t.class.clone()))
-                .or_default() += 1;
-        }
+        let key: QueueKey = (team.name.clone(), team.class_of(0).to_string());
+        let n = plan.workflow.leaves().count() as u64;
         let bound = self.config.max_undelivered;
-        let mut queues = self.queues.lock().expect("queues lock");
-        let fits = per_queue.iter().all(|(key, n)| {
-            queues
-                .queues
-                .get(key)
-                .is_some_and(|q| q.held() == 0 && q.undelivered.is_some_and(|u| u + n <= bound))
-        });
-        if !fits {
-            return None;
-        }
-        for (key, n) in per_queue {
-            if let Some(u) = queues
-                .queues
-                .get_mut(&key)
-                .and_then(|q| q.undelivered.as_mut())
-            {
-                *u += n;
+        {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let q = queues.queues.get_mut(&key)?;
+            let undelivered = q.undelivered?;
+            if q.held() > 0 || undelivered + n > bound {
+                return None;
             }
+            q.undelivered = Some(undelivered + n);
         }
-        Some(tasks)
+        Some(
+            plan.workflow
+                .leaves()
+                .map(|node| leaf_task(team, plan, node))
+                .collect(),
+        )
     }
 
     /// Publishes `leaves` (their room taken by [`Scheduler::reserve_express`]) while creating
@@ -336,13 +323,21 @@ impl Scheduler {
         fresh: &Plan,
         leaves: Vec<Task>,
     ) -> Result<bool, RuntimeError> {
+        let queue: QueueKey = (team.name.clone(), team.class_of(0).to_string());
+        // The count taken for them is not right any more: the next release reads the bus.
+        let forget = || {
+            let mut queues = self.queues.lock().expect("queues lock");
+            if let Some(q) = queues.queues.get_mut(&queue) {
+                q.undelivered = None;
+            }
+        };
         // The aggregator counts on the cursor existing before a chain's first task.
         let ready = async {
             self.start_cursor(team, &fresh.accepted.block).await?;
             self.ensure_queue(team).await
         };
         if let Err(e) = ready.await {
-            self.forget_undelivered(&leaves);
+            forget();
             return Err(e);
         }
         let recorded = Plan {
@@ -356,7 +351,7 @@ impl Scheduler {
             futures::future::join_all(sends)
         );
         if let Some(e) = sent.into_iter().find_map(Result::err) {
-            self.forget_undelivered(&leaves);
+            forget();
             return Err(e);
         }
         // Out, so counted as released whatever the plan write did.
@@ -364,26 +359,19 @@ impl Scheduler {
         if matches!(created, Ok(true)) {
             self.track(team, &recorded);
         }
+        self.count_released(&leaves);
+        created
+    }
+
+    /// Metrics and deadline tracking of tasks just published.
+    fn count_released(&self, tasks: &[Task]) {
         let now = now_ms();
         let mut tracker = self.tracker.lock().expect("tracker lock");
-        for t in &leaves {
+        for t in tasks {
             metrics().tasks_released.with_label_values(&[&t.team]).inc();
             tracker
                 .team(&t.team)
                 .released(&t.block.chain, t.block.number, now);
-        }
-        drop(tracker);
-        created
-    }
-
-    /// The bus's undelivered count is not known any more on the queues of `tasks` (some of
-    /// them may not have gone out): the next release reads it.
-    fn forget_undelivered(&self, tasks: &[Task]) {
-        let mut queues = self.queues.lock().expect("queues lock");
-        for t in tasks {
-            if let Some(q) = queues.queues.get_mut(&(t.team.clone(), t.class.clone())) {
-                q.undelivered = None;
-            }
         }
     }
 
@@ -907,18 +895,7 @@ impl Scheduler {
                 }
             }
         }
-        let now = now_ms();
-        let mut tracker = self.tracker.lock().expect("tracker lock");
-        for task in &released {
-            metrics()
-                .tasks_released
-                .with_label_values(&[&task.team])
-                .inc();
-            tracker
-                .team(&task.team)
-                .released(&task.block.chain, task.block.number, now);
-        }
-        drop(tracker);
+        self.count_released(&released);
         for w in written {
             w?;
         }

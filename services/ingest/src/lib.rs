@@ -1,7 +1,6 @@
 //! ingest: validates block submissions, de-duplicates them, records their status, stores their
 //! payload and publishes `BlockAccepted`. Bad input becomes a dead letter; ingest keeps going.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -14,7 +13,6 @@ use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Order, Outcome, Rejection, RuntimeError, consume, kv_create,
     kv_get, kv_update, kv_update_at, metrics,
 };
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "ingest";
@@ -48,7 +46,6 @@ pub async fn run(
         bus: bus.clone(),
         blobs: blobs.clone(),
         config,
-        turns: Turns::default(),
     };
     let spec = bus.topology.ingest_consumer();
     consume(&bus, &blobs, &spec, SERVICE, "block", &handler, shutdown).await
@@ -59,102 +56,6 @@ struct Ingest {
     blobs: BlobStore,
     blocks: kv::Store,
     config: Config,
-    turns: Turns,
-}
-
-/// The blocks of each chain in the order their handling started here. A block's record is
-/// created and its parent's read while blocks before it may still be handled; then it waits
-/// for the block just before to send its notice (or end) before it decides on its own. What
-/// it read stands only if every block still running when it started was a plain acceptance
-/// (changed no record but its own); a parent's record not found yet may be the block just
-/// before, which hands its record over. Otherwise it reads again, as it would have had it
-/// waited from the start.
-#[derive(Default)]
-struct Turns(std::sync::Mutex<HashMap<String, oneshot::Receiver<Handled>>>);
-
-/// What a block's handling tells the next block of its chain.
-#[derive(Debug, Clone, PartialEq)]
-struct Handled {
-    /// It changed no record but its own (no reorg, no orphan), and neither did any block
-    /// running when it started.
-    plain: bool,
-    /// Its record as it sent its notice, when plain.
-    status: Option<BlockStatus>,
-}
-
-impl Turns {
-    /// A block's turn on `chain`: behind the block whose handling started last.
-    fn take(&self, chain: &str) -> Turn {
-        let (done, next) = oneshot::channel();
-        let before = self
-            .0
-            .lock()
-            .expect("turns lock")
-            .insert(chain.to_string(), next);
-        // One that has sent already changes nothing any more, nor does any block before it
-        // (each waits for the one before it first): nothing to wait for.
-        let before = before.filter(|b| b.is_empty() && !b.is_terminated());
-        Turn {
-            before,
-            in_flight_plain: true,
-            done: Some(done),
-        }
-    }
-}
-
-/// One block's place in its chain's order. Dropped without [`Turn::done`], it tells the next
-/// block that this one was not a plain acceptance.
-struct Turn {
-    /// The block before, if it was still running when this one started.
-    before: Option<oneshot::Receiver<Handled>>,
-    /// Whether every block running when this one started was plain (known after `reads_stand`).
-    in_flight_plain: bool,
-    done: Option<oneshot::Sender<Handled>>,
-}
-
-impl Turn {
-    /// Waits for the block before to send its notice or end, if it was running when this one
-    /// started; then tells whether reads made meanwhile stand. `parent` is the parent's record
-    /// as read; if it was not found and the block before is the parent, that block's record.
-    async fn reads_stand(&mut self, number: u64, parent: &mut Option<BlockStatus>) -> bool {
-        let Some(before) = self.before.take() else {
-            return true;
-        };
-        // A handling cancelled before it said counts as not plain (the drop says so first).
-        let handled = before.await.unwrap_or(Handled {
-            plain: false,
-            status: None,
-        });
-        self.in_flight_plain = handled.plain;
-        if !handled.plain {
-            return false;
-        }
-        if parent.is_none() {
-            *parent = handled
-                .status
-                .filter(|s| s.block.number.checked_add(1) == Some(number));
-        }
-        parent.is_some()
-    }
-
-    /// Lets the next block decide: plain only if this one was (`status` its record) and so
-    /// was every block running when it started, which the next block's reads may have
-    /// overlapped too.
-    fn done(&mut self, status: Option<&BlockStatus>) {
-        if let Some(done) = self.done.take() {
-            let plain = status.is_some() && self.in_flight_plain;
-            let _ = done.send(Handled {
-                plain,
-                status: status.filter(|_| plain).cloned(),
-            });
-        }
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        self.done(None);
-    }
 }
 
 /// Checks a submission against the public interface; the reason names the first problem.
@@ -253,26 +154,12 @@ impl Ingest {
         let key = block_key(&block.chain, block.number);
         // Most blocks are new: their record is created while the parent's is read (one round
         // trip for both), and the block's own record is read only when one exists already.
-        // The chain's next block may start now (see `Turns`).
-        let mut turn = self.turns.take(&block.chain);
-        delivery.release_lane();
         let fresh = fresh_status(&submission, &block, submitted_at_ms, None);
         let (created, parent) = tokio::join!(
             kv_create(&self.blocks, &key, &fresh),
             self.parent_of(&block)
         );
-        // Waited for before any error returns: a block that says it is done has waited for
-        // every block before it, so the next one need not.
-        let mut read = parent.as_ref().ok().cloned().flatten();
-        let stand = turn.reads_stand(block.number, &mut read).await;
-        let (mut created, mut parent) = (created?, parent.map(|_| read)?);
-        if !stand {
-            // A block handled meanwhile changed records (a reorg, an orphan), or the parent's
-            // record may have been on its way: both are read again. `created` is dropped
-            // because a reorg may have orphaned the record just made.
-            created = None;
-            parent = self.parent_of(&block).await?;
-        }
+        let (created, parent) = (created?, parent?);
         if let Some(p) = &parent {
             let parent_orphaned = (p.state == BlockState::Orphaned
                 && p.block.hash == submission.parent_hash)
@@ -301,8 +188,6 @@ impl Ingest {
                 return Ok(Outcome::Reject(orphaned(&block)));
             }
         }
-        // Whether the next block may keep what it read while this one was handled.
-        let mut plain = true;
         // The revision `status` was read or written at, while it is known.
         let (status, mut revision) = match created {
             Some(revision) => (fresh, Some(revision)),
@@ -354,7 +239,6 @@ impl Ingest {
                     .block(&block),
                 ));
             }
-            plain = false;
             let replaced = match status.state {
                 BlockState::Orphaned => Vec::new(),
                 _ => self.descendants(&status.block, &block.hash).await?,
@@ -384,13 +268,11 @@ impl Ingest {
                 })
             })
             .await?;
-            turn.done(plain.then_some(&status));
             return Ok(Outcome::Ack);
         }
         // The record at the fork height is the reorg's outbox: until this block is accepted,
         // every delivery (re)marks the orphans and (re)publishes the notice; both are idempotent.
         if !status.replaced.is_empty() {
-            plain = false;
             self.orphan(&block, &status.replaced).await?;
         }
         // Received but maybe not published: publish (again). The msg-id makes a repeat harmless.
@@ -412,12 +294,12 @@ impl Ingest {
                 Some(&msg_id),
             )
             .await;
-        // Sent, so the chain's next block may decide: its notice goes out behind this one, it
+        // Sent, so the chain's next block may start: its notice goes out behind this one, it
         // reads this record only as its parent's, where received and accepted mean the same,
         // and every write below is a compare-and-set that a reorg handled meanwhile wins. (If
         // this publish has to be retried, the next block's may be stored first; the scheduler
         // plans blocks in any order and the aggregator publishes their proofs in order.)
-        turn.done(plain.then_some(&status));
+        delivery.release_lane();
         published.await?;
         // Only this very block, still received: a reorg handled meanwhile (by another ingest
         // instance) may have orphaned or replaced it. First at the revision known, which
@@ -580,86 +462,6 @@ mod tests {
             payload: vec![0; 100],
             deadline_ms: None,
         }
-    }
-
-    fn status(number: u64) -> BlockStatus {
-        let mut s = submission();
-        s.number = number;
-        let block = BlockRef {
-            chain: s.chain.clone(),
-            number,
-            hash: vec![number as u8; 32],
-        };
-        fresh_status(&s, &block, 0, None)
-    }
-
-    #[tokio::test]
-    async fn a_block_waits_for_the_one_before_on_its_chain_only() {
-        let turns = Turns::default();
-        let mut first = turns.take("eth");
-        let mut second = turns.take("eth");
-        let mut other = turns.take("op");
-        assert!(
-            first.reads_stand(7, &mut None).await,
-            "nothing ran before it"
-        );
-        assert!(
-            other.reads_stand(8, &mut None).await,
-            "another chain is not waited for"
-        );
-        let waiting = tokio::spawn(async move {
-            let mut parent = None;
-            let stand = second.reads_stand(8, &mut parent).await;
-            (stand, parent)
-        });
-        tokio::task::yield_now().await;
-        assert!(
-            !waiting.is_finished(),
-            "the second waits while the first runs"
-        );
-        first.done(Some(&status(7)));
-        let (stand, parent) = waiting.await.expect("joined");
-        assert!(stand, "behind a plain block");
-        assert_eq!(parent, Some(status(7)), "the parent handed over, not read");
-    }
-
-    #[tokio::test]
-    async fn reads_are_made_again_behind_a_block_that_was_not_plain() {
-        let turns = Turns::default();
-        let first = turns.take("eth");
-        let mut second = turns.take("eth");
-        drop(first);
-        assert!(
-            !second.reads_stand(8, &mut Some(status(7))).await,
-            "dropped unfinished"
-        );
-
-        let mut first = turns.take("eth");
-        let mut second = turns.take("eth");
-        first.done(Some(&status(5)));
-        assert!(
-            !second.reads_stand(8, &mut None).await,
-            "the parent not found, and not the block before: it may have been on its way"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_block_that_was_not_plain_taints_every_block_it_overlapped() {
-        let turns = Turns::default();
-        let mut first = turns.take("eth");
-        let mut second = turns.take("eth");
-        // The third starts while the first (which will not be plain) still runs.
-        let mut third = turns.take("eth");
-        first.done(None);
-        assert!(!second.reads_stand(8, &mut Some(status(7))).await);
-        // The second reads again and is plain itself; the third's reads overlapped the
-        // first all the same.
-        second.done(Some(&status(8)));
-        assert!(!third.reads_stand(9, &mut Some(status(8))).await);
-        third.done(Some(&status(9)));
-        // One that starts after everything sent has nothing to wait for.
-        let mut fourth = turns.take("eth");
-        assert!(fourth.reads_stand(10, &mut None).await);
     }
 
     #[test]

@@ -104,8 +104,6 @@ or "<release>-<nameOverride|nats>".
   value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
 - name: PUSH0_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
-- name: PUSH0_TRACES
-  value: {{ .Values.traces | quote }}
 {{- end }}
 
 {{/* Pod annotations: user ones plus Prometheus scrape hints; empty when none. */}}

@@ -88,7 +88,6 @@ pub async fn run(
         consumers: tokio::sync::Mutex::new(HashMap::new()),
         wake: Notify::new(),
         published_from: Mutex::new(HashSet::new()),
-        chains: Mutex::new(HashMap::new()),
     });
     scheduler.recover().await?;
 
@@ -158,9 +157,6 @@ pub struct Scheduler {
     /// (team, chain)s whose cursor has published: planning never moves it again (a reorg's
     /// rewind keeps the count), so it is not read for their blocks.
     published_from: Mutex<HashSet<(String, String)>>,
-    /// Per chain: blocks being planned hold it shared, a reorg notice alone (see
-    /// [`AcceptedHandler`]).
-    chains: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 fn leaf_task(team: &TeamConfig, plan: &Plan, node: NodeId) -> Task {
@@ -207,16 +203,6 @@ fn aggregate_task(team: &TeamConfig, ready: &Ready) -> Task {
 }
 
 impl Scheduler {
-    /// The lock that orders `chain`'s reorg notices against the blocks planned around them.
-    fn chain_lock(&self, chain: &str) -> Arc<tokio::sync::RwLock<()>> {
-        self.chains
-            .lock()
-            .expect("chains lock")
-            .entry(chain.to_string())
-            .or_default()
-            .clone()
-    }
-
     fn enqueue(&self, tasks: Vec<Task>) {
         if tasks.is_empty() {
             return;
@@ -971,11 +957,7 @@ fn first_task_id(task: &Task) -> String {
 struct AcceptedHandler(Arc<Scheduler>);
 
 impl Handler for AcceptedHandler {
-    // Blocks and reorg notices arrive on their chain's subject, in order there. A block lets
-    // the chain's next message start once it has taken its room on the bus (so leaves go out
-    // in block order) and plans on while the next one does: blocks' plans share no record. A
-    // reorg notice waits for the blocks before it to be planned and holds the chain until it
-    // is handled.
+    // Blocks and reorg notices arrive on their chain's subject, in order there.
     const ORDER: Order = Order::PerSubject;
 
     async fn handle(&self, delivery: &Delivery) -> Outcome {
@@ -984,7 +966,6 @@ impl Handler for AcceptedHandler {
                 Ok(r) => r,
                 Err(e) => return Outcome::Reject(e.into()),
             };
-            let _alone = self.0.chain_lock(&reorg.block.chain).write_owned().await;
             return match self.0.reorg(&reorg).await {
                 Ok(()) => Outcome::Ack,
                 Err(e) => {
@@ -1003,22 +984,12 @@ impl Handler for AcceptedHandler {
         let teams = s.registry.all();
         // Teams' plans share no record: planned at once. Plans are created once; a
         // redelivery queues the block's leaves again (see `plan`).
-        // Never waits: a reorg notice holding the chain holds its lane too.
-        let _planning = s.chain_lock(&accepted.block.chain).read_owned().await;
         let plans = teams
             .iter()
             .filter(|team| team.proves_chain(&accepted.block.chain))
             .map(|team| async move { (team, s.plan(team, accepted, redelivered).await) });
-        let mut plans = std::pin::pin!(futures::future::join_all(plans));
-        // The first poll takes each team's room (`reserve_express`) before the first await.
-        let first = futures::poll!(plans.as_mut());
-        delivery.release_lane();
-        let planned = match first {
-            std::task::Poll::Ready(planned) => planned,
-            std::task::Poll::Pending => plans.await,
-        };
         let mut outcome = Outcome::Ack;
-        for (team, planned) in planned {
+        for (team, planned) in futures::future::join_all(plans).await {
             if let Err(e) = planned {
                 tracing::warn!(team = %team.name, error = %e, "planning failed, will retry");
                 outcome = Outcome::Retry(Duration::from_millis(500));

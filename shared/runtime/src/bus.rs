@@ -187,16 +187,9 @@ impl Bus {
                 storage: stream::StorageType::File,
                 ..Default::default()
             };
-            // Create, never update: an update would turn direct gets back on where another
-            // service had just turned them off, and a service opening the bucket then would
-            // read through direct gets that nobody answers ("no responders", seen on R3).
-            if let Err(e) = retry_twice(|| self.js.create_key_value(config.clone())).await {
-                // Another service created it meanwhile (and may have tuned it already).
-                self.js
-                    .get_key_value(&spec.name)
-                    .await
-                    .map_err(|_| RuntimeError::nats(format!("declare bucket {}", spec.name), e))?;
-            }
+            retry_twice(|| self.js.create_or_update_key_value(config.clone()))
+                .await
+                .map_err(|e| RuntimeError::nats(format!("declare bucket {}", spec.name), e))?;
             self.tune_stream(&stream, true).await?;
         }
         let objects = self.subjects.object_store();

@@ -35,7 +35,7 @@ pub fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
 const TOPOLOGY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
-    let telemetry = telemetry::init(service, common.log_format, common.traces);
+    let telemetry = telemetry::init(service, common.log_format);
     let shutdown = crate::shutdown::shutdown_on_signal();
     let addr = serve_metrics(common.metrics_addr, shutdown.clone())
         .await

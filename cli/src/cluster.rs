@@ -98,9 +98,11 @@ impl LocalCluster {
     pub async fn start(spec: ClusterSpec) -> Result<Self> {
         let connect = |name: &'static str| Bus::connect(&spec.nats_url, &spec.prefix, name);
         let bus = connect("push0-dev").await.context("connecting to nats")?;
-        bus.ensure_topology()
+        // In-process services do not check the topology; this harness owns it, as
+        // `push0 topology apply` does in a deployment.
+        push0_runtime::topology::apply(&bus, bus.replicas, Duration::from_secs(120))
             .await
-            .context("declaring streams and buckets")?;
+            .context("applying the topology")?;
         let mut services: Vec<Service> = Vec::new();
         let mut spawn = |name: String,
                          f: Box<

@@ -3,6 +3,7 @@
 
 mod commands;
 mod teams;
+mod topology;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,9 @@ enum Command {
     Dlq(DlqArgs),
     /// Add, remove or list proving teams at runtime
     Team(teams::TeamArgs),
+    /// Declare the streams, buckets and object store (the only step that creates or changes
+    /// them), or check them
+    Topology(topology::TopologyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -193,6 +197,7 @@ async fn main() {
         Command::Status(args) => commands::status(args).await,
         Command::Dlq(args) => commands::dlq(args).await,
         Command::Team(args) => teams::team(args).await,
+        Command::Topology(args) => topology::topology(args).await,
         Command::Verify(args) => match commands::verify(args).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

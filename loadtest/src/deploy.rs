@@ -98,7 +98,8 @@ impl Deployment {
         let prefix = push0_testkit::random_prefix();
         let mut bus = Bus::connect(&target.url, &prefix, "push0-loadtest").await?;
         bus.replicas = usize::from(target.replicas);
-        bus.ensure_topology().await?;
+        // The harness owns the topology, as `push0 topology apply` does in a deployment.
+        push0_runtime::topology::apply(&bus, bus.replicas, Duration::from_secs(120)).await?;
         let teams_file = target.log_dir.join(format!("{prefix}-teams.toml"));
         std::fs::write(&teams_file, teams_toml(&teams))?;
         let common = || -> Vec<String> {

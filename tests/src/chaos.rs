@@ -454,7 +454,7 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
     let events: Events = Arc::default();
     let log = |what: String| record(&events, t0, what);
     std::fs::create_dir_all(&config.logs)?;
-    let mut cluster = NatsCluster::start()?;
+    let mut cluster = NatsCluster::start_nodes(3, Some(&config.logs))?;
     let url = cluster.url();
     let prefix = random_prefix();
     let teams_file = config.logs.join("teams.toml");
@@ -464,14 +464,11 @@ pub async fn run(config: &ChaosConfig) -> Result<ChaosReport> {
         &poison_marker,
         b"gamma's prover crashes on the poison block",
     )?;
-    // The topology first, at R3 as the services have it, so a dozen services starting at once
-    // find it declared rather than all create every stream on a cluster still electing.
+    // The topology first, at R3 as the services check for it: the drill is its owner, as
+    // `push0 topology apply` is in a deployment.
     let mut bus = Bus::connect(&url, &prefix, "chaos").await?;
     bus.replicas = 3;
-    crate::eventually(Duration::from_secs(60), "topology declared", || async {
-        bus.ensure_topology().await.ok()
-    })
-    .await?;
+    push0_runtime::topology::apply(&bus, 3, Duration::from_secs(120)).await?;
     let mut fleet = Fleet {
         url: url.clone(),
         prefix: prefix.clone(),

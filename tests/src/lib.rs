@@ -36,10 +36,19 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Result<Self> {
-        let server = NatsServer::start()?;
+        Self::start(None).await
+    }
+
+    /// As [`Env::new`], the server's log kept among `logs`.
+    pub async fn with_logs(logs: &Logs) -> Result<Self> {
+        Self::start(Some(logs.dir.join("nats.log"))).await
+    }
+
+    async fn start(log: Option<std::path::PathBuf>) -> Result<Self> {
+        let server = NatsServer::start_logged(log)?;
         let prefix = random_prefix();
         let bus = Bus::connect(&server.url(), &prefix, "test").await?;
-        bus.ensure_topology().await?;
+        push0_runtime::topology::apply(&bus, 1, Duration::from_secs(60)).await?;
         Ok(Self {
             server,
             prefix,
@@ -308,6 +317,81 @@ pub fn temp_dir(test: &str) -> Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("push0-{test}-{}", random_prefix()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The folder where a process-level test keeps every service's and server's log (`*.log`),
+/// kept after the test. A test run through [`Logs::report`] that fails names the folder and
+/// prints the last lines of each log with the failure.
+pub struct Logs {
+    pub dir: std::path::PathBuf,
+}
+
+/// Lines of each log printed with a failure.
+const TAIL_LINES: usize = 30;
+
+impl Logs {
+    pub fn new(test: &str) -> Result<Self> {
+        Ok(Self {
+            dir: temp_dir(test)?,
+        })
+    }
+
+    /// The last `lines` lines of every log in the folder, each under its file name.
+    pub fn tails(&self, lines: usize) -> String {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        files.sort();
+        let mut out = String::new();
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            out.push_str(&format!(
+                "---- {} (last {} of {} lines)\n",
+                path.display(),
+                all.len() - from,
+                all.len()
+            ));
+            for line in &all[from..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs a test's body; when it fails (an error or a panic), prints where the logs are and
+    /// the tail of each before passing the failure on.
+    pub async fn report<F>(&self, body: F) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
+        use futures::FutureExt;
+        let outcome = std::panic::AssertUnwindSafe(body).catch_unwind().await;
+        let failed = !matches!(outcome, Ok(Ok(())));
+        if failed {
+            eprintln!(
+                "\ntest failed; logs kept in {}\n{}",
+                self.dir.display(),
+                self.tails(TAIL_LINES)
+            );
+        }
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// Applies the topology at `replicas` on the server(s) at `url`, as `push0 topology apply`
+/// does: process-level tests start the service binaries, which only check it.
+pub async fn apply_topology(url: &str, prefix: &str, replicas: usize) -> Result<()> {
+    let mut bus = Bus::connect(url, prefix, "topology").await?;
+    bus.replicas = replicas;
+    push0_runtime::topology::apply(&bus, replicas, Duration::from_secs(120)).await?;
+    Ok(())
 }
 
 /// The teams file a [`System`] expects: `alpha` (single) and `beta` (split 3, arity 2).

@@ -1,12 +1,17 @@
 //! The chaos drill, small: the same program as `push0-chaos` (every fault of the full drill),
 //! over fewer blocks. Its invariants must hold.
 
+use push0_tests::Logs;
 use push0_tests::chaos::{ChaosConfig, run};
-use push0_tests::temp_dir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_drill_keeps_every_invariant() -> anyhow::Result<()> {
-    let mut config = ChaosConfig::new(120, temp_dir("chaos")?);
+    let logs = Logs::new("chaos")?;
+    logs.report(drill(&logs)).await
+}
+
+async fn drill(logs: &Logs) -> anyhow::Result<()> {
+    let mut config = ChaosConfig::new(120, logs.dir.clone());
     config.rate = 5.0;
     // Twice the full drill's kill rate: in a run this short, kills every 2 s left, in two
     // runs of seven, no kill outside the NATS outage that caught a task in flight, and so no

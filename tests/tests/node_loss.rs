@@ -22,10 +22,15 @@ async fn proofs_reach(bus: &Bus, count: usize, timeout: Duration) -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Result<()> {
-    let mut cluster = NatsCluster::start()?;
+    let logs = Logs::new("node-loss")?;
+    logs.report(node_loss(&logs)).await
+}
+
+async fn node_loss(logs: &Logs) -> anyhow::Result<()> {
+    let mut cluster = NatsCluster::start_nodes(3, Some(&logs.dir))?;
     let url = cluster.url();
     let prefix = random_prefix();
-    let dir = temp_dir("node-loss")?;
+    let dir = &logs.dir;
     let teams = dir.join("teams.toml");
     std::fs::write(&teams, SYSTEM_TEAMS)?;
     let options = SystemOptions {
@@ -34,7 +39,8 @@ async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Re
         extra: &["--replicas", "3"],
         instances: 1,
     };
-    let _system = System::start(&url, &prefix, &teams, &dir, 1, &options)?;
+    apply_topology(&url, &prefix, 3).await?;
+    let _system = System::start(&url, &prefix, &teams, dir, 1, &options)?;
     let bus = Bus::connect(&url, &prefix, "node-loss-test").await?;
 
     for n in 1..=15 {
@@ -62,51 +68,10 @@ async fn losing_a_nats_node_mid_run_loses_and_duplicates_nothing() -> anyhow::Re
         all_proofs(&bus, Duration::ZERO).await.ok()
     })
     .await?;
-    assert_once_in_order(&proofs, 2, 50, &dir);
+    assert_once_in_order(&proofs, 2, 50, dir);
     for p in &proofs {
         let block = make_block("eth", p.number, 2048);
         assert_eq!(p.hash, block.hash, "proof of the submitted block");
     }
-    Ok(())
-}
-
-/// Whoever declares a stream first sets its replicas. A client left at the default of 1 that
-/// declares the topology first on a cluster must not leave it unreplicated: a service asking
-/// for 3 raises every stream and bucket to 3, and its R3 consumers are accepted (the chaos
-/// drill's first CI run died exactly here: "consumer config replica count exceeds parent
-/// stream").
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topology_declared_unreplicated_is_raised_to_the_asked_replicas() -> anyhow::Result<()> {
-    let cluster = NatsCluster::start()?;
-    let prefix = random_prefix();
-    let first = Bus::connect(&cluster.url(), &prefix, "unreplicated").await?;
-    eventually(Duration::from_secs(30), "topology at R1", || async {
-        first.ensure_topology().await.ok()
-    })
-    .await?;
-    let tasks = first.subjects.stream_tasks();
-    let blocks_bucket = format!("KV_{}", first.subjects.bucket_blocks());
-    let replicas = |name: String| {
-        let js = first.js.clone();
-        async move {
-            let mut stream = js.get_stream(&name).await.ok()?;
-            Some(stream.info().await.ok()?.config.num_replicas)
-        }
-    };
-    assert_eq!(replicas(tasks.clone()).await, Some(1));
-
-    let mut service = Bus::connect(&cluster.url(), &prefix, "replicated").await?;
-    service.replicas = 3;
-    service.ensure_topology().await?;
-    assert_eq!(replicas(tasks).await, Some(3));
-    assert_eq!(replicas(blocks_bucket.clone()).await, Some(3));
-    let mut bucket = service.js.get_stream(&blocks_bucket).await?;
-    assert!(
-        !bucket.info().await?.config.allow_direct,
-        "a replicated bucket reads from its leader"
-    );
-    service
-        .ensure_consumer(&service.topology.ingest_consumer())
-        .await?;
     Ok(())
 }

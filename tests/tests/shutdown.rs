@@ -8,8 +8,13 @@ use push0_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_work_in_flight_loses_nothing() -> anyhow::Result<()> {
-    let env = Env::new().await?;
-    let dir = temp_dir("shutdown")?;
+    let logs = Logs::new("shutdown")?;
+    logs.report(shutdown(&logs)).await
+}
+
+async fn shutdown(logs: &Logs) -> anyhow::Result<()> {
+    let env = Env::with_logs(logs).await?;
+    let dir = &logs.dir;
     let teams = dir.join("teams.toml");
     std::fs::write(&teams, SYSTEM_TEAMS)?;
     let url = env.server.url();
@@ -20,7 +25,7 @@ async fn sigterm_with_work_in_flight_loses_nothing() -> anyhow::Result<()> {
         extra: &[],
         instances: 1,
     };
-    let mut system = System::start(&url, &env.prefix, &teams, &dir, 1, &options)?;
+    let mut system = System::start(&url, &env.prefix, &teams, dir, 1, &options)?;
     run_source(&env.bus, "eth", 1, 12, 0.0, 6000).await?;
     // Work is in flight once the first proofs appear: most blocks are still being proved.
     collect_proofs(&env.bus, 2, Duration::from_secs(30)).await?;
@@ -46,9 +51,9 @@ async fn sigterm_with_work_in_flight_loses_nothing() -> anyhow::Result<()> {
 
     // More blocks arrive while nothing runs; they wait on the stream.
     run_source(&env.bus, "eth", 13, 3, 0.0, 6000).await?;
-    let _system = System::start(&url, &env.prefix, &teams, &dir, 2, &options)?;
+    let _system = System::start(&url, &env.prefix, &teams, dir, 2, &options)?;
     collect_proofs(&env.bus, 30, Duration::from_secs(60)).await?;
     let proofs = all_proofs(&env.bus, Duration::from_secs(1)).await?;
-    assert_once_in_order(&proofs, 2, 15, &dir);
+    assert_once_in_order(&proofs, 2, 15, dir);
     Ok(())
 }

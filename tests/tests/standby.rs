@@ -49,8 +49,13 @@ async fn kill_active(bus: &Bus, system: &mut System, role: &str) -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn standbys_take_over_from_killed_scheduler_and_aggregator() -> anyhow::Result<()> {
-    let env = Env::new().await?;
-    let dir = temp_dir("standby")?;
+    let logs = Logs::new("standby")?;
+    logs.report(standby(&logs)).await
+}
+
+async fn standby(logs: &Logs) -> anyhow::Result<()> {
+    let env = Env::with_logs(logs).await?;
+    let dir = &logs.dir;
     let teams = dir.join("teams.toml");
     std::fs::write(&teams, SYSTEM_TEAMS)?;
     let options = SystemOptions {
@@ -59,7 +64,7 @@ async fn standbys_take_over_from_killed_scheduler_and_aggregator() -> anyhow::Re
         extra: &[],
         instances: 2,
     };
-    let mut system = System::start(&env.server.url(), &env.prefix, &teams, &dir, 1, &options)?;
+    let mut system = System::start(&env.server.url(), &env.prefix, &teams, dir, 1, &options)?;
 
     let source_bus = env.bus.clone();
     let source =
@@ -72,7 +77,7 @@ async fn standbys_take_over_from_killed_scheduler_and_aggregator() -> anyhow::Re
     collect_proofs(&env.bus, 80, Duration::from_secs(60)).await?;
 
     let proofs = all_proofs(&env.bus, Duration::from_secs(2)).await?;
-    assert_once_in_order(&proofs, 2, 40, &dir);
+    assert_once_in_order(&proofs, 2, 40, dir);
     // The lease lives 3 s unrenewed; the standby retries every second.
     for took in [scheduler_failover, aggregator_failover] {
         assert!(took < Duration::from_secs(6), "failover took {took:?}");

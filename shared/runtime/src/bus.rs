@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, kv, stream};
+use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use async_nats::{HeaderMap, ServerAddr};
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use push0_protocol::wire::{WireMessage, decode, encode};
-use push0_protocol::{ConsumerSpec, MSG_ID_HEADER, Retention, SCHEMA_HEADER, Subjects, Topology};
+use push0_protocol::{ConsumerSpec, MSG_ID_HEADER, SCHEMA_HEADER, Subjects, Topology};
 use thiserror::Error;
 
 use crate::telemetry;
@@ -21,6 +22,9 @@ const CONSUMER_PATIENCE: Duration = Duration::from_secs(30);
 /// with 409s. The server cannot change it on an existing consumer; one made with less keeps
 /// it (a warning says so) until it is deleted and declared again.
 const MAX_WAITING_PULLS: i64 = 8192;
+
+/// How long a KV read keeps trying through a leader election (which takes 5-8 s).
+const KV_READ_PATIENCE: Duration = Duration::from_secs(15);
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,6 +42,8 @@ pub enum RuntimeError {
     Blob { key: String, detail: String },
     #[error("verifier {program}: {detail}")]
     Verifier { program: String, detail: String },
+    #[error("topology not ready: {}; fix: {fix}", problems.join("; "))]
+    Topology { problems: Vec<String>, fix: String },
 }
 
 impl RuntimeError {
@@ -56,7 +62,8 @@ pub struct Bus {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     pub topology: Topology,
-    /// Replicas of every stream and bucket this bus declares (3 on a cluster).
+    /// Replicas the topology has (3 on a cluster): what [`crate::topology`] declares and
+    /// checks for.
     pub replicas: usize,
 }
 
@@ -100,116 +107,6 @@ impl Bus {
             subjects,
             replicas: 1,
         })
-    }
-
-    /// Brings an existing stream up to this bus's replica count and, on a replicated bucket,
-    /// turns off direct gets.
-    ///
-    /// Replicas: whoever declares a stream first decides its replicas, so a client started
-    /// with the default of 1 against a cluster would leave it unreplicated (and every R3
-    /// consumer on it refused). Raising it here makes the highest count asked for win.
-    ///
-    /// Direct gets: any replica answers them — including one that has not yet applied a write
-    /// the leader already acknowledged. The aggregator reads back parts it wrote moments
-    /// before (are all siblings proved?); a stale "absent" there left a join unnoticed and
-    /// stalled the pipeline on a 3-node cluster. Reads then go to the stream leader. Every
-    /// service runs this before it opens a bucket, because a KV handle decides how it reads
-    /// when it is opened.
-    async fn tune_stream(&self, name: &str, is_bucket: bool) -> Result<(), RuntimeError> {
-        let mut stream = self
-            .js
-            .get_stream(name)
-            .await
-            .map_err(|e| RuntimeError::nats(format!("get stream {name}"), e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| RuntimeError::nats(format!("stream info {name}"), e))?;
-        let mut config = info.config.clone();
-        if config.num_replicas < self.replicas {
-            tracing::warn!(
-                stream = name,
-                from = config.num_replicas,
-                to = self.replicas,
-                "stream has fewer replicas than asked for, raising"
-            );
-            config.num_replicas = self.replicas;
-        }
-        if is_bucket && config.num_replicas > 1 {
-            config.allow_direct = false;
-        }
-        if config.num_replicas == info.config.num_replicas
-            && config.allow_direct == info.config.allow_direct
-        {
-            return Ok(());
-        }
-        retry_twice(|| self.js.update_stream(config.clone()))
-            .await
-            .map_err(|e| RuntimeError::nats(format!("update stream {name}"), e))?;
-        Ok(())
-    }
-
-    /// Declares every stream and bucket. Idempotent; every service calls it at start so the
-    /// start order of services does not matter.
-    pub async fn ensure_topology(&self) -> Result<(), RuntimeError> {
-        for spec in self.topology.streams() {
-            let config = stream::Config {
-                name: spec.name.clone(),
-                subjects: spec.subjects.clone(),
-                retention: match spec.retention {
-                    Retention::Limits => stream::RetentionPolicy::Limits,
-                    Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
-                },
-                max_age: spec.max_age,
-                duplicate_window: spec.duplicate_window,
-                max_message_size: spec.max_msg_size,
-                storage: stream::StorageType::File,
-                num_replicas: self.replicas,
-                ..Default::default()
-            };
-            retry_twice(|| self.js.get_or_create_stream(config.clone()))
-                .await
-                .map_err(|e| RuntimeError::nats(format!("declare stream {}", spec.name), e))?;
-            self.tune_stream(&spec.name, false).await?;
-        }
-        for spec in self.topology.buckets() {
-            let stream = format!("KV_{}", spec.name);
-            if self.js.get_key_value(&spec.name).await.is_ok() {
-                self.tune_stream(&stream, true).await?;
-                continue;
-            }
-            let config = kv::Config {
-                bucket: spec.name.clone(),
-                history: spec.history,
-                max_age: spec.max_age,
-                num_replicas: self.replicas,
-                max_value_size: push0_protocol::topology::MAX_MESSAGE_BYTES,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            };
-            retry_twice(|| self.js.create_or_update_key_value(config.clone()))
-                .await
-                .map_err(|e| RuntimeError::nats(format!("declare bucket {}", spec.name), e))?;
-            self.tune_stream(&stream, true).await?;
-        }
-        let objects = self.subjects.object_store();
-        if self.js.get_object_store(&objects).await.is_err() {
-            let config = jetstream::object_store::Config {
-                bucket: objects.clone(),
-                num_replicas: self.replicas,
-                max_age: Duration::from_secs(24 * 3600),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            };
-            if let Err(e) = self.js.create_object_store(config).await {
-                // Another service may have created it in between.
-                self.js.get_object_store(&objects).await.map_err(|_| {
-                    RuntimeError::nats(format!("declare object store {objects}"), e)
-                })?;
-            }
-        }
-        self.tune_stream(&format!("OBJ_{objects}"), false).await?;
-        Ok(())
     }
 
     /// The durable pull consumer described by `spec`, created if absent, its ack wait,
@@ -291,10 +188,12 @@ impl Bus {
     }
 
     pub async fn kv(&self, bucket: &str) -> Result<kv::Store, RuntimeError> {
-        self.js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| RuntimeError::nats(format!("open bucket {bucket}"), e))
+        self.js.get_key_value(bucket).await.map_err(|e| {
+            RuntimeError::nats(
+                format!("open bucket {bucket} (is the topology applied? push0 topology apply)"),
+                e,
+            )
+        })
     }
 
     /// Publishes `message` with its schema, an optional msg-id and the current trace context,
@@ -471,27 +370,25 @@ impl Bus {
     }
 }
 
-async fn retry_twice<T, E, F, Fut>(mut f: F) -> Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    match f().await {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            f().await
-        }
-    }
-}
-
 /// Reads a record and its revision; deleted or purged keys read as absent.
 pub async fn kv_get<M: WireMessage>(
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<(M, u64)>, RuntimeError> {
-    let entry = store
-        .entry(key.to_string())
+    // Reads go to the stream's leader on a replicated bucket (direct gets are off there), so
+    // a read sees every write acknowledged before it. While a leader is being elected they
+    // fail ("no responders", timeouts) for 5-8 s: tried again within `KV_READ_PATIENCE`
+    // rather than failing the message being handled.
+    let entry = (|| store.entry(key.to_string()))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(20))
+                .with_max_delay(Duration::from_secs(1))
+                .with_jitter()
+                .without_max_times()
+                .with_total_delay(Some(KV_READ_PATIENCE)),
+        )
+        .notify(|e, after| tracing::warn!(key, error = %e, ?after, "kv read failed, retrying"))
         .await
         .map_err(|e| RuntimeError::nats(format!("read {key}"), e))?;
     let Some(entry) = entry else { return Ok(None) };

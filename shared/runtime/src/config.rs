@@ -22,11 +22,16 @@ pub struct CommonArgs {
     #[arg(long, env = "PUSH0_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
 
-    /// Replicas of every stream and bucket this service declares: 1 on a single server, 3 on a
-    /// 3-node cluster (an existing stream with fewer is raised to this many; consumers take
-    /// their stream's)
+    /// Replicas the topology was applied with (`push0 topology apply --replicas`): 1 on a
+    /// single server, 3 on a 3-node cluster. The service checks the streams have them at start;
+    /// its consumers take their stream's
     #[arg(long, env = "PUSH0_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
+
+    /// How long the service waits at start for the topology (streams, buckets, object store)
+    /// to be present, as declared and led, before it exits naming what is missing
+    #[arg(long, env = "PUSH0_TOPOLOGY_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub topology_wait: std::time::Duration,
 
     /// Log format
     #[arg(long, env = "PUSH0_LOG_FORMAT", value_enum, default_value = "text")]

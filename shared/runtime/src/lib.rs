@@ -1,4 +1,4 @@
-//! The runtime kit every push0 service shares: connecting to NATS, declaring the topology, the
+//! The runtime kit every push0 service shares: connecting to NATS, owning the topology (apply, check), the
 //! one consume loop that turns handler outcomes into ack kinds, publishing with schema, msg-id
 //! and trace headers, blobs, dead letters, metrics, telemetry and graceful shutdown.
 
@@ -14,6 +14,7 @@ pub mod registry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topology;
 pub mod verifier;
 
 pub use blobs::BlobStore;

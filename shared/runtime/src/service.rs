@@ -1,5 +1,5 @@
 //! What every service `main` does before its own work: telemetry, the metrics endpoint, the
-//! connection and the topology. Kept here so the four binaries stay a few lines each.
+//! connection and the wait for the topology. Kept here so the four binaries stay a few lines each.
 
 use tokio_util::sync::CancellationToken;
 
@@ -7,6 +7,7 @@ use crate::bus::{Bus, RuntimeError};
 use crate::config::CommonArgs;
 use crate::metrics::serve_metrics;
 use crate::telemetry::{self, TelemetryGuard};
+use crate::topology;
 
 pub struct Started {
     pub bus: Bus,
@@ -31,9 +32,6 @@ pub fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
     })
 }
 
-/// How long a service keeps retrying the topology at start before it gives up.
-const TOPOLOGY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
-
 pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
     let telemetry = telemetry::init(service, common.log_format);
     let shutdown = crate::shutdown::shutdown_on_signal();
@@ -44,18 +42,16 @@ pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started
         })?;
     let mut bus = Bus::connect(&common.nats_url, &common.prefix, service).await?;
     bus.replicas = usize::from(common.replicas);
-    // A cluster that is still electing leaders (or a node that is down) times requests out;
-    // keep trying for a while rather than exit at start.
-    let started = std::time::Instant::now();
-    let mut backoff = std::time::Duration::from_millis(200);
-    while let Err(e) = bus.ensure_topology().await {
-        if started.elapsed() > TOPOLOGY_PATIENCE || shutdown.is_cancelled() {
-            return Err(e);
-        }
-        tracing::warn!(error = %e, "declaring streams and buckets failed, retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-    }
+    // Services never declare the topology (its owner is `push0 topology apply`): they wait
+    // for it, read-only, and exit naming what is wrong if it does not come.
+    topology::wait_until_ready(
+        &bus,
+        &common.nats_url,
+        bus.replicas,
+        common.topology_wait,
+        &shutdown,
+    )
+    .await?;
     tracing::info!(service, nats = %common.nats_url, prefix = %common.prefix, replicas = common.replicas, metrics = %addr, "started");
     Ok(Started {
         bus,

@@ -116,6 +116,7 @@ pub struct NatsServer {
     child: Option<Child>,
     binary: PathBuf,
     dir: tempfile::TempDir,
+    log: PathBuf,
     pub port: u16,
     pub monitor_port: u16,
 }
@@ -123,11 +124,19 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on a free loopback port with storage in a fresh temporary directory.
     pub fn start() -> Result<Self> {
+        Self::start_logged(None)
+    }
+
+    /// As [`NatsServer::start`], its log written to `log` (kept after the server is gone)
+    /// instead of its temporary folder.
+    pub fn start_logged(log: Option<PathBuf>) -> Result<Self> {
         let binary = nats_server_binary()?;
         let dir = tempfile::Builder::new().prefix("push0-nats-").tempdir()?;
+        let log = log.unwrap_or_else(|| dir.path().join("server.log"));
         let mut server = Self {
             child: None,
             binary,
+            log,
             dir,
             port: free_port()?,
             monitor_port: free_port()?,
@@ -144,6 +153,11 @@ impl NatsServer {
         self.dir.path().join("js")
     }
 
+    /// The server's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The server's process id while it runs (for CPU and memory readings).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -156,7 +170,7 @@ impl NatsServer {
             self.monitor_port,
             self.store_dir()
         );
-        let child = spawn_server(&self.binary, self.dir.path(), &config)?;
+        let child = spawn_server(&self.binary, self.dir.path(), &config, &self.log)?;
         self.child = Some(child);
         Ok(())
     }
@@ -182,18 +196,19 @@ impl Drop for NatsServer {
     }
 }
 
-/// Writes `config` into `dir`, starts `nats-server` on it with its log in `dir`, and waits for
-/// the log to say the server is ready.
-fn spawn_server(binary: &Path, dir: &Path, config: &str) -> Result<Child> {
+/// Writes `config` into `dir`, starts `nats-server` on it appending to the log file `log`, and
+/// waits for the log to say the server is ready (after what an earlier run left there).
+fn spawn_server(binary: &Path, dir: &Path, config: &str, log: &Path) -> Result<Child> {
     let config_path = dir.join("server.conf");
-    let log = dir.join("server.log");
     std::fs::write(&config_path, config)?;
-    let _ = std::fs::remove_file(&log);
+    let earlier = std::fs::metadata(log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0);
     let mut child = Command::new(binary)
         .arg("-c")
         .arg(&config_path)
         .arg("-l")
-        .arg(&log)
+        .arg(log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -201,7 +216,8 @@ fn spawn_server(binary: &Path, dir: &Path, config: &str) -> Result<Child> {
         .with_context(|| format!("starting {}", binary.display()))?;
     let started = Instant::now();
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let text = text.get(earlier..).unwrap_or_default();
         if text.contains("Server is ready") {
             return Ok(child);
         }
@@ -245,6 +261,7 @@ pub struct NatsCluster {
 struct ClusterNode {
     child: Option<Child>,
     dir: tempfile::TempDir,
+    log: PathBuf,
     port: u16,
     monitor_port: u16,
     config: String,
@@ -253,11 +270,12 @@ struct ClusterNode {
 impl NatsCluster {
     /// Starts three nodes and waits until each is healthy and JetStream has a meta leader.
     pub fn start() -> Result<Self> {
-        Self::start_nodes(3)
+        Self::start_nodes(3, None)
     }
 
-    /// Starts `size` nodes (3 or 5 for a useful quorum).
-    pub fn start_nodes(size: usize) -> Result<Self> {
+    /// Starts `size` nodes (3 or 5 for a useful quorum), with their logs in `logs` (as
+    /// `nats-n<i>.log`, kept after the cluster is gone) or in their temporary folders.
+    pub fn start_nodes(size: usize, logs: Option<&Path>) -> Result<Self> {
         let binary = nats_server_binary()?;
         let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_>>()?;
         let routes: Vec<String> = route_ports
@@ -277,8 +295,13 @@ impl NatsCluster {
                 store = dir.path().join("js"),
                 routes = routes.join(", "),
             );
+            let log = match logs {
+                Some(logs) => logs.join(format!("nats-n{i}.log")),
+                None => dir.path().join("server.log"),
+            };
             nodes.push(ClusterNode {
                 child: None,
+                log,
                 dir,
                 port,
                 monitor_port,
@@ -297,7 +320,12 @@ impl NatsCluster {
 
     fn spawn(&mut self, i: usize) -> Result<()> {
         let node = &mut self.nodes[i];
-        node.child = Some(spawn_server(&self.binary, node.dir.path(), &node.config)?);
+        node.child = Some(spawn_server(
+            &self.binary,
+            node.dir.path(),
+            &node.config,
+            &node.log,
+        )?);
         Ok(())
     }
 
@@ -342,6 +370,11 @@ impl NatsCluster {
 
     pub fn size(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Each node's log file.
+    pub fn log_paths(&self) -> Vec<PathBuf> {
+        self.nodes.iter().map(|n| n.log.clone()).collect()
     }
 
     /// SIGKILLs node `i`, keeping its storage.

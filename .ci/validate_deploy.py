@@ -219,6 +219,12 @@ def check_compose_model(compose: Compose) -> str:
         if restart is not None and not re.fullmatch(r"no|always|unless-stopped|on-failure(:\d+)?", restart):
             problems.append(f"{name}: restart policy {restart!r} is not no|always|unless-stopped|on-failure[:N]")
 
+    topology = services.get("topology") or {}
+    if (topology.get("command") or [])[:3] != ["push0", "topology", "apply"]:
+        problems.append("no one-shot topology service running push0 topology apply")
+    elif topology.get("restart") not in (None, "no"):
+        problems.append(f"topology: restart {topology.get('restart')!r}: a one-shot must not restart")
+
     teams = load_teams_toml(root / "deploy" / "teams.toml")
     gateway_teams: dict[str, str] = {}
     binaries_seen: set[str] = set()
@@ -237,6 +243,10 @@ def check_compose_model(compose: Compose) -> str:
             problems.append(f"{name}: not built from deploy/Dockerfile")
         if svc.get("depends_on", {}).get("nats", {}).get("condition") != "service_healthy":
             problems.append(f"{name}: does not wait for nats service_healthy")
+        # Services only check the topology: each waits for the one-shot that applies it.
+        if binary != "push0" and (svc.get("depends_on", {}).get("topology", {}).get("condition")
+                                  != "service_completed_successfully"):
+            problems.append(f"{name}: does not wait for the topology service to complete")
         env = svc.get("environment") or {}
         if env.get("PUSH0_NATS_URL") != "nats://nats:4222":
             problems.append(f"{name}: PUSH0_NATS_URL is {env.get('PUSH0_NATS_URL')!r}")
@@ -579,6 +589,24 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
             if grace <= duration_seconds(gw["shutdownGrace"]):
                 problems.append(f"{name}: terminationGracePeriodSeconds {grace} <= shutdownGrace "
                                 f"{gw['shutdownGrace']}: SIGKILL would cut the drain")
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    if len(jobs) != 1:
+        problems.append(f"{len(jobs)} Jobs rendered, expected the one topology hook")
+    else:
+        job = jobs[0]
+        hooks = set(job["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(","))
+        first = "post-install" if merged["nats"]["enabled"] else "pre-install"
+        if hooks != {first, "pre-upgrade"}:
+            problems.append(f"topology Job hooks {sorted(hooks)} != [{first}, pre-upgrade]")
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        if container.get("command", [])[:3] != ["push0", "topology", "apply"]:
+            problems.append(f"topology Job runs {container.get('command')}")
+        job_env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if job_env.get("PUSH0_NATS_URL") != nats_url or job_env.get("PUSH0_PREFIX") != merged["prefix"]:
+            problems.append("topology Job's NATS URL or prefix differ from the services'")
+        for name, dep in deployments.items():
+            if container_env(dep).get("PUSH0_REPLICAS") != job_env.get("PUSH0_REPLICAS"):
+                problems.append(f"{name}: PUSH0_REPLICAS differs from the topology Job's")
     if merged["metrics"]["service"]["enabled"]:
         for name in expected:
             svc = services.get(name)

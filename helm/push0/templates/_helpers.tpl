@@ -104,6 +104,10 @@ or "<release>-<nameOverride|nats>".
   value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
 - name: PUSH0_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+- name: PUSH0_REPLICAS
+  value: {{ .Values.topology.replicas | quote }}
+- name: PUSH0_TOPOLOGY_WAIT
+  value: {{ .Values.topology.serviceWait | quote }}
 {{- end }}
 
 {{/* Pod annotations: user ones plus Prometheus scrape hints; empty when none. */}}

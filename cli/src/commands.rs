@@ -23,7 +23,7 @@ use push0_testkit::NatsServer;
 use crate::{DevArgs, DlqArgs, DlqCommand, StatusArgs, SubmitArgs, VerifyArgs};
 
 pub async fn dev(args: DevArgs) -> Result<()> {
-    let _telemetry = telemetry::init_with_filter("push0-dev", LogFormat::Text, "warn");
+    let _telemetry = telemetry::init_with_filter("push0-dev", LogFormat::Text, false, "warn");
     let shutdown = shutdown_on_signal();
     let (_server, url) = match &args.nats_url {
         Some(url) => (None, url.clone()),

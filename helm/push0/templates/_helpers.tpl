@@ -108,6 +108,8 @@ or "<release>-<nameOverride|nats>".
   value: {{ .Values.topology.replicas | quote }}
 - name: PUSH0_TOPOLOGY_WAIT
   value: {{ .Values.topology.serviceWait | quote }}
+- name: PUSH0_TRACES
+  value: {{ .Values.traces | quote }}
 {{- end }}
 
 {{/* Pod annotations: user ones plus Prometheus scrape hints; empty when none. */}}

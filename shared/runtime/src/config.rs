@@ -37,6 +37,12 @@ pub struct CommonArgs {
     #[arg(long, env = "PUSH0_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Record OpenTelemetry spans and carry the W3C trace context (`traceparent`) in the
+    /// headers of the messages sent. Off by default: no span exporter is wired yet, and
+    /// recording costs CPU on every message handled (BENCHMARKS.md)
+    #[arg(long, env = "PUSH0_TRACES", default_value_t = false)]
+    pub traces: bool,
+
     /// Threads of the service's async runtime. A service's work is waiting on its one NATS
     /// connection, and on a single thread it costs less CPU than handing each reply between
     /// threads (BENCHMARKS.md); raise it where one service must use several cores

@@ -33,7 +33,7 @@ pub fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
 }
 
 pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
-    let telemetry = telemetry::init(service, common.log_format);
+    let telemetry = telemetry::init(service, common.log_format, common.traces);
     let shutdown = crate::shutdown::shutdown_on_signal();
     let addr = serve_metrics(common.metrics_addr, shutdown.clone())
         .await

@@ -13,14 +13,16 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Keeps the tracer provider alive; dropping it flushes spans.
+/// Keeps the tracer provider alive (when spans are recorded); dropping it flushes spans.
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
     }
 }
 
@@ -29,22 +31,28 @@ pub fn install_propagator() {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 }
 
-/// Installs logging (filter from `RUST_LOG`, default `info`) and span context for `service`.
-/// Spans get trace and span ids and propagate across services; exporting them to a collector
-/// is a matter of adding an exporter to the provider built here.
-pub fn init(service: &'static str, format: LogFormat) -> TelemetryGuard {
-    init_with_filter(service, format, "info")
+/// Installs logging (filter from `RUST_LOG`, default `info`) for `service`, and with `traces`
+/// span recording: spans get trace and span ids, and their context travels in the headers of
+/// the messages sent, so one block's spans in every service share a trace. Exporting them to
+/// a collector is a matter of adding an exporter to the provider built here. Without
+/// `traces` no span is recorded and no `traceparent` is sent: with no exporter the recording
+/// would cost CPU on every message for nothing.
+pub fn init(service: &'static str, format: LogFormat, traces: bool) -> TelemetryGuard {
+    init_with_filter(service, format, traces, "info")
 }
 
 /// As [`init`], with the filter used when `RUST_LOG` is unset.
 pub fn init_with_filter(
     service: &'static str,
     format: LogFormat,
+    traces: bool,
     default_filter: &str,
 ) -> TelemetryGuard {
     install_propagator();
-    let provider = SdkTracerProvider::builder().build();
-    let tracer = provider.tracer(service);
+    let provider = traces.then(|| SdkTracerProvider::builder().build());
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = match format {
@@ -54,7 +62,7 @@ pub fn init_with_filter(
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(otel)
         .try_init();
     TelemetryGuard { provider }
 }

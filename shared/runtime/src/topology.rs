@@ -158,7 +158,11 @@ pub fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> 
     had.sort();
     wanted.sort();
     if had != wanted {
-        out.push(format!("subjects: {} -> {}", had.join(","), wanted.join(",")));
+        out.push(format!(
+            "subjects: {} -> {}",
+            had.join(","),
+            wanted.join(",")
+        ));
     }
     macro_rules! compare {
         ($($field:ident),*) => {$(
@@ -342,6 +346,24 @@ fn health(declared: &Declared, info: &stream::Info, replicas_current: bool) -> O
     None
 }
 
+/// What is wrong with each of `all`, inspected all at once: while a node is down, requests
+/// for the streams it led go unanswered until their timeout, and one after another they would
+/// add up to most of a service's patience.
+async fn problems(
+    js: &jetstream::Context,
+    all: &[Declared],
+    replicas_current: bool,
+) -> Vec<Problem> {
+    let inspected = futures::future::join_all(all.iter().map(|d| inspect(js, d))).await;
+    all.iter()
+        .zip(inspected)
+        .filter_map(|(declared, state)| match state {
+            Ok(info) => health(declared, &info, replicas_current),
+            Err(problem) => Some(problem),
+        })
+        .collect()
+}
+
 /// A JetStream context for topology requests: the bus's, with a short request timeout.
 fn context(bus: &Bus) -> jetstream::Context {
     let mut js = bus.js.clone();
@@ -352,15 +374,7 @@ fn context(bus: &Bus) -> jetstream::Context {
 /// Reads the topology without changing it: every declared stream present, configured as
 /// declared and, when replicated, led. Returns what is wrong (nothing when ready).
 pub async fn check(bus: &Bus, replicas: usize) -> Vec<Problem> {
-    let js = context(bus);
-    let mut problems = Vec::new();
-    for declared in declared(&bus.topology, replicas) {
-        match inspect(&js, &declared).await {
-            Ok(info) => problems.extend(health(&declared, &info, false)),
-            Err(problem) => problems.push(problem),
-        }
-    }
-    problems
+    problems(&context(bus), &declared(&bus.topology, replicas), false).await
 }
 
 /// The command that fixes the topology a service found wanting.
@@ -444,13 +458,7 @@ pub async fn apply(
         .without_max_times()
         .build();
     loop {
-        let mut problems = Vec::new();
-        for declared in &all {
-            match inspect(&js, declared).await {
-                Ok(info) => problems.extend(health(declared, &info, true)),
-                Err(problem) => problems.push(problem),
-            }
-        }
+        let problems = problems(&js, &all, true).await;
         if problems.is_empty() {
             return Ok(applied);
         }

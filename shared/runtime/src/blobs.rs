@@ -22,11 +22,9 @@ pub struct BlobStore {
 impl BlobStore {
     pub async fn open(bus: &Bus, threshold: usize) -> Result<Self, RuntimeError> {
         let bucket = bus.subjects.object_store();
-        let store = bus
-            .js
-            .get_object_store(&bucket)
-            .await
-            .map_err(|e| RuntimeError::nats(format!("open object store {bucket}"), e))?;
+        let what = format!("open object store {bucket}");
+        let store =
+            crate::bus::through_election(&what, || bus.js.get_object_store(&bucket)).await?;
         Ok(Self {
             store,
             bucket,

@@ -188,12 +188,8 @@ impl Bus {
     }
 
     pub async fn kv(&self, bucket: &str) -> Result<kv::Store, RuntimeError> {
-        self.js.get_key_value(bucket).await.map_err(|e| {
-            RuntimeError::nats(
-                format!("open bucket {bucket} (is the topology applied? push0 topology apply)"),
-                e,
-            )
-        })
+        let what = format!("open bucket {bucket} (is the topology applied? push0 topology apply)");
+        through_election(&what, || self.js.get_key_value(bucket)).await
     }
 
     /// Publishes `message` with its schema, an optional msg-id and the current trace context,
@@ -370,6 +366,28 @@ impl Bus {
     }
 }
 
+/// Runs a read (a KV get, opening a bucket or the object store) again while it fails, with a
+/// jittered backoff for up to `KV_READ_PATIENCE`: while a stream's leader is being elected
+/// (5-8 s after a node loss) reads go unanswered ("no responders", timeouts).
+pub(crate) async fn through_election<T, E, F, Fut>(what: &str, read: F) -> Result<T, RuntimeError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    read.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(KV_READ_PATIENCE)),
+    )
+    .notify(|e, after| tracing::warn!(what, error = %e, ?after, "read failed, retrying"))
+    .await
+    .map_err(|e| RuntimeError::nats(what, e))
+}
+
 /// Reads a record and its revision; deleted or purged keys read as absent.
 pub async fn kv_get<M: WireMessage>(
     store: &kv::Store,
@@ -379,18 +397,7 @@ pub async fn kv_get<M: WireMessage>(
     // a read sees every write acknowledged before it. While a leader is being elected they
     // fail ("no responders", timeouts) for 5-8 s: tried again within `KV_READ_PATIENCE`
     // rather than failing the message being handled.
-    let entry = (|| store.entry(key.to_string()))
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(20))
-                .with_max_delay(Duration::from_secs(1))
-                .with_jitter()
-                .without_max_times()
-                .with_total_delay(Some(KV_READ_PATIENCE)),
-        )
-        .notify(|e, after| tracing::warn!(key, error = %e, ?after, "kv read failed, retrying"))
-        .await
-        .map_err(|e| RuntimeError::nats(format!("read {key}"), e))?;
+    let entry = through_election(&format!("read {key}"), || store.entry(key.to_string())).await?;
     let Some(entry) = entry else { return Ok(None) };
     if entry.operation != kv::Operation::Put {
         return Ok(None);

@@ -304,7 +304,7 @@ pub fn section_markdown(s: &Section) -> String {
     out
 }
 
-/// Targets of issue 6 against the R1 section.
+/// The performance targets against the R1 section.
 pub fn targets_markdown(s: &Section) -> String {
     let yes = |ok: bool| if ok { "met" } else { "**missed**" }.to_string();
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);

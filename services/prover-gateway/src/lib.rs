@@ -97,7 +97,7 @@ pub async fn run(
         let _ = s.await;
     }
     let _ = advertiser.await;
-    // Acks and naks are fire-and-forget: flush them before exit (NATS.md pitfall 3).
+    // Acks and naks are fire-and-forget: flush them before exit.
     bus.client
         .flush()
         .await
@@ -301,9 +301,10 @@ impl Gateway {
     }
 
     /// One prover slot: pull exactly one task, prove it, repeat. One-message pull requests
-    /// never stall (NATS.md pitfall 1), hold no task a free prover elsewhere could take
-    /// (pitfall 7), and carry this gateway's tier priority. A proved task's ack carries the
-    /// slot's next pull request, once its result is durable.
+    /// never stall (the client's `stream()` miscounts outstanding messages and can stop
+    /// receiving until the pull expires), hold no task a free prover elsewhere could take (a
+    /// batch holds tasks whose ack clocks run), and carry this gateway's tier priority. A
+    /// proved task's ack carries the slot's next pull request, once its result is durable.
     async fn slot_loop(&self, consumer: PullConsumer, slot: usize, shutdown: CancellationToken) {
         let tier = Tier {
             group: TIER_GROUP,

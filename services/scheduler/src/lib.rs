@@ -1068,7 +1068,7 @@ impl Handler for ReadyHandler {
     }
 }
 
-/// Poison tasks: a task that ran out of deliveries stays in the work queue (NATS.md pitfall 6)
+/// Poison tasks: a task that ran out of deliveries stays in the work queue (the server only sends an advisory)
 /// and is reported on the advisories stream — by the team's gateways, which keep the delivery
 /// limit, again on every redelivery until it is handled, or by the server in the same shape.
 /// This files the task as a dead letter with its delivery count, marks the block failed for

@@ -341,7 +341,7 @@ pub async fn consume<H: Handler>(
     if let Some(mut p) = pull {
         nak_buffered(&mut p).await;
     }
-    // Acks are fire-and-forget: flush them before the connection goes (NATS.md pitfall 3).
+    // Acks are fire-and-forget: flush them before the connection goes.
     bus.client
         .flush()
         .await

@@ -3,7 +3,7 @@
 //! unless renewed by compare-and-set; a standby takes the key once it is gone. Every decision
 //! the roles make is in KV with compare-and-set and every handler is idempotent, so the short
 //! overlap possible when a paused holder wakes up after losing its lease (NATS has no
-//! fencing, NATS.md pitfall 4) changes nothing.
+//! fencing: a lapsed holder can still ack) changes nothing.
 
 use std::future::Future;
 use std::time::Duration;

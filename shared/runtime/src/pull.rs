@@ -1,5 +1,5 @@
 //! Pull requests sent and read here rather than through the client's `stream()` (whose
-//! outstanding-message bookkeeping stalls: NATS.md pitfall 1, and went quiet on a clustered
+//! outstanding-message bookkeeping sometimes stalls until the pull expires, and went quiet on a clustered
 //! consumer) or `batch()` (which cannot carry a pull priority). A request asks for up to
 //! `batch` messages, optionally in a priority group; its reply inbox is read directly, and a
 //! request whose answer is lost counts as expired shortly after its `expires`. A prover slot,

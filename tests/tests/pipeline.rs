@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+use futures::StreamExt;
 use push0::source::{make_block, run_source, submit};
 use push0_protocol::subjects::{final_key, part_key};
-use push0_protocol::{BlockRef, PartRecord, TeamConfig, TeamsFile};
+use push0_protocol::{BlockRef, PartRecord, SCHEMA_HEADER, Task, TeamConfig, TeamsFile, decode};
 use push0_runtime::kv_get;
 use push0_tests::*;
 
@@ -156,5 +158,57 @@ async fn split_block_proof_comes_after_all_parts_and_aggregations() -> anyhow::R
             Some(expected_sim_proof(&block.payload, workflow).as_slice())
         );
     }
+    cluster.stop().await
+}
+
+/// Leaves go out in block order while the bus is nearly full. The scheduler plans a chain's
+/// blocks pipelined, and a block that finds room may not send its leaves ahead of an earlier
+/// one that found none and is still storing its plan, nor ahead of a release being sent. A
+/// core subscriber sees the scheduler's publishes in the order it made them (one connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaves_go_out_in_block_order_under_backpressure() -> anyhow::Result<()> {
+    const BLOCKS: u64 = 300;
+    let env = Env::new().await?;
+    let mut spec =
+        env.spec(vec![TeamConfig::single("fifo")])
+            .gateways("fifo", 1, 2, sim("fixed:1ms"));
+    spec.max_undelivered = 3;
+    let mut published = env
+        .bus
+        .client
+        .subscribe(env.bus.subjects.tasks_all())
+        .await?;
+    env.bus.client.flush().await?;
+    let cluster = push0::cluster::LocalCluster::start(spec).await?;
+    run_source(&env.bus, "eth", 1, BLOCKS, 0.0, 1024).await?;
+    collect_proofs(&env.bus, BLOCKS as usize, Duration::from_secs(90)).await?;
+
+    let mut seen = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    while seen.len() < BLOCKS as usize {
+        let message = tokio::time::timeout(Duration::from_secs(10), published.next())
+            .await?
+            .context("subscription ended")?;
+        let schema = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SCHEMA_HEADER))
+            .map(|v| v.as_str());
+        let task: Task = decode(schema, &message.payload)?;
+        // A task published again (a redelivered block queues its leaves again) keeps its
+        // first place.
+        if seen.insert(task.task_id) {
+            order.push(task.block.number);
+        }
+    }
+    let overtaken: Vec<(u64, u64)> = order
+        .windows(2)
+        .filter(|w| w[1] < w[0])
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        overtaken.is_empty(),
+        "leaves sent out of block order (earlier, later): {overtaken:?}"
+    );
     cluster.stop().await
 }

@@ -88,6 +88,7 @@ pub async fn run(
         consumers: tokio::sync::Mutex::new(HashMap::new()),
         wake: Notify::new(),
         published_from: Mutex::new(HashSet::new()),
+        chains: Mutex::new(HashMap::new()),
     });
     scheduler.recover().await?;
 
@@ -157,6 +158,9 @@ pub struct Scheduler {
     /// (team, chain)s whose cursor has published: planning never moves it again (a reorg's
     /// rewind keeps the count), so it is not read for their blocks.
     published_from: Mutex<HashSet<(String, String)>>,
+    /// Per chain: blocks being planned hold it shared, a reorg notice alone (see
+    /// [`AcceptedHandler`]).
+    chains: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 fn leaf_task(team: &TeamConfig, plan: &Plan, node: NodeId) -> Task {
@@ -216,22 +220,31 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
-    /// Plans `accepted` for `team`: records the plan once, then queues the leaves not yet
-    /// released. On a first delivery whose leaves would be released at once anyway, they go
-    /// out while the plan is created (see [`Scheduler::plan_express`]). A redelivery queues
-    /// every leaf again: a plan may record a leaf as released whose publish failed, and a
-    /// repeat of one that went out is dropped by its msg-id.
-    async fn plan(
+    /// The lock that orders `chain`'s reorg notices against the blocks planned around them.
+    fn chain_lock(&self, chain: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.chains
+            .lock()
+            .expect("chains lock")
+            .entry(chain.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The first, synchronous step of planning `accepted` for `team`, taken while the block
+    /// still holds its chain's place (see [`AcceptedHandler`]): the fresh plan, and on
+    /// `team`'s leaf queue either room on the bus for its leaves (they go out while the plan
+    /// is created) or a place in line that keeps the chain's later tasks back until they are
+    /// queued. None if the team does not sample the block.
+    fn arrive(
         &self,
         team: &TeamConfig,
         accepted: &BlockAccepted,
         redelivered: bool,
-    ) -> Result<(), RuntimeError> {
+    ) -> Option<Arrival<'_>> {
         let b = &accepted.block;
         if !team.samples(b.number) {
-            return Ok(());
+            return None;
         }
-        let key = plan_key(&team.name, &b.chain, b.number);
         let fresh = Plan {
             team: team.name.clone(),
             accepted: accepted.clone(),
@@ -243,13 +256,72 @@ impl Scheduler {
             withdrawn: None,
             finalized: false,
         };
-        let express = !redelivered && !team.is_realtime();
-        let created = match express
-            .then(|| self.reserve_express(team, &fresh))
-            .flatten()
-        {
+        // Realtime proofs are published as they come, and a redelivery comes out of chain
+        // order anyway: neither keeps a place.
+        if redelivered || team.is_realtime() {
+            return Some(Arrival {
+                fresh,
+                express: None,
+                place: None,
+            });
+        }
+        let key: QueueKey = (team.name.clone(), team.class_of(0).to_string());
+        let n = fresh.workflow.leaves().count() as u64;
+        let bound = self.config.max_undelivered;
+        let express = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let q = queues.queues.entry(key.clone()).or_default();
+            let room = q
+                .undelivered
+                .filter(|u| q.open_to(&b.chain) && u + n <= bound);
+            q.arrive(&b.chain, b.number);
+            room.map(|u| q.undelivered = Some(u + n)).is_some()
+        };
+        let express = express.then(|| {
+            fresh
+                .workflow
+                .leaves()
+                .map(|node| leaf_task(team, &fresh, node))
+                .collect()
+        });
+        Some(Arrival {
+            fresh,
+            express,
+            place: Some(Place {
+                queues: &self.queues,
+                wake: &self.wake,
+                key,
+                chain: b.chain.clone(),
+                number: b.number,
+            }),
+        })
+    }
+
+    /// Plans a block for `team` after [`Scheduler::arrive`]: records the plan once, then
+    /// queues the leaves not yet released. On a first delivery whose leaves would be released
+    /// at once anyway, they go out while the plan is created (see
+    /// [`Scheduler::plan_express`]). A redelivery queues every leaf again: a plan may record a
+    /// leaf as released whose publish failed, and a repeat of one that went out is dropped by
+    /// its msg-id.
+    async fn plan(
+        &self,
+        team: &TeamConfig,
+        arrival: Arrival<'_>,
+        redelivered: bool,
+    ) -> Result<(), RuntimeError> {
+        let Arrival {
+            fresh,
+            express,
+            mut place,
+        } = arrival;
+        let b = fresh.accepted.block.clone();
+        let key = plan_key(&team.name, &b.chain, b.number);
+        let created = match express {
             Some(leaves) => {
-                if self.plan_express(team, &key, &fresh, leaves).await? {
+                if self
+                    .plan_express(team, &key, &fresh, leaves, place.take())
+                    .await?
+                {
                     return Ok(());
                 }
                 false
@@ -279,49 +351,30 @@ impl Scheduler {
         // arriving before anything was published moves the start down. Realtime proofs are
         // published as they come: no order to keep.
         if !team.is_realtime() {
-            self.start_cursor(team, b).await?;
+            self.start_cursor(team, &b).await?;
         }
         self.ensure_queue(team).await?;
         self.enqueue_leaves(team, &plan, redelivered);
+        // Queued: the chain's later tasks may go out now.
+        drop(place);
         Ok(())
     }
 
-    /// The leaf tasks of `plan` if they may go out now: their queue (leaves share one) holds
-    /// nothing, so nothing more urgent waits, and the bus has room for them. The room is
-    /// taken.
-    fn reserve_express(&self, team: &TeamConfig, plan: &Plan) -> Option<Vec<Task>> {
-        let key: QueueKey = (team.name.clone(), team.class_of(0).to_string());
-        let n = plan.workflow.leaves().count() as u64;
-        let bound = self.config.max_undelivered;
-        {
-            let mut queues = self.queues.lock().expect("queues lock");
-            let q = queues.queues.get_mut(&key)?;
-            let undelivered = q.undelivered?;
-            if q.held() > 0 || undelivered + n > bound {
-                return None;
-            }
-            q.undelivered = Some(undelivered + n);
-        }
-        Some(
-            plan.workflow
-                .leaves()
-                .map(|node| leaf_task(team, plan, node))
-                .collect(),
-        )
-    }
-
-    /// Publishes `leaves` (their room taken by [`Scheduler::reserve_express`]) while creating
+    /// Publishes `leaves` (their room taken by [`Scheduler::arrive`]) while creating
     /// `fresh`'s plan with them recorded as released: one round trip where queueing costs two
     /// and a plan write. The block's message is acked only after both, so if a publish fails
-    /// the redelivery queues the leaves again. True if the plan was created; false if one was
-    /// there (an earlier delivery's or another block's at the height), which the caller reads
-    /// and follows as usual (repeating a leaf that went out is harmless).
+    /// the redelivery queues the leaves again. The block's `place` in line is given up once
+    /// the leaves are on the connection (so they reach the server before anything sent
+    /// after). True if the plan was created; false if one was there (an earlier delivery's or
+    /// another block's at the height), which the caller reads and follows as usual (repeating
+    /// a leaf that went out is harmless).
     async fn plan_express(
         &self,
         team: &TeamConfig,
         key: &str,
         fresh: &Plan,
         leaves: Vec<Task>,
+        place: Option<Place<'_>>,
     ) -> Result<bool, RuntimeError> {
         let queue: QueueKey = (team.name.clone(), team.class_of(0).to_string());
         // The count taken for them is not right any more: the next release reads the bus.
@@ -345,10 +398,14 @@ impl Scheduler {
             ..fresh.clone()
         };
         let trace = current_context();
-        let sends = leaves.iter().map(|t| self.send_task(t, trace.clone()));
+        let mut acks = Vec::with_capacity(leaves.len());
+        for task in &leaves {
+            acks.push(self.send_task(task, trace.clone()).await);
+        }
+        drop(place);
         let (created, sent) = tokio::join!(
             kv_create(&self.plans, key, &recorded),
-            futures::future::join_all(sends)
+            futures::future::join_all(acks)
         );
         if let Some(e) = sent.into_iter().find_map(Result::err) {
             forget();
@@ -683,10 +740,14 @@ impl Scheduler {
                 let room = bound.saturating_sub(q.undelivered.unwrap_or(bound));
                 let mut batch = Vec::new();
                 while (batch.len() as u64) < room {
-                    let Some(popped) = q.pop() else { break };
+                    let Some(popped) = q.pop_ready() else { break };
                     batch.push(popped);
                 }
                 q.undelivered = q.undelivered.map(|n| n + batch.len() as u64);
+                if !batch.is_empty() {
+                    // Until sent, no block's leaves skip past them.
+                    q.sending += 1;
+                }
                 metrics()
                     .tasks_held
                     .with_label_values(&[&key.0, &key.1])
@@ -704,7 +765,11 @@ impl Scheduler {
                 }
                 return Ok(());
             }
-            self.release_batch(key, batch).await?;
+            let sending = Sending {
+                queues: &self.queues,
+                key,
+            };
+            self.release_batch(key, batch, Some(sending)).await?;
         }
     }
 
@@ -738,7 +803,7 @@ impl Scheduler {
                 let Some(q) = queues.queues.get_mut(key) else {
                     return Ok(());
                 };
-                q.pop()
+                q.pop_ready()
             };
             let Some((task, trace)) = popped else {
                 return Ok(());
@@ -755,8 +820,9 @@ impl Scheduler {
                     .await?;
                 continue;
             }
-            self.release_batch(key, vec![(task, trace)]).await?;
-            free -= 1;
+            // A task of work withdrawn meanwhile is dropped there and takes no pull.
+            let sent = self.release_batch(key, vec![(task, trace)], None).await?;
+            free = free.saturating_sub(sent);
         }
         Ok(())
     }
@@ -773,7 +839,13 @@ impl Scheduler {
         Ok(info.num_pending)
     }
 
-    async fn send_task(&self, task: &Task, trace: TraceContext) -> Result<(), RuntimeError> {
+    /// Sends `task` and returns once it is on the connection (what is sent after reaches the
+    /// server after it), with its ack to await.
+    async fn send_task<'a>(
+        &'a self,
+        task: &'a Task,
+        trace: TraceContext,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + 'a {
         let span = tracing::info_span!(
             "release",
             otel.name = "scheduler.release",
@@ -784,12 +856,16 @@ impl Scheduler {
         );
         set_parent(&span, trace);
         let subject = self.bus.subjects.tasks(&task.team, &task.class);
-        self.bus
-            .publish(subject, task, Some(&task.task_id))
+        let acked = self
+            .bus
+            .publish_sent(subject, task, Some(&task.task_id))
             .instrument(span.clone())
-            .await?;
-        tracing::debug!(parent: &span, "task released");
-        Ok(())
+            .await;
+        async move {
+            acked.instrument(span.clone()).await?;
+            tracing::debug!(parent: &span, "task released");
+            Ok(())
+        }
     }
 
     /// Publishes `batch` (taken from `key`'s queue) and records it as released in the blocks'
@@ -798,8 +874,15 @@ impl Scheduler {
     /// signalled twice) is dropped. Leaves, planned moments ago, go out without that read on
     /// their way. The tasks go out at once (msg-id = task id, so a repeat after a crash is
     /// dropped by the server), then each plan is written once (at the revision read, if it
-    /// was). A task not published goes back to its queue.
-    async fn release_batch(&self, key: &QueueKey, batch: Released) -> Result<(), RuntimeError> {
+    /// was). A task not published goes back to its queue. `sending` is the batch's turn on
+    /// the queue, given up once every task is on the connection. Returns how many were
+    /// published.
+    async fn release_batch(
+        &self,
+        key: &QueueKey,
+        batch: Released,
+        sending: Option<Sending<'_>>,
+    ) -> Result<usize, RuntimeError> {
         // By plan and block (after a reorg one batch may hold tasks of both blocks at a
         // height), in the order the batch first names them: the most urgent first, as popped.
         let mut by_plan: Vec<((String, Vec<u8>), Released)> = Vec::new();
@@ -856,12 +939,13 @@ impl Scheduler {
             }
             planned.push((pkey, hash, plan, keep));
         }
-        let sends = planned.iter().flat_map(|(_, _, _, tasks)| {
-            tasks
-                .iter()
-                .map(|(task, trace)| self.send_task(task, trace.clone()))
-        });
-        let mut sent = futures::future::join_all(sends).await.into_iter();
+        let mut acks = Vec::new();
+        for (task, trace) in planned.iter().flat_map(|(_, _, _, tasks)| tasks) {
+            acks.push(self.send_task(task, trace.clone()).await);
+        }
+        // On the connection in the order popped: the caller's turn to send is over.
+        drop(sending);
+        let mut sent = futures::future::join_all(acks).await.into_iter();
         let mut writes = Vec::new();
         let mut released = Vec::new();
         for (pkey, hash, plan, tasks) in planned {
@@ -899,7 +983,7 @@ impl Scheduler {
         for w in written {
             w?;
         }
-        failure.map_or(Ok(()), Err)
+        failure.map_or(Ok(released.len()), Err)
     }
 
     /// Adds `nodes` (just published) to the plan's released ones: at the revision `read` was
@@ -957,7 +1041,11 @@ fn first_task_id(task: &Task) -> String {
 struct AcceptedHandler(Arc<Scheduler>);
 
 impl Handler for AcceptedHandler {
-    // Blocks and reorg notices arrive on their chain's subject, in order there.
+    // Blocks and reorg notices arrive on their chain's subject, in order there. A block lets
+    // the chain's next message start once it has taken its place on each team's leaf queue
+    // (room on the bus, or a place in line: so leaves go out in block order), and plans on
+    // while the next one does: blocks' plans share no record. A reorg notice waits for the
+    // blocks before it to be planned and holds the chain until it is handled.
     const ORDER: Order = Order::PerSubject;
 
     async fn handle(&self, delivery: &Delivery) -> Outcome {
@@ -966,6 +1054,7 @@ impl Handler for AcceptedHandler {
                 Ok(r) => r,
                 Err(e) => return Outcome::Reject(e.into()),
             };
+            let _alone = self.0.chain_lock(&reorg.block.chain).write_owned().await;
             return match self.0.reorg(&reorg).await {
                 Ok(()) => Outcome::Ack,
                 Err(e) => {
@@ -982,12 +1071,19 @@ impl Handler for AcceptedHandler {
         let accepted = &accepted;
         let redelivered = delivery.delivered > 1;
         let teams = s.registry.all();
-        // Teams' plans share no record: planned at once. Plans are created once; a
-        // redelivery queues the block's leaves again (see `plan`).
-        let plans = teams
+        // Never waits: a reorg notice holding the chain holds its lane too.
+        let _planning = s.chain_lock(&accepted.block.chain).read_owned().await;
+        let arrivals: Vec<_> = teams
             .iter()
             .filter(|team| team.proves_chain(&accepted.block.chain))
-            .map(|team| async move { (team, s.plan(team, accepted, redelivered).await) });
+            .filter_map(|team| Some((team, s.arrive(team, accepted, redelivered)?)))
+            .collect();
+        delivery.release_lane();
+        // Teams' plans share no record: planned at once. Plans are created once; a
+        // redelivery queues the block's leaves again (see `plan`).
+        let plans = arrivals
+            .into_iter()
+            .map(|(team, arrival)| async move { (team, s.plan(team, arrival, redelivered).await) });
         let mut outcome = Outcome::Ack;
         for (team, planned) in futures::future::join_all(plans).await {
             if let Err(e) = planned {
@@ -996,6 +1092,54 @@ impl Handler for AcceptedHandler {
             }
         }
         outcome
+    }
+}
+
+/// A block's first planning step (see [`Scheduler::arrive`]).
+struct Arrival<'a> {
+    fresh: Plan,
+    /// Room on the bus was taken for these leaves: they go out while the plan is created.
+    express: Option<Vec<Task>>,
+    place: Option<Place<'a>>,
+}
+
+/// A block's place on its team's leaf queue while it is on its way there: the chain's later
+/// tasks wait behind it. Given up when dropped, and the releaser woken.
+struct Place<'a> {
+    queues: &'a Mutex<Queues>,
+    wake: &'a Notify,
+    key: QueueKey,
+    chain: String,
+    number: u64,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let Ok(mut queues) = self.queues.lock() else {
+            return;
+        };
+        if let Some(q) = queues.queues.get_mut(&self.key)
+            && q.arrived(&self.chain, self.number)
+        {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// A release batch's turn on its queue: no block's leaves skip past it until it is sent.
+struct Sending<'a> {
+    queues: &'a Mutex<Queues>,
+    key: &'a QueueKey,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let Ok(mut queues) = self.queues.lock() else {
+            return;
+        };
+        if let Some(q) = queues.queues.get_mut(self.key) {
+            q.sending = q.sending.saturating_sub(1);
+        }
     }
 }
 

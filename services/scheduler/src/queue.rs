@@ -3,7 +3,7 @@
 //! work back and releasing it in order is what makes provers see the priority order.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use push0_protocol::Task;
 use push0_runtime::telemetry::TraceContext;
@@ -65,6 +65,11 @@ pub struct Queue {
     known: HashSet<String>,
     /// Undelivered tasks on the bus: last server reading plus releases since. None = unknown.
     pub undelivered: Option<u64>,
+    /// Blocks on their way here, by (chain, number): taken from the bus in chain order, their
+    /// leaves not yet sent (express) or queued. A chain's later tasks wait for them.
+    arriving: BTreeMap<(String, u64), usize>,
+    /// Release batches taken from the heap and not yet sent.
+    pub sending: usize,
 }
 
 impl Queue {
@@ -97,6 +102,52 @@ impl Queue {
             task,
             trace,
         }));
+    }
+
+    /// Takes the most urgent task, unless a lower block of its chain is still arriving (its
+    /// leaves would then go out after this one's).
+    pub fn pop_ready(&mut self) -> Option<(Task, TraceContext)> {
+        let Reverse(top) = self.heap.peek()?;
+        if self.arriving_below(&top.task.block.chain, top.task.block.number) {
+            return None;
+        }
+        self.pop()
+    }
+
+    fn arriving_below(&self, chain: &str, number: u64) -> bool {
+        self.arriving
+            .range((chain.to_string(), 0)..(chain.to_string(), number))
+            .next()
+            .is_some()
+    }
+
+    /// Whether a block of `chain` may send its leaves itself, skipping the heap: nothing is
+    /// held (so nothing more urgent waits), no release is being sent and no block of the
+    /// chain is still arriving (either would go out after it).
+    pub fn open_to(&self, chain: &str) -> bool {
+        self.held() == 0
+            && self.sending == 0
+            && !self.arriving_below(chain, u64::MAX)
+    }
+
+    pub fn arrive(&mut self, chain: &str, number: u64) {
+        *self.arriving.entry((chain.to_string(), number)).or_default() += 1;
+    }
+
+    /// The block arrived (or gave up); true if no block of its number is arriving any more.
+    pub fn arrived(&mut self, chain: &str, number: u64) -> bool {
+        let key = (chain.to_string(), number);
+        match self.arriving.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.arriving.remove(&key);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn held(&self) -> usize {
@@ -199,6 +250,24 @@ mod tests {
             q.push(task(1, 0, 0), TraceContext::default()),
             "forgotten, so it can come back"
         );
+    }
+
+    #[test]
+    fn a_chains_later_tasks_wait_for_a_block_still_arriving() {
+        let mut q = Queue::default();
+        q.push(task(3, 0, 0), TraceContext::default());
+        q.arrive("eth", 2);
+        q.arrive("other", 1);
+        assert!(q.pop_ready().is_none(), "block 2 of eth is arriving");
+        assert!(!q.open_to("eth"));
+        assert!(q.arrived("eth", 2));
+        assert_eq!(q.pop_ready().unwrap().0.block.number, 3);
+        assert!(q.open_to("eth"), "nothing held, nothing of eth arriving");
+        assert!(!q.open_to("other"));
+        q.arrive("eth", 4);
+        q.push(task(3, 1, 0), TraceContext::default());
+        assert!(q.pop_ready().is_some(), "a higher block arriving holds nothing back");
+        assert!(!q.arrived("eth", 9), "never arrived");
     }
 
     #[test]

@@ -1,22 +1,22 @@
-//! The README's Python example (nats-py + msgpack), extracted from README.md and run against a
-//! live cluster: what foreign clients are told works, works.
+//! The Python example of the public interface (nats-py + msgpack), extracted from
+//! docs/interface.md and run against a live cluster: what foreign clients are told works, works.
 
 use std::time::Duration;
 
 use push0_protocol::TeamsFile;
 use push0_tests::*;
 
-/// The code block between the README's `<!-- python-example -->` markers.
-fn readme_example() -> String {
-    let readme =
-        std::fs::read_to_string(push0_testkit::repo_root().join("README.md")).expect("README.md");
-    let start = readme
+/// The code block between the page's `<!-- python-example -->` markers.
+fn documented_example() -> String {
+    let page = std::fs::read_to_string(push0_testkit::repo_root().join("docs/interface.md"))
+        .expect("docs/interface.md");
+    let start = page
         .find("<!-- python-example:start -->")
-        .expect("start marker in README");
-    let end = readme
+        .expect("start marker in docs/interface.md");
+    let end = page
         .find("<!-- python-example:end -->")
-        .expect("end marker in README");
-    let block = &readme[start..end];
+        .expect("end marker in docs/interface.md");
+    let block = &page[start..end];
     let code = block.split("```python").nth(1).expect("python code block");
     code.split("```")
         .next()
@@ -25,7 +25,7 @@ fn readme_example() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn readme_python_example_submits_and_reads_proofs() -> anyhow::Result<()> {
+async fn documented_python_example_submits_and_reads_proofs() -> anyhow::Result<()> {
     let pyclient = push0_testkit::tools_dir().join("pyclient");
     anyhow::ensure!(
         pyclient.exists(),
@@ -36,7 +36,7 @@ async fn readme_python_example_submits_and_reads_proofs() -> anyhow::Result<()> 
     let teams = TeamsFile::default_teams();
     let cluster = env.cluster(teams.clone(), 1, 4, "fixed:20ms").await?;
     let script = std::env::temp_dir().join(format!("push0-example-{}.py", env.prefix));
-    std::fs::write(&script, readme_example())?;
+    std::fs::write(&script, documented_example())?;
 
     let output = tokio::time::timeout(
         Duration::from_secs(90),

@@ -101,9 +101,40 @@ pub fn install_nats_server() -> Result<()> {
     Ok(())
 }
 
-/// A free TCP port on loopback (bound and released; the race is harmless in practice).
+/// A free TCP port on loopback for a server to listen on, chosen below the kernel's ephemeral
+/// range. A port from that range (what binding port 0 gives) is also the local end of outgoing
+/// connections: between the pick and the server's start, or while a server is down for a
+/// restart, a connection can take it (a cluster's nodes dial the routes of nodes not yet up,
+/// clients redial a killed node) and the server then fails with "address already in use".
+/// Below the range only listeners take ports, and each pick is checked free by binding it. A
+/// process never hands out the same port twice.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    const FLOOR: u16 = 10_000;
+    let ceiling = ephemeral_floor();
+    if ceiling <= FLOOR + 1_000 {
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let mut handed_out = HANDED_OUT.lock().expect("port list lock");
+    for _ in 0..1_000 {
+        let random = uuid::Uuid::new_v4().as_u128();
+        let port = FLOOR + (random % u128::from(ceiling - FLOOR)) as u16;
+        if handed_out.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        handed_out.push(port);
+        return Ok(port);
+    }
+    bail!("no free loopback port between {FLOOR} and {ceiling}")
+}
+
+/// The lowest port the kernel hands out to outgoing connections (Linux's
+/// `ip_local_port_range`; 32768 where it cannot be read).
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A random subject prefix, so tests sharing a server do not see each other.

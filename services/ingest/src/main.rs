@@ -20,22 +20,11 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    push0_runtime::service::runtime(&args.common).block_on(serve(args));
-}
-
-async fn serve(args: Args) {
     let config = push0_ingest::Config {
         max_payload: args.max_payload,
         inline_threshold: args.inline_threshold,
     };
-    let result = async {
-        let started = push0_runtime::service::start(push0_ingest::SERVICE, &args.common).await?;
-        push0_ingest::run(started.bus, config, started.shutdown).await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "ingest stopped");
-        eprintln!("push0-ingest: {e}");
-        std::process::exit(push0_runtime::service::exit_code(&e));
-    }
+    push0_runtime::service::main(push0_ingest::SERVICE, &args.common, |bus, shutdown| {
+        push0_ingest::run(bus, config, shutdown)
+    });
 }

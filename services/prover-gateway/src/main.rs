@@ -101,10 +101,6 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    push0_runtime::service::runtime(&args.common).block_on(serve(args));
-}
-
-async fn serve(args: Args) {
     let prover = match args.prover {
         ProverKind::Sim => Prover::Sim(SimProver {
             latency: args.sim_latency.clone(),
@@ -155,17 +151,11 @@ async fn serve(args: Args) {
         id,
         inline_threshold: args.inline_threshold,
     };
-    let result = async {
-        let started =
-            push0_runtime::service::start(push0_prover_gateway::SERVICE, &args.common).await?;
-        push0_prover_gateway::run(started.bus, config, started.shutdown).await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "gateway stopped");
-        eprintln!("push0-prover-gateway: {e}");
-        std::process::exit(push0_runtime::service::exit_code(&e));
-    }
+    push0_runtime::service::main(
+        push0_prover_gateway::SERVICE,
+        &args.common,
+        |bus, shutdown| push0_prover_gateway::run(bus, config, shutdown),
+    );
 }
 
 fn default_id() -> String {

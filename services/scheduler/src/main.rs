@@ -41,10 +41,6 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    push0_runtime::service::runtime(&args.common).block_on(serve(args));
-}
-
-async fn serve(args: Args) {
     let teams = match &args.teams {
         None => None,
         Some(path) => match std::fs::read_to_string(path) {
@@ -71,21 +67,17 @@ async fn serve(args: Args) {
         },
         ..Default::default()
     };
-    let result = async {
-        let started = push0_runtime::service::start(push0_scheduler::SERVICE, &args.common).await?;
-        // One active scheduler; any others stand by for its lease.
-        let bus = started.bus;
-        push0_runtime::lease::while_leader(&bus, "scheduler", started.shutdown, |active| {
-            push0_scheduler::run(bus.clone(), config.clone(), active)
-        })
-        .await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "scheduler stopped");
-        eprintln!("push0-scheduler: {e}");
-        std::process::exit(push0_runtime::service::exit_code(&e));
-    }
+    push0_runtime::service::main(
+        push0_scheduler::SERVICE,
+        &args.common,
+        |bus, shutdown| async move {
+            // One active scheduler; any others stand by for its lease.
+            push0_runtime::lease::while_leader(&bus, "scheduler", shutdown, |active| {
+                push0_scheduler::run(bus.clone(), config.clone(), active)
+            })
+            .await
+        },
+    );
 }
 
 fn fail(message: &str) -> ! {

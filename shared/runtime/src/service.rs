@@ -1,5 +1,6 @@
-//! What every service `main` does before its own work: telemetry, the metrics endpoint, the
-//! connection and the wait for the topology. Kept here so the four binaries stay a few lines each.
+//! The life of every service binary around its own work: the async runtime, telemetry, the
+//! metrics endpoint, the connection, the wait for the topology, and the exit on an error. Kept
+//! here so the four `main.rs` files hold only their flags and configuration.
 
 use tokio_util::sync::CancellationToken;
 
@@ -9,15 +10,15 @@ use crate::metrics::serve_metrics;
 use crate::telemetry::{self, TelemetryGuard};
 use crate::topology;
 
-pub struct Started {
-    pub bus: Bus,
-    pub shutdown: CancellationToken,
-    pub telemetry: TelemetryGuard,
+struct Started {
+    bus: Bus,
+    shutdown: CancellationToken,
+    telemetry: TelemetryGuard,
 }
 
 /// The async runtime a service binary runs on: one thread unless `--worker-threads` asks for
 /// more.
-pub fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
+fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
     let threads = usize::from(common.worker_threads);
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -32,7 +33,7 @@ pub fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
     })
 }
 
-pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
+async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
     let telemetry = telemetry::init(service, common.log_format, common.traces);
     let shutdown = crate::shutdown::shutdown_on_signal();
     let addr = serve_metrics(common.metrics_addr, shutdown.clone())
@@ -58,6 +59,32 @@ pub async fn start(service: &'static str, common: &CommonArgs) -> Result<Started
         shutdown,
         telemetry,
     })
+}
+
+/// The whole life of a service binary: its runtime, [`start`], then `work` with the bus and
+/// the shutdown signal until it returns. An error is logged, printed as
+/// `push0-<service>: <error>` and ends the process with [`exit_code`].
+pub fn main<F, Fut>(service: &'static str, common: &CommonArgs, work: F)
+where
+    F: FnOnce(Bus, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), RuntimeError>>,
+{
+    let result = runtime(common).block_on(async {
+        let Started {
+            bus,
+            shutdown,
+            telemetry,
+        } = start(service, common).await?;
+        let result = work(bus, shutdown).await;
+        // Spans recorded until the end are flushed.
+        drop(telemetry);
+        result
+    });
+    if let Err(e) = result {
+        tracing::error!(error = %e, "{service} stopped");
+        eprintln!("push0-{service}: {e}");
+        std::process::exit(exit_code(&e));
+    }
 }
 
 /// Exit code for a service that stopped on an error: 64 for bad configuration (as in

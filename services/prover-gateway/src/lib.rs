@@ -489,7 +489,9 @@ impl Gateway {
                 None => proving.await,
             }
         };
-        tokio::pin!(proving);
+        // On the heap so that dropping it below really drops the prover (a future pinned on the
+        // stack would live on until this function returns, after the ack).
+        let mut proving = Box::pin(proving);
         let outcome = tokio::select! {
             r = &mut proving => Some(r),
             _ = running.token.cancelled() => {

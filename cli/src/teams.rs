@@ -25,6 +25,8 @@ pub struct TeamArgs {
 }
 
 #[derive(clap::Subcommand, Debug)]
+// Parsed once per run from the command line: its size is of no concern.
+#[allow(clippy::large_enum_variant)]
 pub enum TeamCommand {
     /// Register a team (or replace its settings); it is planned from the next block on
     Add(AddArgs),

@@ -943,7 +943,7 @@ fn reassignments(
                 .filter(|(at, name)| name.starts_with(&prefix) && *at <= r.started)
                 .max_by_key(|(at, _)| *at)?;
             let delay = r.started - *at;
-            (delay <= horizon && !left_out(*at)).then(|| delay.as_millis() as u64)
+            (delay <= horizon && !left_out(*at)).then_some(delay.as_millis() as u64)
         })
         .collect()
 }

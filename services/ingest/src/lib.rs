@@ -59,43 +59,47 @@ struct Ingest {
 }
 
 /// Checks a submission against the public interface; the reason names the first problem.
+/// (Boxed: a rejection is the rare case, and it is larger than the `Ok`.)
 pub fn validate(
     submission: &BlockSubmission,
     subject: &str,
     max_payload: usize,
-) -> Result<(), Rejection> {
+) -> Result<(), Box<Rejection>> {
     let token = subject.rsplit('.').next().unwrap_or_default();
     if submission.chain != token {
-        return Err(Rejection::new(
+        return Err(Box::new(Rejection::new(
             DlqReason::ChainMismatch,
             format!(
                 "chain {:?} does not match subject token {token:?}",
                 submission.chain
             ),
-        ));
+        )));
     }
     if let Err(e) = validate_chain(&submission.chain) {
-        return Err(Rejection::new(DlqReason::InvalidField, e.to_string()));
+        return Err(Box::new(Rejection::new(
+            DlqReason::InvalidField,
+            e.to_string(),
+        )));
     }
     for (field, value) in [
         ("hash", &submission.hash),
         ("parent_hash", &submission.parent_hash),
     ] {
         if value.len() != 32 {
-            return Err(Rejection::new(
+            return Err(Box::new(Rejection::new(
                 DlqReason::InvalidField,
                 format!("{field} must be 32 bytes, got {}", value.len()),
-            ));
+            )));
         }
     }
     if submission.payload.len() > max_payload {
-        return Err(Rejection::new(
+        return Err(Box::new(Rejection::new(
             DlqReason::Oversize,
             format!(
                 "payload of {} bytes exceeds the limit of {max_payload}",
                 submission.payload.len()
             ),
-        ));
+        )));
     }
     Ok(())
 }

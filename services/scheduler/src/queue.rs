@@ -125,13 +125,14 @@ impl Queue {
     /// held (so nothing more urgent waits), no release is being sent and no block of the
     /// chain is still arriving (either would go out after it).
     pub fn open_to(&self, chain: &str) -> bool {
-        self.held() == 0
-            && self.sending == 0
-            && !self.arriving_below(chain, u64::MAX)
+        self.held() == 0 && self.sending == 0 && !self.arriving_below(chain, u64::MAX)
     }
 
     pub fn arrive(&mut self, chain: &str, number: u64) {
-        *self.arriving.entry((chain.to_string(), number)).or_default() += 1;
+        *self
+            .arriving
+            .entry((chain.to_string(), number))
+            .or_default() += 1;
     }
 
     /// The block arrived (or gave up); true if no block of its number is arriving any more.
@@ -266,7 +267,10 @@ mod tests {
         assert!(!q.open_to("other"));
         q.arrive("eth", 4);
         q.push(task(3, 1, 0), TraceContext::default());
-        assert!(q.pop_ready().is_some(), "a higher block arriving holds nothing back");
+        assert!(
+            q.pop_ready().is_some(),
+            "a higher block arriving holds nothing back"
+        );
         assert!(!q.arrived("eth", 9), "never arrived");
     }
 

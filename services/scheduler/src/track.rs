@@ -366,7 +366,7 @@ mod tests {
             t.record(DeadlineOutcome::Hit, at);
         }
         let changes = t.evaluate_alerts(&config, false, 1, 22_000);
-        assert_eq!(changes[0].raised, false);
+        assert!(!changes[0].raised);
         assert_eq!(t.window_rate(22_000, config.miss_window), (Some(1.0), 3));
     }
 
@@ -381,7 +381,7 @@ mod tests {
         assert!(t.evaluate_alerts(&config, true, 0, 5_999).is_empty());
         assert_eq!(t.evaluate_alerts(&config, true, 0, 6_000).len(), 1);
         assert!(t.alerts.contains(&Alert::NoLiveProver));
-        assert_eq!(t.evaluate_alerts(&config, true, 1, 6_500)[0].raised, false);
+        assert!(!t.evaluate_alerts(&config, true, 1, 6_500)[0].raised);
         assert!(
             t.evaluate_alerts(&config, false, 0, 20_000).is_empty(),
             "no pending work, no alert"

@@ -184,7 +184,7 @@ impl TeamConfig {
 
     /// Whether this team proves block `number` at all (realtime sampling).
     pub fn samples(&self, number: u64) -> bool {
-        number % self.sample_every.max(1) == 0
+        number.is_multiple_of(self.sample_every.max(1))
     }
 
     /// The deadline of a block for this team: the block's own, else (realtime) its slot's end.

@@ -45,21 +45,14 @@ pub struct ProofOutput {
     pub report: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProveError {
     /// The input is invalid: do not retry.
+    #[error("invalid input: {0}")]
     Invalid(String),
     /// Anything else: retry, maybe elsewhere.
+    #[error("prover failed: {0}")]
     Retryable(String),
-}
-
-impl std::fmt::Display for ProveError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProveError::Invalid(d) => write!(f, "invalid input: {d}"),
-            ProveError::Retryable(d) => write!(f, "prover failed: {d}"),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

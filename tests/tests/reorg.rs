@@ -181,3 +181,63 @@ async fn reorg_orphans_the_old_branch_and_proves_the_new_one() -> anyhow::Result
     assert_eq!(m.reorgs.with_label_values(&[CHAIN]).get(), 2);
     Ok(())
 }
+
+/// Ingest takes up a chain's next block while the block before it is still being handled, so
+/// when a reorg's block searches the old branch for descendants to orphan, the new branch's
+/// blocks right behind it may have made their records already. Those are not the old branch's:
+/// a new branch longer than the old one, submitted all at once, is accepted and proved whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_branch_submitted_at_once_is_accepted_whole() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let spec = env
+        .spec(vec![TeamConfig::single("seq")])
+        .gateways("seq", 1, 4, sim("fixed:1ms"));
+    let _cluster = push0::cluster::LocalCluster::start(spec).await?;
+    let main: Vec<BlockSubmission> = (1..=4).map(|n| make_block(CHAIN, n, 512)).collect();
+    for b in &main {
+        submit(&env.bus, b).await?;
+    }
+    wait_for_proofs(&env, None, 4, "the old branch proved").await?;
+
+    // Replaces 3 and 4, and goes on far past the old tip; published back to back.
+    let fork: Vec<BlockSubmission> = (3..=24).map(|n| fork_block("long", 3, n)).collect();
+    futures::future::try_join_all(fork.iter().map(|b| submit(&env.bus, b))).await?;
+    let blocks = env.bus.kv(&env.bus.subjects.bucket_blocks()).await?;
+    let states = eventually(
+        Duration::from_secs(20),
+        "every block of the new branch handled",
+        || async {
+            let mut states = Vec::new();
+            for b in &fork {
+                let (s, _) =
+                    push0_runtime::kv_get::<BlockStatus>(&blocks, &block_key(CHAIN, b.number))
+                        .await
+                        .ok()??;
+                if s.block.hash != b.hash || s.state == BlockState::Received {
+                    return None;
+                }
+                states.push((b.number, s.state));
+            }
+            Some(states)
+        },
+    )
+    .await?;
+    let want: Vec<(u64, BlockState)> = fork
+        .iter()
+        .map(|b| (b.number, BlockState::Accepted))
+        .collect();
+    assert_eq!(states, want, "the new branch's records");
+    let dlq = dead_letters(&env.bus).await?;
+    assert!(dlq.is_empty(), "nothing dead-lettered: {dlq:#?}");
+
+    // The old branch's four proofs, then the new branch's from the fork on, in order.
+    let proofs = wait_for_proofs(&env, None, 4 + fork.len(), "the new branch proved").await?;
+    let published: Vec<(u64, &[u8])> = proofs[4..]
+        .iter()
+        .map(|p| (p.number, p.hash.as_slice()))
+        .collect();
+    let want: Vec<(u64, &[u8])> = fork.iter().map(|b| (b.number, b.hash.as_slice())).collect();
+    assert_eq!(published, want, "the new branch published in order");
+    assert_eq!(metrics().reorgs.with_label_values(&[CHAIN]).get(), 1);
+    Ok(())
+}

@@ -15,6 +15,10 @@ use push0_runtime::{
 };
 use tokio_util::sync::CancellationToken;
 
+mod turns;
+
+use turns::{Made, Turn, Turns, Unsettled};
+
 pub const SERVICE: &str = "ingest";
 
 #[derive(Debug, Clone)]
@@ -46,6 +50,7 @@ pub async fn run(
         bus: bus.clone(),
         blobs: blobs.clone(),
         config,
+        turns: Turns::default(),
     };
     let spec = bus.topology.ingest_consumer();
     consume(&bus, &blobs, &spec, SERVICE, "block", &handler, shutdown).await
@@ -56,6 +61,7 @@ struct Ingest {
     blobs: BlobStore,
     blocks: kv::Store,
     config: Config,
+    turns: Turns,
 }
 
 /// Checks a submission against the public interface; the reason names the first problem.
@@ -158,12 +164,32 @@ impl Ingest {
         let key = block_key(&block.chain, block.number);
         // Most blocks are new: their record is created while the parent's is read (one round
         // trip for both), and the block's own record is read only when one exists already.
+        // The chain's next block may start now (see `Turns`).
+        let mut turn = self.turns.take(&block);
+        delivery.release_lane();
         let fresh = fresh_status(&submission, &block, submitted_at_ms, None);
         let (created, parent) = tokio::join!(
             kv_create(&self.blocks, &key, &fresh),
             self.parent_of(&block)
         );
-        let (created, parent) = (created?, parent?);
+        // The blocks before this one see whether it made its record (see `Turn::made_behind`).
+        turn.made(match &created {
+            Ok(Some(_)) => Made::Created,
+            Ok(None) => Made::Found,
+            Err(_) => Made::Unknown,
+        });
+        // Waited for before any error returns: a block that says it is done has waited for
+        // every block before it, so the next one need not.
+        let mut read = parent.as_ref().ok().cloned().flatten();
+        let stand = turn.reads_stand(block.number, &mut read).await;
+        let (mut created, mut parent) = (created?, parent.map(|_| read)?);
+        if !stand {
+            // A block handled meanwhile changed records (a reorg, an orphan), or the parent's
+            // record may have been on its way: both are read again, and the block's own too
+            // (another ingest instance's reorg may have orphaned the record just made).
+            created = None;
+            parent = self.parent_of(&block).await?;
+        }
         if let Some(p) = &parent {
             let parent_orphaned = (p.state == BlockState::Orphaned
                 && p.block.hash == submission.parent_hash)
@@ -192,6 +218,8 @@ impl Ingest {
                 return Ok(Outcome::Reject(orphaned(&block)));
             }
         }
+        // Whether the next block may keep what it read while this one was handled.
+        let mut plain = true;
         // The revision `status` was read or written at, while it is known.
         let (status, mut revision) = match created {
             Some(revision) => (fresh, Some(revision)),
@@ -243,9 +271,14 @@ impl Ingest {
                     .block(&block),
                 ));
             }
+            plain = false;
             let replaced = match status.state {
                 BlockState::Orphaned => Vec::new(),
-                _ => self.descendants(&status.block, &block.hash).await?,
+                _ => match self.descendants(&status.block, &block.hash, &turn).await? {
+                    Some(replaced) => replaced,
+                    // A block behind this one may have made a record the search found.
+                    None => return Ok(Outcome::Retry(Duration::from_millis(50))),
+                },
             };
             revision = None;
             let mut next = fresh_status(&submission, &block, submitted_at_ms, Some(&status));
@@ -272,11 +305,13 @@ impl Ingest {
                 })
             })
             .await?;
+            turn.done(plain.then_some(&status));
             return Ok(Outcome::Ack);
         }
         // The record at the fork height is the reorg's outbox: until this block is accepted,
         // every delivery (re)marks the orphans and (re)publishes the notice; both are idempotent.
         if !status.replaced.is_empty() {
+            plain = false;
             self.orphan(&block, &status.replaced).await?;
         }
         // Received but maybe not published: publish (again). The msg-id makes a repeat harmless.
@@ -298,12 +333,12 @@ impl Ingest {
                 Some(&msg_id),
             )
             .await;
-        // Sent, so the chain's next block may start: its notice goes out behind this one, it
+        // Sent, so the chain's next block may decide: its notice goes out behind this one, it
         // reads this record only as its parent's, where received and accepted mean the same,
         // and every write below is a compare-and-set that a reorg handled meanwhile wins. (If
         // this publish has to be retried, the next block's may be stored first; the scheduler
         // plans blocks in any order and the aggregator publishes their proofs in order.)
-        delivery.release_lane();
+        turn.done(plain.then_some(&status));
         published.await?;
         // Only this very block, still received: a reorg handled meanwhile (by another ingest
         // instance) may have orphaned or replaced it. First at the revision known, which
@@ -341,12 +376,15 @@ impl Ingest {
     /// `fork` (the block `new_hash` replaces) and the known blocks above it that descend from
     /// it. A block stays on the chain only if its parent is the block kept at the height below,
     /// so a new-branch block that arrived before its fork point survives, and anything whose
-    /// ancestry is unknown goes.
+    /// ancestry is unknown goes. Heights are read as they were when `turn`'s block started: a
+    /// record made since by a block behind it on the chain counts as not there yet. `None` if
+    /// that cannot be told (such a block's create failed): decide on the next delivery.
     async fn descendants(
         &self,
         fork: &BlockRef,
         new_hash: &[u8],
-    ) -> Result<Vec<BlockRef>, RuntimeError> {
+        turn: &Turn,
+    ) -> Result<Option<Vec<BlockRef>>, RuntimeError> {
         let mut orphaned = vec![fork.clone()];
         let mut kept_below: Option<Vec<u8>> = Some(new_hash.to_vec());
         let mut unknown_run = 0;
@@ -354,7 +392,16 @@ impl Ingest {
         while unknown_run < REORG_GAP {
             number += 1;
             let key = block_key(&fork.chain, number);
-            let Some((status, _)) = kv_get::<BlockStatus>(&self.blocks, &key).await? else {
+            let found = kv_get::<BlockStatus>(&self.blocks, &key).await?;
+            let found = match found {
+                Some((status, _)) => match turn.made_behind(&status.block).await {
+                    Ok(false) => Some(status),
+                    Ok(true) => None,
+                    Err(Unsettled) => return Ok(None),
+                },
+                None => None,
+            };
+            let Some(status) = found else {
                 unknown_run += 1;
                 kept_below = None;
                 continue;
@@ -371,7 +418,7 @@ impl Ingest {
                 orphaned.push(status.block);
             }
         }
-        Ok(orphaned)
+        Ok(Some(orphaned))
     }
 
     /// Marks the blocks a reorg orphaned (all but the one `block` replaced at its own height)

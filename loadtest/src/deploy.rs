@@ -19,6 +19,7 @@ use push0_protocol::{
 use push0_runtime::Bus;
 use tokio::sync::mpsc;
 
+use crate::inside::{self, Scrape};
 use crate::procs::{Proc, Sampler, binary, cpu_by_role};
 
 /// A team of the deployment and its gateways.
@@ -83,6 +84,8 @@ pub struct Deployment {
     pub bus: Bus,
     pub teams: Vec<TeamSpec>,
     procs: Vec<Proc>,
+    /// (role, port) of each service's `/metrics`.
+    metrics_ports: Vec<(String, u16)>,
     sampler: Sampler,
     nats_pids: Vec<u32>,
 }
@@ -163,7 +166,14 @@ impl Deployment {
             }
         }
         let mut procs = Vec::new();
-        for (role, name, bin, args) in launches {
+        let mut metrics_ports = Vec::new();
+        for (role, name, bin, mut args) in launches {
+            // A port known here, so the services' metrics can be read (`scrape`).
+            let port = push0_testkit::free_port()?;
+            if let Some(at) = args.iter().position(|a| a == "--metrics-addr") {
+                args[at + 1] = format!("127.0.0.1:{port}");
+            }
+            metrics_ports.push((role.to_string(), port));
             let log = target.log_dir.join(format!("{prefix}-{name}.log"));
             let proc = Proc::spawn(role, &name, &binary(bin)?, &args, &log)?;
             target.sampler.watch(role, proc.pid());
@@ -174,6 +184,7 @@ impl Deployment {
             bus,
             teams,
             procs,
+            metrics_ports,
             sampler: target.sampler.clone(),
             nats_pids: target.nats_pids.clone(),
         };
@@ -223,6 +234,11 @@ impl Deployment {
             anyhow::ensure!(Instant::now() < deadline, "not ready after {timeout:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Every service's step timings as its metrics have them now (see [`crate::inside`]).
+    pub fn scrape(&self) -> Scrape {
+        inside::scrape(&self.metrics_ports)
     }
 
     /// The service processes as (role, pid).

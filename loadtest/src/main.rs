@@ -6,6 +6,7 @@
 
 mod deploy;
 mod floor;
+mod inside;
 mod phases;
 mod procs;
 mod report;
@@ -211,20 +212,46 @@ async fn main() -> Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
     std::fs::write(&svg, report::svg(&report))?;
 
-    println!("# push0 load harness — {}\n", report.started_at);
+    // The whole report, printed and kept as this run's file beside the JSON.
+    let mut md = format!(
+        "# push0 load harness — {}, commit {}\n\n`{}`\n\n",
+        report.started_at,
+        commit(),
+        report.command
+    );
     let m = &report.machine;
-    println!(
-        "Machine: {} cores ({}), {} MiB, kernel {}, {}.\n",
+    md += &format!(
+        "Machine: {} cores ({}), {} MiB, kernel {}, {}.\n\n",
         m.cores, m.cpu, m.memory_mb, m.kernel, m.nats_server
     );
     for s in &report.sections {
-        println!("{}", report::section_markdown(s));
+        md += &format!("{}\n", report::section_markdown(s));
     }
     if let Some(e) = &report.r3_error {
-        println!("## R3: 3-node nats-server cluster\n\nFailed: {e}\n");
+        md += &format!("## R3: 3-node nats-server cluster\n\nFailed: {e}\n\n");
     }
-    println!("## Targets (R1)\n\n{}", report::targets_markdown(r1));
-    println!("Written: {} and {}\n", json.display(), svg.display());
+    md += &format!(
+        "## Targets (R1)\n\n{}\n{}\n",
+        report::targets_markdown(r1),
+        report.summary
+    );
+    let runs = ensure_dir(&results.join("runs"))?;
+    let stamp: String = report
+        .started_at
+        .trim_end_matches(" UTC")
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect();
+    let run_file = runs.join(format!("{stamp}.md"));
+    std::fs::write(&run_file, &md)?;
+    print!("{md}");
+    println!(
+        "\nWritten: {}, {} and {}\n",
+        json.display(),
+        svg.display(),
+        run_file.display()
+    );
     println!("{}", report.summary);
     Ok(())
 }
@@ -306,6 +333,28 @@ async fn run_section(args: &Args, target: &Target, label: &str, cluster: bool) -
 }
 
 /// UTC time as `YYYY-MM-DD HH:MM:SS UTC`, from the system clock (no date library needed).
+/// The checked-out commit the harness was built from, as `git` names it (`+changes` when the
+/// tree differs from it), or `unknown`.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(push0_testkit::repo_root())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match (
+        git(&["rev-parse", "--short", "HEAD"]),
+        git(&["status", "--porcelain", "--untracked-files=no"]),
+    ) {
+        (Some(head), Some(changes)) if !changes.is_empty() => format!("{head}+changes"),
+        (Some(head), _) => head,
+        _ => "unknown".into(),
+    }
+}
+
 fn now_utc() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -9,6 +9,7 @@ use push0_protocol::TeamConfig;
 use serde::Serialize;
 
 use crate::deploy::{Deployment, Driver, Target, TeamSpec, progress};
+use crate::inside::{self, Step};
 use crate::procs::{cpu_seconds, rss_kb};
 use crate::stats::Pct;
 use crate::tap::Tap;
@@ -50,6 +51,8 @@ pub struct Latency {
     /// Team `split` into 4, arity 2 (7 tasks, 3 on the critical path): overhead per block
     pub block_split: Pct,
     pub hops: HopStats,
+    /// Inside the hops of the per-hop series, from the services' metrics.
+    pub steps: Vec<Step>,
 }
 
 /// Closed loop: one block at a time, so nothing queues and the figures are pure overhead.
@@ -86,6 +89,7 @@ pub async fn latency(target: &Target, samples: usize, payload: usize) -> Result<
     // A second series on `c1` with every publish observed, for the per-hop split (the tap's
     // extra subscriber costs the server a little, so it is kept out of the series above).
     let tap = Tap::start(&deployment.bus, "c1").await?;
+    let before = deployment.scrape();
     for _ in 0..samples / 2 {
         n += 1;
         driver.submit("c1", n).await?;
@@ -95,6 +99,7 @@ pub async fn latency(target: &Target, samples: usize, payload: usize) -> Result<
     // The proof reaches the tap at the same time as the reader; give it a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let seen = tap.finish().await;
+    let steps = inside::steps(&before, &deployment.scrape(), samples / 2);
     bar.finish_and_clear();
     let stages: Vec<[u64; 4]> = seen.values().filter_map(|h| h.stages()).collect();
     let col = |i: usize| Pct::of(stages.iter().map(|s| s[i]).collect());
@@ -110,6 +115,7 @@ pub async fn latency(target: &Target, samples: usize, payload: usize) -> Result<
         task: Pct::of(task),
         block_split: Pct::of(split),
         hops,
+        steps,
     })
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::inside::Step;
 use crate::phases::{Burst, InFlight, Latency, RealisticTeam, ScalePoint, SweepPoint};
 use crate::stats::{Pct, ms, ratio};
 
@@ -180,6 +181,12 @@ pub fn section_markdown(s: &Section) -> String {
         );
         out.push_str(&md_table(&rows));
         out.push('\n');
+        if !lat.steps.is_empty() {
+            out.push_str(&steps_markdown(
+                &lat.steps,
+                floor.p50 as f64 / s.floor_hops.max(1) as f64,
+            ));
+        }
     }
     if !s.sweep.is_empty() {
         let mut rows = vec![header(&[
@@ -305,6 +312,37 @@ pub fn section_markdown(s: &Section) -> String {
 }
 
 /// The performance targets against the R1 section.
+/// Inside the hops: each role's steps per block of the per-hop series, beside the floor's
+/// time per hop (`floor_hop_us`, its p50 divided by its hops).
+fn steps_markdown(steps: &[Step], floor_hop_us: f64) -> String {
+    let mut rows = vec![header(&[
+        "role",
+        "step",
+        "per block",
+        "mean µs",
+        "µs per block",
+    ])];
+    for s in steps {
+        rows.push(vec![
+            s.role.clone(),
+            s.step.clone(),
+            format!("{:.2}", s.per_block),
+            format!("{:.0}", s.mean_us),
+            format!("{:.0}", s.us_per_block()),
+        ]);
+    }
+    format!(
+        "Inside the hops, from each service's metrics over the per-hop series (`single`, one \
+         block at a time): the wait from a message's stream time to its handler, the handler's \
+         time, and each request to the server the handler waited on (a KV get, create or \
+         compare-and-set update of a bucket; a publish until its ack, by schema). A floor hop \
+         takes {:.0} µs at p50 (its whole p50 over its hops). The gateway acks on its own, so only its \
+         round trips are listed.\n\n{}\n",
+        floor_hop_us,
+        md_table(&rows)
+    )
+}
+
 pub fn targets_markdown(s: &Section) -> String {
     let yes = |ok: bool| if ok { "met" } else { "**missed**" }.to_string();
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);

@@ -48,5 +48,28 @@ fn quick_harness_run_prints_a_sane_summary() {
     assert_eq!(json["summary"].as_str(), Some(last));
     let svg = std::fs::read_to_string(results.join("latest.svg")).expect("latest.svg");
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    // The run's own report file, with the steps inside the hops read from the services'
+    // metrics: ingest's handler and its KV create of the block's record at least.
+    let runs: Vec<_> = std::fs::read_dir(results.join("runs"))
+        .expect("runs folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = std::fs::read_to_string(&runs[0]).expect("run report");
+    assert!(run.ends_with(&format!("{last}\n")), "{run}");
+    let step = |role: &str, step: &str| {
+        run.lines().find_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() > 4 && cells[1] == role && cells[2] == step)
+                .then(|| cells[3].parse::<f64>().expect("per block"))
+        })
+    };
+    for (role, name) in [("ingest", "handler (block)"), ("ingest", "create blocks")] {
+        let per_block = step(role, name).unwrap_or_else(|| panic!("{role} {name}: {run}"));
+        assert!(
+            (0.5..2.0).contains(&per_block),
+            "{role} {name}: {per_block}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&results);
 }

@@ -1,7 +1,7 @@
 //! The connection to NATS and everything built on it: topology, consumers, KV records and
 //! publishing with push0's headers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use async_nats::{HeaderMap, ServerAddr};
@@ -11,7 +11,7 @@ use push0_protocol::wire::{WireMessage, decode, encode};
 use push0_protocol::{ConsumerSpec, MSG_ID_HEADER, SCHEMA_HEADER, Subjects, Topology};
 use thiserror::Error;
 
-use crate::telemetry;
+use crate::{metrics, telemetry};
 
 /// How long `ensure_consumer` keeps trying (a leader election takes 5-8 s; a restarted node
 /// catching up takes longer).
@@ -216,6 +216,7 @@ impl Bus {
         msg_id: Option<&str>,
     ) -> impl Future<Output = Result<jetstream::publish::PublishAck, RuntimeError>> + '_ {
         let (headers, payload) = envelope(message, msg_id);
+        let started = Instant::now();
         let first = self
             .js
             .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
@@ -223,7 +224,10 @@ impl Bus {
         async move {
             let failed = match first {
                 Ok(ack) => match ack.await {
-                    Ok(ack) => return Ok(ack),
+                    Ok(ack) => {
+                        metrics::round_trip("publish", M::SCHEMA, started);
+                        return Ok(ack);
+                    }
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
@@ -345,7 +349,8 @@ impl Bus {
         payload: Bytes,
     ) -> Result<jetstream::publish::PublishAck, RuntimeError> {
         let mut delay = Duration::from_millis(20);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(15);
         loop {
             let attempt = async {
                 self.js
@@ -354,8 +359,11 @@ impl Bus {
                     .await
             };
             match attempt.await {
-                Ok(ack) => return Ok(ack),
-                Err(e) if tokio::time::Instant::now() < deadline => {
+                Ok(ack) => {
+                    metrics::round_trip("publish", &schema_of(&headers), started);
+                    return Ok(ack);
+                }
+                Err(e) if Instant::now() < deadline => {
                     tracing::warn!(subject = %subject, error = %e, "publish failed, retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
@@ -397,7 +405,9 @@ pub async fn kv_get<M: WireMessage>(
     // a read sees every write acknowledged before it. While a leader is being elected they
     // fail ("no responders", timeouts) for 5-8 s: tried again within `KV_READ_PATIENCE`
     // rather than failing the message being handled.
+    let started = Instant::now();
     let entry = through_election(&format!("read {key}"), || store.entry(key.to_string())).await?;
+    metrics::round_trip("get", bucket_of(store), started);
     let Some(entry) = entry else { return Ok(None) };
     if entry.operation != kv::Operation::Put {
         return Ok(None);
@@ -416,7 +426,10 @@ pub async fn kv_create<M: WireMessage>(
     key: &str,
     value: &M,
 ) -> Result<Option<u64>, RuntimeError> {
-    match store.create(key, Bytes::from(encode(value))).await {
+    let started = Instant::now();
+    let created = store.create(key, Bytes::from(encode(value))).await;
+    metrics::round_trip("create", bucket_of(store), started);
+    match created {
         Ok(revision) => Ok(Some(revision)),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
         Err(e) => Err(RuntimeError::nats(format!("create {key}"), e)),
@@ -431,10 +444,12 @@ pub async fn kv_update_at<M: WireMessage>(
     value: &M,
     revision: u64,
 ) -> Result<Option<u64>, RuntimeError> {
-    match store
+    let started = Instant::now();
+    let updated = store
         .update(key, Bytes::from(encode(value)), revision)
-        .await
-    {
+        .await;
+    metrics::round_trip("update", bucket_of(store), started);
+    match updated {
         Ok(revision) => Ok(Some(revision)),
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
         Err(e) => Err(RuntimeError::nats(format!("update {key}"), e)),
@@ -497,6 +512,22 @@ where
         format!("update {key}"),
         "too many concurrent writers",
     ))
+}
+
+/// A bucket's name without the deployment's prefix (`<prefix>_blocks` → `blocks`), the label
+/// its round trips are counted under.
+fn bucket_of(store: &kv::Store) -> &str {
+    store
+        .name
+        .rsplit_once('_')
+        .map_or(store.name.as_str(), |(_, bucket)| bucket)
+}
+
+/// The schema a publish's headers name, the label its round trip is counted under.
+fn schema_of(headers: &HeaderMap) -> String {
+    headers
+        .get(SCHEMA_HEADER)
+        .map_or_else(|| "raw".to_string(), |v| v.as_str().to_string())
 }
 
 /// The headers and body of `message` on the wire: its schema, an optional msg-id and the

@@ -99,6 +99,8 @@ pub struct Delivery {
     pub published_ms: u64,
     /// Lets the next message of this one's lane start: see [`Delivery::release_lane`].
     lane: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    /// Its stream time to now, as it was taken up here.
+    lag: Option<Duration>,
 }
 
 impl Delivery {
@@ -108,13 +110,21 @@ impl Delivery {
             .as_ref()
             .and_then(|h| h.get(SCHEMA_HEADER))
             .map(|v| v.as_str().to_string());
-        let (stream_sequence, delivered, published_ms) = match message.info() {
-            Ok(info) => (
-                info.stream_sequence,
-                info.delivered,
-                (info.published.unix_timestamp_nanos() / 1_000_000) as u64,
-            ),
-            Err(_) => (0, 1, now_ms()),
+        let (stream_sequence, delivered, published_ms, lag) = match message.info() {
+            Ok(info) => {
+                let published_ns = info.published.unix_timestamp_nanos();
+                let now_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i128);
+                let lag = u64::try_from(now_ns - published_ns).ok();
+                (
+                    info.stream_sequence,
+                    info.delivered,
+                    (published_ns / 1_000_000) as u64,
+                    lag.map(Duration::from_nanos),
+                )
+            }
+            Err(_) => (0, 1, now_ms(), None),
         };
         Self {
             subject: message.subject.to_string(),
@@ -124,6 +134,7 @@ impl Delivery {
             published_ms,
             message,
             lane: std::sync::Mutex::new(None),
+            lag,
         }
     }
 
@@ -382,6 +393,13 @@ async fn handle_one<H: Handler>(
         delivered = delivery.delivered,
     );
     telemetry::set_parent_from(&span, delivery.message.headers.as_ref());
+    let m = metrics();
+    if let Some(lag) = delivery.lag {
+        m.delivery_lag
+            .with_label_values(&[service, kind])
+            .observe(lag.as_secs_f64());
+    }
+    let started = std::time::Instant::now();
     let handling = handler.handle(&delivery).instrument(span.clone());
     tokio::pin!(handling);
     // A slow handler (a verifier, a KV write during a leader election) keeps its message.
@@ -393,8 +411,10 @@ async fn handle_one<H: Handler>(
             }
         }
     };
+    m.handle_time
+        .with_label_values(&[service, kind])
+        .observe(started.elapsed().as_secs_f64());
     let _entered = span.enter();
-    let m = metrics();
     let result = match outcome {
         Outcome::Ack => {
             m.messages.with_label_values(&[service, kind, "ok"]).inc();

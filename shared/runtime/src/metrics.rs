@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
+use axum::Router;
+use axum::http::header;
+use axum::routing::get;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +58,16 @@ pub struct Metrics {
     pub reorgs: IntCounterVec,
     /// push0_orphaned_blocks_total{team}: planned blocks whose work a reorg stopped
     pub orphaned_blocks: IntCounterVec,
+    /// push0_round_trip_seconds{op, target}: one request to the server, sent to answered, as
+    /// the service waits for it. `op` is get, create or update (compare-and-set) on a bucket
+    /// (`target` its name without the prefix), or publish to a stream until its ack
+    /// (`target` the message's schema, retries included).
+    pub round_trip: HistogramVec,
+    /// push0_delivery_lag_seconds{service, type}: a message's stream time to its handling
+    /// starting here (the server's delivery and the consume loop's wake-up).
+    pub delivery_lag: HistogramVec,
+    /// push0_handle_seconds{service, type}: a handler's start to its outcome, the ack excluded.
+    pub handle_time: HistogramVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -75,7 +87,17 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["team"])
+    histogram_by(registry, name, help, buckets, &["team"])
+}
+
+fn histogram_by(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("valid metric");
     registry
         .register(Box::new(h.clone()))
@@ -87,6 +109,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let r = Registry::new();
     let fast = vec![
         0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    // Round trips on loopback take tens of microseconds to a few milliseconds.
+    let micro = vec![
+        0.00005, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.1, 1.0,
     ];
     let slow = vec![
         0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -218,9 +244,38 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "times this process became the active instance of a singleton role",
             &["role"],
         ),
+        round_trip: histogram_by(
+            &r,
+            "push0_round_trip_seconds",
+            "requests to the server, sent to answered",
+            micro.clone(),
+            &["op", "target"],
+        ),
+        delivery_lag: histogram_by(
+            &r,
+            "push0_delivery_lag_seconds",
+            "stream time of a message to its handling starting",
+            micro.clone(),
+            &["service", "type"],
+        ),
+        handle_time: histogram_by(
+            &r,
+            "push0_handle_seconds",
+            "handler start to outcome",
+            micro,
+            &["service", "type"],
+        ),
         registry: r,
     }
 });
+
+/// Counts `op` on `target` that took from `started` until now in [`Metrics::round_trip`].
+pub fn round_trip(op: &str, target: &str, started: std::time::Instant) {
+    metrics()
+        .round_trip
+        .with_label_values(&[op, target])
+        .observe(started.elapsed().as_secs_f64());
+}
 
 pub fn metrics() -> &'static Metrics {
     &METRICS
@@ -240,31 +295,56 @@ pub async fn serve_metrics(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let app = Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                render(),
+            )
+        }),
+    );
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            let Ok((mut socket, _)) = accepted else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = socket.read(&mut buf).await.unwrap_or(0);
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let (status, body) = if request.starts_with("GET /metrics") {
-                    ("200 OK", render())
-                } else {
-                    ("404 Not Found", "see /metrics\n".to_string())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
+        let stopped = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = stopped {
+            tracing::warn!(error = %e, "metrics endpoint stopped");
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn metrics_are_served_to_a_request_sent_in_pieces() {
+        round_trip("get", "blocks", std::time::Instant::now());
+        let shutdown = CancellationToken::new();
+        let addr = serve_metrics("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .expect("bound");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.set_nodelay(true).expect("nodelay");
+        for piece in [
+            "GET ",
+            "/metrics",
+            " HTTP/1.1\r\nHost: x\r\n",
+            "Connection: close\r\n\r\n",
+        ] {
+            conn.write_all(piece.as_bytes()).await.expect("write");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.expect("read");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(
+            text.contains("push0_round_trip_seconds_count{op=\"get\",target=\"blocks\"}"),
+            "{text}"
+        );
+        shutdown.cancel();
+    }
 }

@@ -266,15 +266,13 @@ fn spawn_server(binary: &Path, dir: &Path, config: &str, log: &Path) -> Result<C
 
 /// One HTTP GET on loopback without a client library: the status line and body, or None when
 /// the server does not answer.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    // One write: a server that reads the request once must see all of it.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).ok()?;
     let mut text = String::new();
     conn.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;

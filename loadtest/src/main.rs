@@ -144,6 +144,8 @@ async fn main() -> Result<()> {
     let sampler = Sampler::start();
     let mut report = Report {
         started_at: now_utc(),
+        // Before this run writes its results into the tree.
+        commit: commit(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: Machine::detect(),
         ..Default::default()
@@ -215,9 +217,7 @@ async fn main() -> Result<()> {
     // The whole report, printed and kept as this run's file beside the JSON.
     let mut md = format!(
         "# push0 load harness — {}, commit {}\n\n`{}`\n\n",
-        report.started_at,
-        commit(),
-        report.command
+        report.started_at, report.commit, report.command
     );
     let m = &report.machine;
     md += &format!(

@@ -104,6 +104,8 @@ impl Machine {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     pub started_at: String,
+    /// The commit the harness ran from (`+changes` when the tree differed from it).
+    pub commit: String,
     pub command: String,
     pub machine: Machine,
     pub sections: Vec<Section>,

@@ -95,7 +95,7 @@ impl Topology {
             // Results and joins go to one consumer each. A work queue would delete each message
             // on its ack, and on nats-server 2.15 a stream drained to empty unlinks its message
             // block file and creates a new one: a quarter of the server's CPU in the burst
-            // (BENCHMARKS.md). Kept for the stream's age instead; nothing reads them twice.
+            // (loadtest/results/history/2026-12-01.md). Kept for the stream's age instead; nothing reads them twice.
             stream(s.stream_results(), s.results_all(), Retention::Limits),
             stream(s.stream_ready(), s.ready_all(), Retention::Limits),
             stream(s.stream_proofs(), s.proofs_all(), Retention::Limits),

@@ -39,13 +39,13 @@ pub struct CommonArgs {
 
     /// Record OpenTelemetry spans and carry the W3C trace context (`traceparent`) in the
     /// headers of the messages sent. Off by default: no span exporter is wired yet, and
-    /// recording costs CPU on every message handled (BENCHMARKS.md)
+    /// recording costs CPU on every message handled (docs/operating.md has the figures)
     #[arg(long, env = "PUSH0_TRACES", default_value_t = false)]
     pub traces: bool,
 
     /// Threads of the service's async runtime. A service's work is waiting on its one NATS
     /// connection, and on a single thread it costs less CPU than handing each reply between
-    /// threads (BENCHMARKS.md); raise it where one service must use several cores
+    /// threads (loadtest/results/history/2026-12-01.md); raise it where one service must use several cores
     #[arg(long, env = "PUSH0_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: u16,
 }

@@ -125,19 +125,21 @@ or "<release>-<nameOverride|nats>".
 {{- end }}
 {{- end }}
 
-{{/* Metrics port and TCP probes, identical for every container. */}}
+{{/* Metrics port and HTTP probes (/readyz, /healthz), identical for every container. */}}
 {{- define "push0.metricsPortAndProbes" -}}
 ports:
   - name: metrics
     containerPort: {{ .Values.metrics.port }}
     protocol: TCP
 readinessProbe:
-  tcpSocket:
+  httpGet:
+    path: /readyz
     port: metrics
   periodSeconds: 5
   failureThreshold: 3
 livenessProbe:
-  tcpSocket:
+  httpGet:
+    path: /healthz
     port: metrics
   initialDelaySeconds: 10
   periodSeconds: 10

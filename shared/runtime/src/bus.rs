@@ -176,7 +176,10 @@ impl Bus {
         let mut delay = Duration::from_millis(100);
         loop {
             match declare().await {
-                Ok(consumer) => return Ok(consumer),
+                Ok(consumer) => {
+                    crate::health::working();
+                    return Ok(consumer);
+                }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(consumer = %spec.durable, error = %e, "declaring consumer failed, retrying");
                     tokio::time::sleep(delay).await;

@@ -53,6 +53,8 @@ where
     let mut failures = 0;
     while !shutdown.is_cancelled() {
         let Some(revision) = try_acquire(&kv, role, &holder).await else {
+            // A standby is ready: it is what takes over.
+            crate::health::working();
             if !waiting_logged {
                 tracing::info!(
                     role,

@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod bus;
 pub mod config;
 pub mod consume;
+pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod parts;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::routing::get;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -288,22 +288,38 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Serves `GET /metrics` on `addr` until `shutdown`; returns the bound address.
+/// Serves `GET /metrics`, `/healthz` (200 while the process runs) and `/readyz` (200 while
+/// [`crate::health::readiness`] holds, else 503 with the reason) on `addr` until `shutdown`;
+/// returns the bound address.
 pub async fn serve_metrics(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route(
-        "/metrics",
-        get(|| async {
-            (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                render(),
-            )
-        }),
-    );
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "alive\n" }))
+        .route(
+            "/readyz",
+            get(|| async {
+                match crate::health::readiness() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
+                }
+            }),
+        );
     tokio::spawn(async move {
         let stopped = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

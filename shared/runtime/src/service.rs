@@ -53,6 +53,13 @@ async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, Ru
         &shutdown,
     )
     .await?;
+    crate::health::topology_checked(&bus.client);
+    // Not ready from the first moment of a shutdown: what runs finishes, nothing new comes.
+    let draining = shutdown.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        crate::health::draining();
+    });
     tracing::info!(service, nats = %common.nats_url, prefix = %common.prefix, replicas = common.replicas, metrics = %addr, "started");
     Ok(Started {
         bus,

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub delivery_lag: HistogramVec,
     /// push0_handle_seconds{service, type}: a handler's start to its outcome, the ack excluded.
     pub handle_time: HistogramVec,
+    /// push0_build_info{version}: 1, labelled with the version of the running binary
+    pub build_info: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -265,7 +267,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             micro,
             &["service", "type"],
         ),
-        registry: r,
+        build_info: {
+            let g = gauge(
+                &r,
+                "push0_build_info",
+                "the running binary's version, as a label of a constant 1",
+                &["version"],
+            );
+            g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            g
+        },
+        registry: {
+            // CPU seconds, resident memory, open files and the like of this process
+            // (`process_*`), read from /proc on each scrape.
+            #[cfg(target_os = "linux")]
+            r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics registered once");
+            r
+        },
     }
 });
 
@@ -361,6 +382,17 @@ mod tests {
             text.contains("push0_round_trip_seconds_count{op=\"get\",target=\"blocks\"}"),
             "{text}"
         );
+        let version = format!(
+            "push0_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&version), "{text}");
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no process_resident_memory_bytes: {text}"));
+        assert!(rss > 1e6, "resident memory {rss} B");
         shutdown.cancel();
     }
 }

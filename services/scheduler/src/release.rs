@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use push0_protocol::subjects::{plan_key, task_id};
 use push0_protocol::{LatePolicy, NodeId, Plan, Task, TeamConfig, now_ms};
-use push0_runtime::telemetry::{TraceContext, set_parent};
+use push0_runtime::telemetry::{TraceContext, set_parent, task_span};
 use push0_runtime::{RuntimeError, kv_get, kv_update, kv_update_at, metrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -182,14 +182,7 @@ impl Scheduler {
         task: &'a Task,
         trace: TraceContext,
     ) -> impl Future<Output = Result<(), RuntimeError>> + 'a {
-        let span = tracing::info_span!(
-            "release",
-            otel.name = "scheduler.release",
-            team = %task.team,
-            chain = %task.block.chain,
-            number = task.block.number,
-            node = %task.node,
-        );
+        let span = task_span("scheduler.release", task);
         set_parent(&span, trace);
         let subject = self.bus.subjects.tasks(&task.team, &task.class);
         let acked = self

@@ -33,6 +33,9 @@ pub enum Outcome {
     Retry(Duration),
     /// Never: file a dead letter with the reason, then terminate the message.
     Reject(Rejection),
+    /// Done for good, its outcome recorded by the handler itself (a task whose prover found
+    /// its input invalid has published a failed result): terminate without a dead letter.
+    Terminate,
 }
 
 /// Why a message is dead-lettered, with what is known about it.
@@ -415,23 +418,40 @@ async fn handle_one<H: Handler>(
         .with_label_values(&[service, kind])
         .observe(started.elapsed().as_secs_f64());
     let _entered = span.enter();
+    settle(bus, blobs, service, kind, &delivery, outcome).await;
+}
+
+/// Turns a handler's outcome into the message's ack kind, counted by `kind` and outcome: a
+/// rejection is filed as a dead letter first (and retried in a second if that fails), a
+/// retry with no delay is redelivered at once. An ack that does not reach the server is
+/// logged: the message is redelivered after its ack wait, and handlers are idempotent.
+pub async fn settle(
+    bus: &Bus,
+    blobs: &BlobStore,
+    service: &'static str,
+    kind: &'static str,
+    delivery: &Delivery,
+    outcome: Outcome,
+) {
+    let count = |outcome| count_outcome(service, kind, outcome);
     let result = match outcome {
         Outcome::Ack => {
-            m.messages.with_label_values(&[service, kind, "ok"]).inc();
+            count("ok");
             delivery.message.ack().await
         }
         Outcome::Retry(after) => {
-            m.messages
-                .with_label_values(&[service, kind, "retry"])
-                .inc();
-            delivery.message.ack_with(AckKind::Nak(Some(after))).await
+            count("retry");
+            let delay = (!after.is_zero()).then_some(after);
+            delivery.message.ack_with(AckKind::Nak(delay)).await
+        }
+        Outcome::Terminate => {
+            count("terminated");
+            delivery.message.ack_with(AckKind::Term).await
         }
         Outcome::Reject(rejection) => {
-            m.messages
-                .with_label_values(&[service, kind, "rejected"])
-                .inc();
+            count("rejected");
             tracing::warn!(reason = %rejection.reason, detail = %rejection.detail, "dead-lettering message");
-            match dead_letter(bus, blobs, service, &rejection, &delivery).await {
+            match dead_letter(bus, blobs, service, &rejection, delivery).await {
                 Ok(()) => delivery.message.ack_with(AckKind::Term).await,
                 Err(e) => {
                     tracing::error!(error = %e, "dead letter not recorded, will retry");
@@ -446,6 +466,14 @@ async fn handle_one<H: Handler>(
     if let Err(e) = result {
         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
     }
+}
+
+/// Counts one handled message by its outcome (`ok`, `retry`, `terminated`, `rejected`).
+pub fn count_outcome(service: &str, kind: &str, outcome: &str) {
+    metrics()
+        .messages
+        .with_label_values(&[service, kind, outcome])
+        .inc();
 }
 
 /// Files a dead-letter record for `delivery`, keeping the original bytes, and counts it.

@@ -105,6 +105,20 @@ pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let _ = span.set_parent(cx);
 }
 
+/// The span of one step in a task's life (`otel_name`, such as `gateway.prove`), with the
+/// task's identity as fields and an `attempt` field left for the step to record.
+pub fn task_span(otel_name: &'static str, task: &push0_protocol::Task) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        otel.name = otel_name,
+        team = %task.team,
+        chain = %task.block.chain,
+        number = task.block.number,
+        node = %task.node,
+        attempt = tracing::field::Empty,
+    )
+}
+
 /// The trace id of `span`, as hex, if it has one.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;

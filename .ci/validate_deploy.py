@@ -6,6 +6,8 @@ The real tools do the validating (no hand-written YAML schema here):
   docker    hadolint on deploy/Dockerfile
   helm      Helm v4 Go SDK (helm-python-sdk): lint, values.schema.json, render
   k8s       kubernetes-validate strict schemas on every rendered manifest
+  prometheus  promtool (deploy/prometheus/check): config, rules, rule unit tests,
+              dashboard expressions
 On top of that, push0-specific assertions: every team has a gateway group,
 the services get the NATS URL, teams.toml agrees between compose and Helm, and
 so on. A last check feeds known-bad inputs to each validator to prove it bites.
@@ -33,6 +35,8 @@ KUBE_VERSION = "1.33.0"
 RELEASE = "push0"
 NAMESPACE = "push0"
 SERVICES = ("ingest", "scheduler", "aggregator")
+# Compose services that watch push0 rather than run it (checked by check_compose_monitoring).
+MONITORING = ("prometheus", "grafana")
 BINARIES = ("push0", "push0-ingest", "push0-scheduler", "push0-prover-gateway", "push0-aggregator")
 EXTERNAL_NATS = "nats://nats-0.nats:4222,nats://nats-1.nats:4222,nats://nats-2.nats:4222"
 
@@ -229,7 +233,7 @@ def check_compose_model(compose: Compose) -> str:
     gateway_teams: dict[str, str] = {}
     binaries_seen: set[str] = set()
     for name, svc in services.items():
-        if name == "nats":
+        if name == "nats" or name in MONITORING:
             continue
         cmd = (svc.get("entrypoint") or []) + (svc.get("command") or [])
         binary = next((c for c in cmd if c in BINARIES), None)
@@ -294,6 +298,215 @@ def check_compose_model(compose: Compose) -> str:
     expect(not problems, f"{len(problems)} problem(s) in the compose model", "\n".join(problems))
     return (f"{len(services)} services; gateways {', '.join(f'{s}={t}' for s, t in sorted(gateway_teams.items()))}; "
             f"teams.toml has {len(teams)} team(s)")
+
+
+# --------------------------------------------------------------------------
+# monitoring: Prometheus and Grafana
+# --------------------------------------------------------------------------
+
+
+def bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:
+    """Target path in the container -> resolved source path on the host."""
+    return {v["target"]: Path(v["source"]).resolve()
+            for v in svc.get("volumes", []) if v.get("type") == "bind"}
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckError(f"{path.name}: {exc}")
+
+
+def check_compose_monitoring(compose: Compose) -> str:
+    """prometheus and grafana in docker-compose.yml mount the files in deploy/, Prometheus
+    scrapes every push0 service under the job name alerts.yml expects, Grafana reads it."""
+    root = compose.root
+    out = compose.config(root / "docker-compose.yml", "--format", "json")
+    expect(out.returncode == 0, "docker-compose config --format json failed", out.stderr)
+    services = json.loads(out.stdout).get("services", {})
+    problems: list[str] = []
+    prom_dir = root / "deploy" / "prometheus"
+    graf_dir = root / "deploy" / "grafana"
+
+    prom = services.get("prometheus")
+    scraped: dict[str, str] = {}
+    if not prom:
+        problems.append("no prometheus service")
+    else:
+        if not str(prom.get("image", "")).startswith("prom/prometheus:"):
+            problems.append("prometheus: image is not the official prom/prometheus image")
+        flags = dict(a.split("=", 1) for a in prom.get("command") or [] if a.startswith("--") and "=" in a)
+        config_target = flags.get("--config.file", "/etc/prometheus/prometheus.yml")
+        mounts = bind_mounts(prom)
+        if mounts.get(config_target) != (prom_dir / "prometheus.yml").resolve():
+            problems.append(f"prometheus: deploy/prometheus/prometheus.yml is not mounted at {config_target}")
+        config = load_yaml(prom_dir / "prometheus.yml")
+        for rule_file in config.get("rule_files") or []:
+            target = str(Path(config_target).parent / rule_file)
+            if mounts.get(target) != (prom_dir / rule_file).resolve():
+                problems.append(f"prometheus: rule file {rule_file} is not deploy/prometheus/{rule_file} mounted at {target}")
+        if "alerts.yml" not in (config.get("rule_files") or []):
+            problems.append("prometheus.yml does not load alerts.yml")
+        for job in config.get("scrape_configs") or []:
+            for sd in job.get("dns_sd_configs") or []:
+                for host in sd.get("names") or []:
+                    scraped[host] = f"{job['job_name']}:{sd.get('port')}"
+            for sc in job.get("static_configs") or []:
+                for target in sc.get("targets") or []:
+                    host, _, port = target.rpartition(":")
+                    scraped[host] = f"{job['job_name']}:{port}"
+        for name, svc in services.items():
+            cmd = (svc.get("entrypoint") or []) + (svc.get("command") or [])
+            binary = next((c for c in cmd if c in BINARIES[1:]), None)
+            if binary is None:
+                continue
+            port = str((svc.get("environment") or {}).get("PUSH0_METRICS_ADDR", "")).rpartition(":")[2]
+            want = f"push0-{binary.removeprefix('push0-')}:{port}"
+            if scraped.get(name) != want:
+                problems.append(f"prometheus.yml: {name} ({binary}) must be scraped as {want}, "
+                                f"found {scraped.get(name)!r}")
+
+    graf = services.get("grafana")
+    if not graf:
+        problems.append("no grafana service")
+    else:
+        if not str(graf.get("image", "")).startswith("grafana/grafana:"):
+            problems.append("grafana: image is not the official grafana/grafana image")
+        mounts = bind_mounts(graf)
+        if mounts.get("/etc/grafana/provisioning") != (graf_dir / "provisioning").resolve():
+            problems.append("grafana: deploy/grafana/provisioning is not mounted at /etc/grafana/provisioning")
+        for f in sorted((graf_dir / "provisioning" / "datasources").glob("*.yml")):
+            for ds in load_yaml(f).get("datasources") or []:
+                m = re.fullmatch(r"http://([\w.-]+):(\d+)/?", str(ds.get("url", "")))
+                if not m or m.group(1) not in services:
+                    problems.append(f"{f.name}: data source url {ds.get('url')!r} is not a compose service")
+                elif m.group(1) == "prometheus" and m.group(2) != "9090":
+                    problems.append(f"{f.name}: prometheus listens on 9090, not {m.group(2)}")
+        providers = [p for f in sorted((graf_dir / "provisioning" / "dashboards").glob("*.yml"))
+                     for p in load_yaml(f).get("providers") or []]
+        paths = {str((p.get("options") or {}).get("path", "")).rstrip("/") for p in providers}
+        dashboard = (graf_dir / "push0.json").resolve()
+        if not any(src == dashboard and str(Path(t).parent) in paths for t, src in mounts.items()):
+            problems.append(f"grafana: deploy/grafana/push0.json is not mounted in a provisioned path {sorted(paths)}")
+    expect(not problems, f"{len(problems)} problem(s) in prometheus/grafana", "\n".join(problems))
+    return (f"prometheus scrapes {len(scraped)} hosts, every push0 service under push0-<service>; "
+            f"grafana provisioned with deploy/grafana")
+
+
+def check_prometheus(root: Path, promtool: Path) -> str:
+    """deploy/prometheus/check: promtool on the config, the rules, their unit tests and the
+    dashboard's expressions."""
+    env = {**os.environ, "PROMTOOL": str(promtool)}
+    out = run_tool(["bash", str(root / "deploy" / "prometheus" / "check")], root, env)
+    expect(out.returncode == 0, "deploy/prometheus/check failed", out.stdout + out.stderr)
+    rules = re.findall(r"SUCCESS: (\d+) rules found", out.stdout)
+    version = run_tool([str(promtool), "--version"], root).stdout.split("\n")[0]
+    return (f"prometheus.yml, {rules[0] if rules else '?'} alert rules, their unit tests and "
+            f"{rules[-1] if rules else '?'} dashboard expressions pass ({version})")
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """Anchors of a markdown file's headings, as GitHub makes them."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+def check_alert_annotations(root: Path) -> str:
+    """Each alert has severity, summary, description and a runbook anchor that exists."""
+    rules = [r for g in load_yaml(root / "deploy" / "prometheus" / "alerts.yml")["groups"]
+             for r in g["rules"] if "alert" in r]
+    problems = []
+    docs: dict[str, set[str]] = {}
+    for r in rules:
+        ann = r.get("annotations") or {}
+        for key in ("summary", "description", "runbook"):
+            if not ann.get(key):
+                problems.append(f"{r['alert']}: no {key} annotation")
+        if (r.get("labels") or {}).get("severity") not in ("warning", "critical"):
+            problems.append(f"{r['alert']}: severity must be warning or critical")
+        doc, _, anchor = str(ann.get("runbook", "")).partition("#")
+        if doc:
+            path = root / doc
+            if not path.is_file():
+                problems.append(f"{r['alert']}: runbook {doc} does not exist")
+                continue
+            if anchor not in docs.setdefault(doc, markdown_anchors(path)):
+                problems.append(f"{r['alert']}: runbook anchor #{anchor} is no heading in {doc}")
+    expect(not problems, f"{len(problems)} problem(s) in alert annotations", "\n".join(problems))
+    return f"{len(rules)} alerts carry severity, summary, description and a runbook heading"
+
+
+def check_dashboard(root: Path) -> str:
+    """The dashboard is JSON Grafana provisions: data source through ${datasource}, a team
+    variable from label values, every target an expr."""
+    path = root / "deploy" / "grafana" / "push0.json"
+    try:
+        dash = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckError(f"push0.json: {exc}")
+    problems = []
+    if not isinstance(dash.get("schemaVersion"), int) or dash["schemaVersion"] < 39:
+        problems.append(f"schemaVersion {dash.get('schemaVersion')!r} is older than 39")
+    if not dash.get("uid"):
+        problems.append("no uid")
+    variables = {v.get("name"): v for v in (dash.get("templating") or {}).get("list", [])}
+    if (variables.get("datasource") or {}).get("type") != "datasource":
+        problems.append("no datasource variable")
+    team = variables.get("team") or {}
+    query = team.get("query")
+    query = query.get("query", "") if isinstance(query, dict) else str(query or "")
+    if team.get("type") != "query" or not re.match(r"label_values\(.+,\s*team\)", query):
+        problems.append("no team variable from label_values(…, team)")
+    panels = []
+    stack = list(dash.get("panels") or [])
+    while stack:
+        p = stack.pop()
+        panels.append(p)
+        stack.extend(p.get("panels") or [])
+    ids = [p.get("id") for p in panels]
+    if len(ids) != len(set(ids)):
+        problems.append("panel ids repeat")
+    targets = 0
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        for holder in [p, *(p.get("targets") or [])]:
+            if (holder.get("datasource") or {}).get("uid") != "${datasource}":
+                problems.append(f"panel {p.get('title')!r}: data source is not ${{datasource}}")
+        for t in p.get("targets") or []:
+            targets += 1
+            if not t.get("expr"):
+                problems.append(f"panel {p.get('title')!r} target {t.get('refId')}: no expr")
+        if not p.get("targets"):
+            problems.append(f"panel {p.get('title')!r}: no targets")
+    expect(not problems, f"{len(problems)} problem(s) in deploy/grafana/push0.json", "\n".join(problems))
+    return f"{len(panels)} panels, {targets} queries, data source ${{datasource}}, team variable"
+
+
+def check_promtool_rejects(promtool: Path) -> str:
+    """promtool must bite: a rule that does not parse, and a unit test whose alert never fires."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        (tmpdir / "bad.yml").write_text(
+            "groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: sum by (team (x)\n")
+        out = run_tool([str(promtool), "check", "rules", "bad.yml"], tmpdir)
+        expect(out.returncode != 0, "promtool check rules accepted an expression that does not parse")
+        (tmpdir / "rules.yml").write_text(
+            "groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: up == 0\n")
+        (tmpdir / "test.yml").write_text(
+            "rule_files: [rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n"
+            "    input_series:\n      - series: 'up{job=\"a\"}'\n        values: '1x5'\n"
+            "    alert_rule_test:\n      - eval_time: 3m\n        alertname: X\n"
+            "        exp_alerts:\n          - exp_labels: {job: a}\n")
+        out = run_tool([str(promtool), "test", "rules", "test.yml"], tmpdir)
+        expect(out.returncode != 0, "promtool test rules passed a test whose alert cannot fire")
+    return "promtool rejects a broken rule and a failing rule test"
 
 
 # --------------------------------------------------------------------------
@@ -755,6 +968,7 @@ def main() -> int:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--compose", type=Path, required=True)
     parser.add_argument("--hadolint", type=Path, required=True)
+    parser.add_argument("--promtool", type=Path, required=True)
     args = parser.parse_args()
     root = args.root.resolve()
     chart = root / "helm" / "push0"
@@ -763,6 +977,11 @@ def main() -> int:
 
     report.run("compose", lambda: check_compose_valid(compose))
     report.run("compose", lambda: check_compose_model(compose))
+    report.run("compose", lambda: check_compose_monitoring(compose))
+    report.run("prometheus", lambda: check_prometheus(root, args.promtool))
+    report.run("prometheus", lambda: check_alert_annotations(root))
+    report.run("grafana", lambda: check_dashboard(root))
+    report.run("selftest", lambda: check_promtool_rejects(args.promtool))
     report.run("docker", lambda: check_dockerfile(args.hadolint, root))
     report.run("helm", lambda: check_chart_metadata(chart))
     report.run("helm", lambda: check_template_references(chart))

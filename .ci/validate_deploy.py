@@ -320,7 +320,8 @@ def load_yaml(path: Path) -> Any:
 
 def check_compose_monitoring(compose: Compose) -> str:
     """prometheus and grafana in docker-compose.yml mount the files in deploy/, Prometheus
-    scrapes every push0 service under the job name alerts.yml expects, Grafana reads it."""
+    scrapes every push0 service under the job name alerts.yml expects, Grafana reads it, and
+    the scheduler reads JetStream storage from a NATS monitoring port that is served."""
     root = compose.root
     out = compose.config(root / "docker-compose.yml", "--format", "json")
     expect(out.returncode == 0, "docker-compose config --format json failed", out.stderr)
@@ -389,9 +390,31 @@ def check_compose_monitoring(compose: Compose) -> str:
         dashboard = (graf_dir / "push0.json").resolve()
         if not any(src == dashboard and str(Path(t).parent) in paths for t, src in mounts.items()):
             problems.append(f"grafana: deploy/grafana/push0.json is not mounted in a provisioned path {sorted(paths)}")
+
+    # The scheduler reads JetStream storage from each NATS server's monitoring port
+    # (--nats-monitor-url): each URL must name a compose service that serves it (-m PORT).
+    monitored = []
+    for name, svc in services.items():
+        cmd = (svc.get("entrypoint") or []) + (svc.get("command") or [])
+        if "push0-scheduler" not in cmd:
+            continue
+        urls = str((svc.get("environment") or {}).get("PUSH0_NATS_MONITOR_URL", ""))
+        if not urls:
+            problems.append(f"{name}: PUSH0_NATS_MONITOR_URL not set (JetStream storage is not exported)")
+        for url in filter(None, (u.strip() for u in urls.split(","))):
+            m = re.fullmatch(r"http://([\w.-]+):(\d+)/?", url)
+            target = services.get(m.group(1)) if m else None
+            args = [str(a) for a in (target or {}).get("command") or []]
+            ports = {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-m", "--http_port")}
+            if not m or target is None:
+                problems.append(f"{name}: PUSH0_NATS_MONITOR_URL {url!r} is not a compose service")
+            elif m.group(2) not in ports:
+                problems.append(f"{name}: {m.group(1)} does not serve monitoring on {m.group(2)} (-m)")
+            else:
+                monitored.append(f"{m.group(1)}:{m.group(2)}")
     expect(not problems, f"{len(problems)} problem(s) in prometheus/grafana", "\n".join(problems))
     return (f"prometheus scrapes {len(scraped)} hosts, every push0 service under push0-<service>; "
-            f"grafana provisioned with deploy/grafana")
+            f"grafana provisioned with deploy/grafana; scheduler reads /jsz of {', '.join(monitored)}")
 
 
 def check_prometheus(root: Path, promtool: Path) -> str:

@@ -211,7 +211,12 @@ impl Ingest {
         // this publish has to be retried, the next block's may be stored first; the scheduler
         // plans blocks in any order and the aggregator publishes their proofs in order.)
         turn.done(plain.then_some(&status));
-        published.await?;
+        if !published.await?.duplicate {
+            metrics()
+                .blocks_accepted
+                .with_label_values(&[&block.chain])
+                .inc();
+        }
         // Only this very block, still received: a reorg handled meanwhile (by another ingest
         // instance) may have orphaned or replaced it. First at the revision known, which
         // saves the read; if the record moved since, read it and decide again.

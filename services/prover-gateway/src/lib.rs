@@ -75,6 +75,7 @@ pub async fn run(
     for class in &classes {
         let spec = bus.topology.task_consumer(&team, class);
         let consumer = bus.ensure_consumer(&spec).await?;
+        push0_runtime::metrics::consumer_bound(SERVICE, slot::KIND);
         for slot in 0..config.slots {
             let g = gateway.clone();
             let c = consumer.clone();

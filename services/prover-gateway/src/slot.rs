@@ -8,6 +8,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use push0_protocol::Task;
 use push0_protocol::topology::TIER_GROUP;
 use push0_runtime::consume::{count_outcome, settle};
+use push0_runtime::metrics::delivered;
 use push0_runtime::pull::{PullInbox, Tier};
 use push0_runtime::telemetry::{set_parent_from, task_span};
 use push0_runtime::{Delivery, Outcome, Rejection};
@@ -17,7 +18,7 @@ use tracing::Instrument;
 use crate::{Gateway, PULL_EXPIRES, SERVICE};
 
 /// The `type` label of the gateway's message counts.
-const KIND: &str = "task";
+pub(crate) const KIND: &str = "task";
 
 /// What a lost ack of a task with a published result leads to.
 const ACK_LOST: &str = "ack not sent; the task is redelivered after its ack wait and run again, \
@@ -104,6 +105,7 @@ impl Gateway {
         shutdown: &CancellationToken,
     ) -> Option<Arc<Delivery>> {
         let delivery = Arc::new(delivery);
+        delivered(SERVICE, KIND, delivery.delivered);
         let outcome = match delivery.decode::<Task>() {
             Err(e) => Outcome::Reject(Rejection::from(e)),
             Ok(task) => {

@@ -15,6 +15,7 @@ mod plan;
 pub mod queue;
 mod recover;
 mod release;
+mod storage;
 pub mod track;
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +47,8 @@ pub struct Config {
     pub alerts: AlertConfig,
     /// How often each team's status record is rewritten and its alerts judged.
     pub status_interval: Duration,
+    /// NATS servers' monitoring URLs, whose JetStream storage use and limit are exported.
+    pub monitor_urls: Vec<String>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             poll_interval: Duration::from_millis(20),
             alerts: AlertConfig::default(),
             status_interval: Duration::from_secs(1),
+            monitor_urls: Vec::new(),
         }
     }
 }
@@ -91,6 +95,10 @@ pub async fn run(
         chains: Mutex::new(HashMap::new()),
     });
     scheduler.recover().await?;
+    let storage = tokio::spawn(storage::storage_loop(
+        scheduler.config.monitor_urls.clone(),
+        shutdown.clone(),
+    ));
 
     let releaser = tokio::spawn({
         let s = scheduler.clone();
@@ -138,6 +146,10 @@ pub async fn run(
     shutdown.cancel();
     let _ = releaser.await;
     let _ = housekeeper.await;
+    let _ = storage.await;
+    // Whether the lease was lost or the process stops, the gauges only the active instance
+    // keeps go with it: a standby exports none of them.
+    push0_runtime::metrics::forget_active_gauges();
     a.and(r).and(p)
 }
 

@@ -37,6 +37,11 @@ struct Args {
     /// Window of the deadline miss rate
     #[arg(long, env = "PUSH0_ALERT_MISS_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
     alert_miss_window: Duration,
+
+    /// Monitoring URLs of the NATS servers (comma-separated, such as http://nats:8222): their
+    /// JetStream storage use and limit, from `/jsz`, are exported as metrics
+    #[arg(long, env = "PUSH0_NATS_MONITOR_URL", value_delimiter = ',')]
+    nats_monitor_url: Vec<String>,
 }
 
 fn main() {
@@ -65,6 +70,7 @@ fn main() {
             miss_window: args.alert_miss_window,
             ..Default::default()
         },
+        monitor_urls: args.nats_monitor_url,
         ..Default::default()
     };
     push0_runtime::service::main(

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use push0_protocol::subjects::{final_key, plan_key};
 use push0_protocol::topology::CAPACITY_TTL;
 use push0_protocol::{
-    BlockProof, BlockRef, Cancel, Capacity, LatePolicy, PartRecord, Plan, TeamConfig, TeamStatus,
-    WireMessage, decode, encode, now_ms,
+    Alert, BlockProof, BlockRef, Cancel, Capacity, LatePolicy, PartRecord, Plan, TeamConfig,
+    TeamStatus, WireMessage, decode, encode, now_ms,
 };
 use push0_runtime::{Bus, RuntimeError, kv_get, kv_write, metrics};
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,7 @@ impl Scheduler {
 
     /// A team left the registry: its held and queued tasks go and its provers stop.
     async fn withdraw_team(&self, team: &str) -> Result<(), RuntimeError> {
-        let held = {
+        let (held, classes) = {
             let mut queues = self.queues.lock().expect("queues lock");
             let keys: Vec<_> = queues
                 .queues
@@ -127,10 +127,15 @@ impl Scheduler {
                 .filter(|(t, _)| t == team)
                 .cloned()
                 .collect();
-            keys.iter()
+            let held = keys
+                .iter()
                 .filter_map(|k| queues.queues.remove(k))
                 .map(|q| q.held())
-                .sum::<usize>()
+                .sum::<usize>();
+            (
+                held,
+                keys.into_iter().map(|(_, class)| class).collect::<Vec<_>>(),
+            )
         };
         let stream = self
             .bus
@@ -150,11 +155,15 @@ impl Scheduler {
         };
         self.bus.notify(self.bus.subjects.cancel(), &cancel).await?;
         self.consumers.lock().await.retain(|(t, _), _| t != team);
-        self.tracker
+        let chains: Vec<String> = self
+            .tracker
             .lock()
             .expect("tracker lock")
             .teams
-            .remove(team);
+            .remove(team)
+            .map(|t| t.heads.into_keys().collect())
+            .unwrap_or_default();
+        push0_runtime::metrics::forget_team(team, &classes, &chains);
         metrics()
             .tasks_withdrawn
             .with_label_values(&[team, "team_removed"])
@@ -334,12 +343,24 @@ impl Scheduler {
             let pending = held.iter().any(|(_, n)| *n > 0) || chains.iter().any(|c| c.unproven > 0);
             let changes = track.evaluate_alerts(&self.config.alerts, pending, live_gateways, now);
             let (rate, _) = track.window_rate(now, self.config.alerts.miss_window);
-            for change in changes {
-                let m = metrics();
-                let labels = [team.name.as_str(), change.alert.as_str()];
+            let m = metrics();
+            // Every alert's state and every deadline outcome is exported from the first status
+            // write, at 0 until it happens.
+            for alert in Alert::ALL {
                 m.alert_active
-                    .with_label_values(&labels)
-                    .set(change.raised as i64);
+                    .with_label_values(&[team.name.as_str(), alert.as_str()])
+                    .set(i64::from(track.alerts.contains(&alert)));
+            }
+            for outcome in [
+                DeadlineOutcome::Hit,
+                DeadlineOutcome::Late,
+                DeadlineOutcome::Dropped,
+            ] {
+                m.deadline_outcomes
+                    .with_label_values(&[team.name.as_str(), outcome.as_str()]);
+            }
+            for change in changes {
+                let labels = [team.name.as_str(), change.alert.as_str()];
                 if change.raised {
                     m.alerts_raised.with_label_values(&labels).inc();
                     tracing::error!(team = %team.name, alert = change.alert.as_str(), live_gateways, window_hit_rate = ?rate, "alert raised");
@@ -362,10 +383,20 @@ impl Scheduler {
                 updated_at_ms: now,
             }
         };
-        metrics()
-            .live_slots
+        let m = metrics();
+        m.live_slots
             .with_label_values(&[&team.name])
             .set(live_slots as i64);
+        for c in &status.chains {
+            let labels = [team.name.as_str(), c.chain.as_str()];
+            m.chain_head.with_label_values(&labels).set(c.head as i64);
+            m.chain_unproven
+                .with_label_values(&labels)
+                .set(c.unproven as i64);
+            m.chain_oldest_age
+                .with_label_values(&labels)
+                .set(c.oldest_unproven_age_ms.unwrap_or(0) as f64 / 1000.0);
+        }
         self.status
             .put(&team.name, Bytes::from(encode(&status)))
             .await

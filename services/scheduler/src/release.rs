@@ -84,10 +84,15 @@ impl Scheduler {
                     // Until sent, no block's leaves skip past them.
                     q.sending += 1;
                 }
-                metrics()
-                    .tasks_held
+                let m = metrics();
+                m.tasks_held
                     .with_label_values(&[&key.0, &key.1])
                     .set(q.held() as i64);
+                if let Some(queued) = q.undelivered {
+                    m.tasks_queued
+                        .with_label_values(&[&key.0, &key.1])
+                        .set(queued as i64);
+                }
                 (batch, q.held())
             };
             if batch.is_empty() {

@@ -262,6 +262,7 @@ pub async fn consume<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let consumer = bus.ensure_consumer(spec).await?;
+    crate::metrics::consumer_bound(service, kind);
     let limit = match H::ORDER {
         Order::Stream => 1,
         Order::PerSubject | Order::Unordered => MAX_CONCURRENT,
@@ -397,6 +398,7 @@ async fn handle_one<H: Handler>(
     );
     telemetry::set_parent_from(&span, delivery.message.headers.as_ref());
     let m = metrics();
+    crate::metrics::delivered(service, kind, delivery.delivered);
     if let Some(lag) = delivery.lag {
         m.delivery_lag
             .with_label_values(&[service, kind])

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod config;
 pub mod consume;
 pub mod health;
+pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod parts;

@@ -8,8 +8,10 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use push0_protocol::{Alert, DlqReason};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +72,27 @@ pub struct Metrics {
     pub handle_time: HistogramVec,
     /// push0_build_info{version}: 1, labelled with the version of the running binary
     pub build_info: IntGaugeVec,
+    /// push0_ready: 1 while the service is ready (what `/readyz` answers), read at each scrape
+    pub ready: IntGauge,
+    /// push0_deliveries_total{service, type, redelivered}: messages taken up, `redelivered`
+    /// "true" when the server delivered the message before
+    pub deliveries: IntCounterVec,
+    /// push0_blocks_accepted_total{chain}: blocks ingest accepted (duplicates not counted)
+    pub blocks_accepted: IntCounterVec,
+    /// push0_chain_head{team, chain}: the highest block planned for the team on the chain
+    pub chain_head: IntGaugeVec,
+    /// push0_chain_unproven_blocks{team, chain}: planned blocks whose proof is not out yet
+    pub chain_unproven: IntGaugeVec,
+    /// push0_chain_oldest_unproven_age_seconds{team, chain}: how long the oldest of them has
+    /// waited since its submission (0 when none waits): the head of the chain's order
+    pub chain_oldest_age: GaugeVec,
+    /// push0_tasks_queued{team, class}: released tasks on the bus not yet delivered, as last
+    /// read by the scheduler
+    pub tasks_queued: IntGaugeVec,
+    /// push0_jetstream_storage_bytes{server}: file storage JetStream uses on a NATS server
+    pub jetstream_storage: IntGaugeVec,
+    /// push0_jetstream_storage_limit_bytes{server}: that server's JetStream storage limit
+    pub jetstream_storage_limit: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -105,6 +128,14 @@ fn histogram_by(
         .register(Box::new(h.clone()))
         .expect("metric registered once");
     h
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -277,6 +308,61 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
             g
         },
+        ready: {
+            let g = IntGauge::new("push0_ready", "1 while the service is ready to work")
+                .expect("valid metric");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        },
+        deliveries: counter(
+            &r,
+            "push0_deliveries_total",
+            "messages taken up, by whether the server delivered them before",
+            &["service", "type", "redelivered"],
+        ),
+        blocks_accepted: counter(
+            &r,
+            "push0_blocks_accepted_total",
+            "blocks accepted by ingest",
+            &["chain"],
+        ),
+        chain_head: gauge(
+            &r,
+            "push0_chain_head",
+            "highest block planned for the team on the chain",
+            &["team", "chain"],
+        ),
+        chain_unproven: gauge(
+            &r,
+            "push0_chain_unproven_blocks",
+            "planned blocks of the chain whose proof is not published yet",
+            &["team", "chain"],
+        ),
+        chain_oldest_age: float_gauge(
+            &r,
+            "push0_chain_oldest_unproven_age_seconds",
+            "time since submission of the chain's oldest unproven block, 0 if none",
+            &["team", "chain"],
+        ),
+        tasks_queued: gauge(
+            &r,
+            "push0_tasks_queued",
+            "released tasks not yet delivered to a prover",
+            &["team", "class"],
+        ),
+        jetstream_storage: gauge(
+            &r,
+            "push0_jetstream_storage_bytes",
+            "file storage JetStream uses on the server",
+            &["server"],
+        ),
+        jetstream_storage_limit: gauge(
+            &r,
+            "push0_jetstream_storage_limit_bytes",
+            "the server's JetStream file storage limit",
+            &["server"],
+        ),
         registry: {
             // CPU seconds, resident memory, open files and the like of this process
             // (`process_*`), read from /proc on each scrape.
@@ -302,8 +388,77 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
+/// A service started: the counters it may raise exist from now on at zero, so a rate over
+/// them has data and its first event counts as an increase.
+pub fn service_started(service: &str) {
+    let m = metrics();
+    m.duplicates.with_label_values(&[service]);
+    for reason in DlqReason::ALL {
+        m.dlq.with_label_values(&[service, reason.as_str()]);
+    }
+}
+
+/// `service` bound its consumer of `kind` messages: its delivery and outcome counts start at
+/// zero.
+pub fn consumer_bound(service: &str, kind: &str) {
+    let m = metrics();
+    for redelivered in ["true", "false"] {
+        m.deliveries
+            .with_label_values(&[service, kind, redelivered]);
+    }
+    for outcome in ["ok", "retry", "terminated", "rejected"] {
+        m.messages.with_label_values(&[service, kind, outcome]);
+    }
+}
+
+/// Counts a message taken up, by whether the server had delivered it before.
+pub fn delivered(service: &str, kind: &str, delivery_count: i64) {
+    let redelivered = if delivery_count > 1 { "true" } else { "false" };
+    metrics()
+        .deliveries
+        .with_label_values(&[service, kind, redelivered])
+        .inc();
+}
+
+/// The gauges the active scheduler keeps per team, dropped for a team that left the
+/// registry (with its classes and chains), so nothing stale is exported for it.
+pub fn forget_team(team: &str, classes: &[String], chains: &[String]) {
+    let m = metrics();
+    let _ = m.live_slots.remove_label_values(&[team]);
+    for class in classes {
+        let _ = m.tasks_held.remove_label_values(&[team, class]);
+        let _ = m.tasks_queued.remove_label_values(&[team, class]);
+    }
+    for chain in chains {
+        let _ = m.chain_head.remove_label_values(&[team, chain]);
+        let _ = m.chain_unproven.remove_label_values(&[team, chain]);
+        let _ = m.chain_oldest_age.remove_label_values(&[team, chain]);
+    }
+    for alert in Alert::ALL {
+        let _ = m.alert_active.remove_label_values(&[team, alert.as_str()]);
+    }
+}
+
+/// Every gauge only the active scheduler keeps, dropped when it stops being active: a standby
+/// exports none of them, so the active instance's values are the only ones.
+pub fn forget_active_gauges() {
+    let m = metrics();
+    m.live_slots.reset();
+    m.tasks_held.reset();
+    m.tasks_queued.reset();
+    m.alert_active.reset();
+    m.chain_head.reset();
+    m.chain_unproven.reset();
+    m.chain_oldest_age.reset();
+    m.jetstream_storage.reset();
+    m.jetstream_storage_limit.reset();
+}
+
 /// Renders every metric in the Prometheus text format.
 pub fn render() -> String {
+    metrics()
+        .ready
+        .set(i64::from(crate::health::readiness().is_ok()));
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&metrics().registry.gather(), &mut out);
     String::from_utf8(out).unwrap_or_default()

@@ -36,6 +36,7 @@ fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
 async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
     let telemetry = telemetry::init(service, common.log_format, common.traces);
     let shutdown = crate::shutdown::shutdown_on_signal();
+    crate::metrics::service_started(service);
     let addr = serve_metrics(common.metrics_addr, shutdown.clone())
         .await
         .map_err(|e| {

@@ -264,20 +264,13 @@ fn spawn_server(binary: &Path, dir: &Path, config: &str, log: &Path) -> Result<C
     }
 }
 
-/// One HTTP GET on loopback without a client library: the status line and body, or None when
-/// the server does not answer.
+/// One HTTP GET on loopback: the status and body, or None when the server does not answer.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    // One write: a server that reads the request once must see all of it.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).ok()?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_string()))
+    push0_runtime::http::get(
+        &format!("http://127.0.0.1:{port}{path}"),
+        Duration::from_secs(2),
+    )
+    .ok()
 }
 
 /// A 3-node nats-server cluster on loopback, JetStream on every node with its own store, for

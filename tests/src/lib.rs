@@ -256,7 +256,21 @@ impl ServiceProcess {
         args: &[&str],
         log_dir: &std::path::Path,
     ) -> Result<Self> {
+        Self::start_on(binary_name, name, nats_url, prefix, 0, args, log_dir)
+    }
+
+    /// [`ServiceProcess::start`], serving its metrics on loopback `metrics_port` (0: any).
+    pub fn start_on(
+        binary_name: &str,
+        name: &str,
+        nats_url: &str,
+        prefix: &str,
+        metrics_port: u16,
+        args: &[&str],
+        log_dir: &std::path::Path,
+    ) -> Result<Self> {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
         let child = std::process::Command::new(binary(binary_name))
             .args([
                 "--nats-url",
@@ -264,7 +278,7 @@ impl ServiceProcess {
                 "--prefix",
                 prefix,
                 "--metrics-addr",
-                "127.0.0.1:0",
+                &metrics_addr,
             ])
             .args(args)
             .stdout(log.try_clone()?)

@@ -11,6 +11,7 @@ use push0::cluster::{ClusterSpec, LocalCluster};
 use push0::report::{summary_table, table};
 use push0::source::{block_hash, make_block, run_source, submit as submit_block};
 use push0::watch::ProofFeed;
+use push0_natsd::NatsServer;
 use push0_protocol::subjects::{block_key, cursor_key, final_key, part_key, plan_key};
 use push0_protocol::{
     BlockProof, BlockStatus, Cursor, DlqReason, PartRecord, Plan, TeamConfig, TeamsFile,
@@ -18,7 +19,6 @@ use push0_protocol::{
 use push0_prover_gateway::prover::{Prover, SimProver};
 use push0_runtime::config::LogFormat;
 use push0_runtime::{Bus, Registry, kv_get, shutdown_on_signal, telemetry};
-use push0_testkit::NatsServer;
 
 use crate::{DevArgs, DlqArgs, DlqCommand, StatusArgs, SubmitArgs, VerifyArgs};
 

@@ -13,7 +13,7 @@ use push0_prover_gateway::prover::{ExecProver, Prover};
 pub const SYSTEMS: [&str; 2] = ["plonky2", "winterfell"];
 
 fn crate_dir(system: &str) -> PathBuf {
-    push0_testkit::repo_root().join("provers").join(system)
+    push0_natsd::repo_root().join("provers").join(system)
 }
 
 /// The binary `push0-<system>`: `$PUSH0_PROVER_<SYSTEM>`, the prover's own release build, or

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use comfy_table::{Cell, CellAlignment, Table, TableComponent, presets};
+
 use push0_protocol::BlockProof;
 
 /// The value at quantile `q` (0..=1) of sorted `values`, nearest rank.
@@ -42,39 +44,34 @@ pub fn summarize(proofs: &[BlockProof]) -> BTreeMap<String, TeamSummary> {
     teams
 }
 
-/// A table aligned in columns, first row the header.
+/// A table aligned in columns, first row the header (underlined); numbers line up on the
+/// right, words on the left.
 pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                // Numbers line up on the right, words on the left.
-                if c > 0 && cell.starts_with(|ch: char| ch.is_ascii_digit()) {
-                    format!("{cell:>w$}", w = widths[c])
-                } else {
-                    format!("{cell:<w$}", w = widths[c])
-                }
+    let Some((header, body)) = rows.split_first() else {
+        return String::new();
+    };
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_style(TableComponent::HeaderLines, '-')
+        .set_header(header);
+    for row in body {
+        t.add_row(row.iter().enumerate().map(|(c, cell)| {
+            let number = c > 0 && cell.starts_with(|ch: char| ch.is_ascii_digit());
+            Cell::new(cell).set_alignment(if number {
+                CellAlignment::Right
+            } else {
+                CellAlignment::Left
             })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+        }));
+    }
+    // Two spaces between columns, none before the first.
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    let mut out = String::new();
+    for line in t.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&rule.join("  "));
-            out.push('\n');
-        }
     }
     out
 }
@@ -132,6 +129,6 @@ mod tests {
             vec!["ccc".into(), "1".into()],
             vec!["d".into(), "x".into()],
         ]);
-        assert_eq!(t, "a    bb\n---  --\nccc   1\nd    x\n");
+        assert_eq!(t, "a    bb\n---------\nccc   1\nd    x\n");
     }
 }

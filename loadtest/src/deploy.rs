@@ -98,7 +98,7 @@ impl Deployment {
         teams: Vec<TeamSpec>,
         max_undelivered: u64,
     ) -> Result<Self> {
-        let prefix = push0_testkit::random_prefix();
+        let prefix = push0_natsd::random_prefix();
         let mut bus = Bus::connect(&target.url, &prefix, "push0-loadtest").await?;
         bus.replicas = usize::from(target.replicas);
         // The harness owns the topology, as `push0 topology apply` does in a deployment.
@@ -169,7 +169,7 @@ impl Deployment {
         let mut metrics_ports = Vec::new();
         for (role, name, bin, mut args) in launches {
             // A port known here, so the services' metrics can be read (`scrape`).
-            let port = push0_testkit::free_port()?;
+            let port = push0_natsd::free_port()?;
             if let Some(at) = args.iter().position(|a| a == "--metrics-addr") {
                 args[at + 1] = format!("127.0.0.1:{port}");
             }

@@ -14,7 +14,7 @@ pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> 
     let addrs = push0_runtime::bus::parse_urls(url)?;
     let client = async_nats::connect(addrs).await?;
     let js = jetstream::new(client.clone());
-    let prefix = push0_testkit::random_prefix();
+    let prefix = push0_natsd::random_prefix();
     let name = format!("FLOOR_{prefix}");
     js.create_stream(stream::Config {
         name: name.clone(),

@@ -47,7 +47,7 @@ impl Step {
 pub fn scrape(ports: &[(String, u16)]) -> Scrape {
     let mut out = Scrape::new();
     for (role, port) in ports {
-        let Some((200, text)) = push0_testkit::http_get(*port, "/metrics") else {
+        let Some((200, text)) = push0_natsd::http_get(*port, "/metrics") else {
             continue;
         };
         for (series, field, value) in text.lines().filter_map(parse_line) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use push0_testkit::{NatsCluster, NatsServer};
+use push0_natsd::{NatsCluster, NatsServer};
 
 use crate::deploy::{Target, ensure_dir};
 use crate::procs::Sampler;
@@ -134,7 +134,7 @@ async fn main() -> Result<()> {
         &args
             .results_dir
             .clone()
-            .unwrap_or_else(|| push0_testkit::repo_root().join("loadtest/results")),
+            .unwrap_or_else(|| push0_natsd::repo_root().join("loadtest/results")),
     )?;
     let logs = results.join("logs");
     if logs.exists() {
@@ -339,7 +339,7 @@ fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
-            .current_dir(push0_testkit::repo_root())
+            .current_dir(push0_natsd::repo_root())
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -356,24 +356,9 @@ fn commit() -> String {
 }
 
 fn now_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // RFC 3339 to the second ("2026-12-06T10:59:27Z"), written as "2026-12-06 10:59:27 UTC".
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
 }

@@ -75,7 +75,7 @@ impl Machine {
     pub fn detect() -> Self {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let nats = push0_testkit::nats_server_binary()
+        let nats = push0_natsd::nats_server_binary()
             .ok()
             .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use push0::source::{block_hash, make_block, submit};
+use push0_natsd::NatsCluster;
 use push0_protocol::wire::WireMessage;
 use push0_protocol::{
     BlockProof, BlockSubmission, DlqReason, SCHEMA_HEADER, TaskResult, TeamConfig, Workflow, decode,
 };
 use push0_prover_gateway::prover::SIM_POISON_MARKER;
 use push0_runtime::Bus;
-use push0_testkit::NatsCluster;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 

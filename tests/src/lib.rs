@@ -11,6 +11,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use futures::StreamExt;
 use push0::cluster::{ClusterSpec, LocalCluster};
 use push0::watch::ProofFeed;
+pub use push0_natsd::{NatsServer, eventually, random_prefix};
 use push0_protocol::{
     BlockProof, DeadLetter, NodeId, PartRecord, SCHEMA_HEADER, TeamConfig, WireMessage, Workflow,
     decode,
@@ -18,7 +19,6 @@ use push0_protocol::{
 use push0_prover_gateway::latency::Latency;
 use push0_prover_gateway::prover::{Prover, SimProver, sim_aggregate_proof, sim_leaf_proof};
 use push0_runtime::Bus;
-pub use push0_testkit::{NatsServer, eventually, random_prefix};
 
 pub fn sim(latency: &str) -> Prover {
     Prover::Sim(SimProver {

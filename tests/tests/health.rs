@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use push0_testkit::{NatsServer, free_port, http_get};
+use push0_natsd::{NatsServer, free_port, http_get};
 use push0_tests::*;
 
 fn status(port: u16, path: &str) -> Option<u16> {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use push0::source::make_block;
+use push0_natsd::NatsCluster;
 use push0_runtime::Bus;
-use push0_testkit::NatsCluster;
 use push0_tests::chaos::{leader_of, submit_until_stored};
 use push0_tests::*;
 

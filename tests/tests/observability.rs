@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use push0::source::run_source;
+use push0_natsd::{NatsServer, free_port, random_prefix, repo_root, tools_dir};
 use push0_runtime::Bus;
 use push0_runtime::http::{get, get_with};
-use push0_testkit::{NatsServer, free_port, random_prefix, repo_root, tools_dir};
 use push0_tests::*;
 use serde_json::Value;
 

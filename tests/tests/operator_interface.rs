@@ -48,8 +48,7 @@ fn every_flag_has_an_env_var_and_the_common_flags_are_everywhere() {
 
 #[test]
 fn bad_configuration_exits_64_with_every_problem() {
-    let dir =
-        std::env::temp_dir().join(format!("push0-badteams-{}", push0_testkit::random_prefix()));
+    let dir = std::env::temp_dir().join(format!("push0-badteams-{}", push0_natsd::random_prefix()));
     std::fs::create_dir_all(&dir).unwrap();
     let teams = dir.join("teams.toml");
     std::fs::write(

@@ -21,7 +21,7 @@ async fn poisoned_cluster(
     let marker = std::env::temp_dir().join(format!("push0-poison-{}-{}", team.name, env.prefix));
     std::fs::write(&marker, b"poisoned")?;
     let prover = Prover::Exec(ExecProver {
-        program: push0_testkit::repo_root().join("tests/provers/fail-while"),
+        program: push0_natsd::repo_root().join("tests/provers/fail-while"),
         args: vec![marker.display().to_string(), target.into()],
         work_dir: std::env::temp_dir(),
         proof_system: "sha256".into(),

@@ -8,7 +8,7 @@ use push0_tests::*;
 
 /// The code block between the page's `<!-- python-example -->` markers.
 fn documented_example() -> String {
-    let page = std::fs::read_to_string(push0_testkit::repo_root().join("docs/interface.md"))
+    let page = std::fs::read_to_string(push0_natsd::repo_root().join("docs/interface.md"))
         .expect("docs/interface.md");
     let start = page
         .find("<!-- python-example:start -->")
@@ -26,7 +26,7 @@ fn documented_example() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn documented_python_example_submits_and_reads_proofs() -> anyhow::Result<()> {
-    let pyclient = push0_testkit::tools_dir().join("pyclient");
+    let pyclient = push0_natsd::tools_dir().join("pyclient");
     anyhow::ensure!(
         pyclient.exists(),
         "{} is missing: run .ci/install-tools (tests/run does)",

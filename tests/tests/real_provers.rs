@@ -129,7 +129,7 @@ async fn a_tampering_prover_is_caught_and_an_honest_one_finishes_the_block() -> 
             push0_prover_gateway::run(bus, config, token).await
         })
     };
-    let tamper = push0_testkit::repo_root().join("tests/provers/tamper");
+    let tamper = push0_natsd::repo_root().join("tests/provers/tamper");
     let evil_prover = Prover::Exec(ExecProver {
         program: tamper,
         args: vec![bin.display().to_string()],

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use push0::source::run_source;
+use push0_natsd::NatsCluster;
 use push0_runtime::Bus;
 use push0_runtime::topology::{self, Action};
-use push0_testkit::NatsCluster;
 use push0_tests::*;
 
 /// Starts one service binary with `args` beside the common flags, its log among `logs`.
@@ -34,7 +34,7 @@ async fn services_wait_for_the_topology_and_name_the_fix() -> anyhow::Result<()>
 }
 
 async fn services_wait(logs: &Logs) -> anyhow::Result<()> {
-    let server = push0_testkit::NatsServer::start_logged(Some(logs.dir.join("nats.log")))?;
+    let server = push0_natsd::NatsServer::start_logged(Some(logs.dir.join("nats.log")))?;
     let url = server.url();
     let prefix = random_prefix();
     let teams = logs.dir.join("teams.toml");
@@ -136,7 +136,7 @@ async fn a_waiting_service_starts_once_the_topology_is_applied() -> anyhow::Resu
 }
 
 async fn late_apply(logs: &Logs) -> anyhow::Result<()> {
-    let server = push0_testkit::NatsServer::start_logged(Some(logs.dir.join("nats.log")))?;
+    let server = push0_natsd::NatsServer::start_logged(Some(logs.dir.join("nats.log")))?;
     let url = server.url();
     let prefix = random_prefix();
     let mut ingest = service(

@@ -855,6 +855,31 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
                 problems.append(f"Service {name} selects no pod of Deployment {name}")
     elif services:
         problems.append(f"metrics.service.enabled=false but Services rendered: {sorted(services)}")
+    problems += disruption_budget_problems(merged, deployments, docs)
+    return problems
+
+
+def disruption_budget_problems(merged: dict[str, Any], deployments: dict[str, Any],
+                               docs: list[dict[str, Any]]) -> list[str]:
+    """One PodDisruptionBudget per Deployment, selecting exactly its pods, when enabled."""
+    problems = []
+    pdbs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PodDisruptionBudget"}
+    want = merged["podDisruptionBudget"]
+    if not want["enabled"]:
+        return [f"podDisruptionBudget.enabled=false but rendered: {sorted(pdbs)}"] if pdbs else []
+    if set(pdbs) != set(deployments):
+        problems.append(f"PodDisruptionBudgets {sorted(pdbs)} != Deployments {sorted(deployments)}")
+    for name, pdb in pdbs.items():
+        spec = pdb["spec"]
+        dep = deployments.get(name)
+        if dep and spec.get("selector") != {"matchLabels": dep["spec"]["selector"]["matchLabels"]}:
+            problems.append(f"PodDisruptionBudget {name} does not select exactly Deployment {name}'s pods")
+        if spec.get("maxUnavailable") != want["maxUnavailable"] or "minAvailable" in spec:
+            problems.append(f"PodDisruptionBudget {name}: maxUnavailable {spec.get('maxUnavailable')!r} "
+                            f"!= {want['maxUnavailable']!r} (or minAvailable set)")
+        if spec.get("unhealthyPodEvictionPolicy") != want.get("unhealthyPodEvictionPolicy"):
+            problems.append(f"PodDisruptionBudget {name}: unhealthyPodEvictionPolicy "
+                            f"{spec.get('unhealthyPodEvictionPolicy')!r}")
     return problems
 
 
@@ -874,12 +899,15 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
     }
     return [
         ("bundled NATS (defaults)", {}, bundled),
-        ("external NATS cluster", {"nats": {"enabled": False}, "natsUrl": EXTERNAL_NATS}, EXTERNAL_NATS),
+        ("external NATS cluster", {
+            "nats": {"enabled": False}, "natsUrl": EXTERNAL_NATS,
+            "podDisruptionBudget": {"maxUnavailable": "50%", "unhealthyPodEvictionPolicy": "IfHealthyBudget"},
+        }, EXTERNAL_NATS),
         ("exec prover team, no metrics Services", {
             "nats": {"enabled": False}, "natsUrl": "nats://nats.infra:4222", "prefix": "zk-test",
             "teams": [{"name": "alpha", "shape": "single"}, exec_team],
             "scheduler": {"replicas": 2}, "podAnnotations": {"team.example/owner": "ops"},
-            "metrics": {"service": {"enabled": False}},
+            "metrics": {"service": {"enabled": False}}, "podDisruptionBudget": {"enabled": False},
         }, "nats://nats.infra:4222"),
     ]
 
@@ -941,6 +969,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "nats disabled, no natsUrl": {"nats": {"enabled": False}},
         "unknown top-level key": {"replicaCount": 3},
         "bad team name": {"teams": [{"name": "Alpha_1", "shape": "single"}]},
+        "mistyped podDisruptionBudget.enabled": {"podDisruptionBudget": {"enabled": "yes"}},
+        "podDisruptionBudget.maxUnavailable 0": {"podDisruptionBudget": {"maxUnavailable": 0}},
     }
     with helm.Chart.load(str(chart)) as loaded:
         for label, values in bad_values.items():

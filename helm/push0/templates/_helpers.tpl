@@ -45,6 +45,18 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/*
+Every Deployment's component, as a JSON list: the three core services, then one
+gateway-<team> per team. Read with (include "push0.components" . | fromJsonArray).
+*/}}
+{{- define "push0.components" -}}
+{{- $components := list "ingest" "scheduler" "aggregator" }}
+{{- range .Values.teams }}
+{{- $components = append $components (printf "gateway-%s" .name) }}
+{{- end }}
+{{- toJson $components }}
+{{- end }}
+
 {{- define "push0.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "push0.fullname" .) .Values.serviceAccount.name }}

@@ -5,7 +5,9 @@ The real tools do the validating (no hand-written YAML schema here):
   compose   docker-compose v2 `config` (Compose specification loader + schema)
   docker    hadolint on deploy/Dockerfile
   helm      Helm v4 Go SDK (helm-python-sdk): lint, values.schema.json, render
-  k8s       kubernetes-validate strict schemas on every rendered manifest
+  k8s       kubernetes-validate strict schemas on every rendered manifest, except the
+            custom resources (Prometheus Operator, KEDA), whose CRDs those schemas lack:
+            they get structural schemas of our own (CRD_SCHEMAS)
   prometheus  promtool (deploy/prometheus/check): config, rules, rule unit tests,
               dashboard expressions
 On top of that, push0-specific assertions: every team has a gateway group,
@@ -729,6 +731,74 @@ def render(helm, chart: Path, values: dict[str, Any]) -> tuple[dict[str, Any], l
     return merged, docs, notes
 
 
+# Custom resources the chart can render. Their CRDs are not among the Kubernetes schemas, so
+# each is checked against a structural schema of its own below: the fields the chart writes,
+# typed and patterned as the operator's CRD declares them, required ones required, and no
+# field the CRD does not have (strict, like the built-in kinds).
+DNS_SUBDOMAIN = r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_KEY = (r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)/)?"
+             r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+# Prometheus Operator's Duration (model.ParseDuration units).
+PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+
+
+def strict(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "required": required,
+            "properties": properties}
+
+
+STRING = {"type": "string"}
+STRING_MAP = {"type": "object", "additionalProperties": STRING}
+DURATION = {"type": "string", "pattern": PROM_DURATION}
+LABELS = {"type": "object", "propertyNames": {"pattern": LABEL_KEY},
+          "additionalProperties": {"type": "string", "pattern": LABEL_VALUE}}
+OBJECT_META = strict(["name"], name={"type": "string", "pattern": DNS_SUBDOMAIN},
+                     namespace={"type": "string", "pattern": DNS_SUBDOMAIN},
+                     labels=LABELS, annotations=STRING_MAP)
+LABEL_SELECTOR = strict(
+    [], matchLabels=LABELS,
+    matchExpressions={"type": "array", "items": strict(
+        ["key", "operator"], key={"type": "string", "pattern": LABEL_KEY},
+        operator={"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+        values={"type": "array", "items": STRING})})
+
+
+def custom_resource(api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return strict(["apiVersion", "kind", "metadata", "spec"], apiVersion={"const": api_version},
+                  kind={"const": kind}, metadata=OBJECT_META, spec=spec)
+
+
+CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): custom_resource(
+        "monitoring.coreos.com/v1", "ServiceMonitor", strict(
+            ["selector", "endpoints"],
+            jobLabel=STRING,
+            targetLabels={"type": "array", "items": STRING},
+            podTargetLabels={"type": "array", "items": STRING},
+            namespaceSelector=strict([], any={"type": "boolean"},
+                                     matchNames={"type": "array", "items": STRING}),
+            selector=LABEL_SELECTOR,
+            endpoints={"type": "array", "minItems": 1, "items": strict(
+                [], port=STRING, targetPort={"type": ["string", "integer"]}, path=STRING,
+                scheme={"enum": ["http", "https", "HTTP", "HTTPS"]}, interval=DURATION,
+                scrapeTimeout=DURATION, honorLabels={"type": "boolean"},
+                honorTimestamps={"type": "boolean"})})),
+}
+
+
+def crd_problems(body: dict[str, Any]) -> list[str] | None:
+    """Problems of a custom resource against CRD_SCHEMAS; None when its kind is not there."""
+    import jsonschema  # noqa: PLC0415
+
+    schema = CRD_SCHEMAS.get((body.get("apiVersion"), body.get("kind")))
+    if schema is None:
+        return None
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+            for e in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))]
+
+
 def kube_validate(docs: list[dict[str, Any]]) -> None:
     import kubernetes_validate  # noqa: PLC0415
 
@@ -736,6 +806,10 @@ def kube_validate(docs: list[dict[str, Any]]) -> None:
     for doc in docs:
         body = {k: v for k, v in doc.items() if k != "__source__"}
         where = f"{doc['__source__']} {body.get('kind')}/{body.get('metadata', {}).get('name')}"
+        custom = crd_problems(body)
+        if custom is not None:
+            problems += [f"{where}: {p}" for p in custom]
+            continue
         try:
             kubernetes_validate.validate(body, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -743,7 +817,8 @@ def kube_validate(docs: list[dict[str, Any]]) -> None:
             problems.append(f"{where}: {path}: {exc.message}")
         except kubernetes_validate.SchemaNotFoundError:
             problems.append(f"{where}: no Kubernetes {KUBE_VERSION} schema for {body.get('apiVersion')}")
-    expect(not problems, f"{len(problems)} manifest(s) fail Kubernetes {KUBE_VERSION} schemas",
+    expect(not problems, f"{len(problems)} problem(s) against the Kubernetes {KUBE_VERSION} schemas "
+           "and the custom resources' structural schemas",
            "\n".join(problems))
 
 
@@ -856,7 +931,78 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
     elif services:
         problems.append(f"metrics.service.enabled=false but Services rendered: {sorted(services)}")
     problems += disruption_budget_problems(merged, deployments, docs)
+    problems += service_monitor_problems(merged, deployments, services, docs)
     return problems
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels, matchExpressions) selects labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if ((op == "In" and labels.get(key) not in values)
+                or (op == "NotIn" and key in labels and labels[key] in values)
+                or (op == "Exists" and key not in labels)
+                or (op == "DoesNotExist" and key in labels)):
+            return False
+    return True
+
+
+def service_monitor_problems(merged: dict[str, Any], deployments: dict[str, Any],
+                             services: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
+    """The ServiceMonitor selects every metrics Service and nothing else, and names each
+    target's job push0-<binary>, the job names alerts.yml and the dashboard select on."""
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    want = merged["serviceMonitor"]
+    if not want["enabled"]:
+        return [f"serviceMonitor.enabled=false but {len(monitors)} ServiceMonitor(s) rendered"] if monitors else []
+    if len(monitors) != 1:
+        return [f"{len(monitors)} ServiceMonitors rendered, expected 1"]
+    problems = []
+    sm = monitors[0]
+    spec = sm["spec"]
+    labels = sm["metadata"].get("labels") or {}
+    if any(labels.get(k) != v for k, v in (want.get("labels") or {}).items()):
+        problems.append(f"ServiceMonitor labels {labels} lack serviceMonitor.labels {want['labels']}")
+    if spec.get("namespaceSelector") != {"matchNames": [NAMESPACE]}:
+        problems.append(f"ServiceMonitor namespaceSelector {spec.get('namespaceSelector')} is not the release namespace")
+    selected = {n for n, s in services.items() if selects(spec["selector"], s["metadata"].get("labels") or {})}
+    if selected != set(deployments):
+        problems.append(f"ServiceMonitor selects Services {sorted(selected)}, not one per Deployment {sorted(deployments)}")
+    endpoint = spec["endpoints"][0] if len(spec["endpoints"]) == 1 else {}
+    if not endpoint:
+        problems.append(f"ServiceMonitor has {len(spec['endpoints'])} endpoints, expected 1")
+    if endpoint.get("path", "/metrics") != "/metrics" or endpoint.get("honorLabels") is not True:
+        problems.append("ServiceMonitor endpoint must scrape /metrics with honorLabels: true "
+                        "(push0's metrics carry their own `service` label)")
+    if endpoint.get("interval") != want["interval"]:
+        problems.append(f"ServiceMonitor interval {endpoint.get('interval')!r} != {want['interval']!r}")
+    timeout = endpoint.get("scrapeTimeout")
+    if (timeout or "") != (want.get("scrapeTimeout") or ""):
+        problems.append(f"ServiceMonitor scrapeTimeout {timeout!r} != {want.get('scrapeTimeout')!r}")
+    elif timeout and prom_seconds(timeout) > prom_seconds(endpoint.get("interval", "1m")):
+        problems.append(f"ServiceMonitor scrapeTimeout {timeout} exceeds interval {endpoint.get('interval')}")
+    job_label = spec.get("jobLabel")
+    for name in sorted(selected):
+        svc = services[name]
+        ports = {p.get("name") for p in svc["spec"].get("ports", [])}
+        if endpoint.get("port") not in ports:
+            problems.append(f"Service {name} has no port named {endpoint.get('port')!r}")
+        binary = (deployments[name]["spec"]["template"]["spec"]["containers"][0].get("command") or ["?"])[0]
+        job = (svc["metadata"].get("labels") or {}).get(job_label or "")
+        if job != f"push0-{binary.removeprefix('push0-')}":
+            problems.append(f"Service {name} ({binary}) would be scraped as job {job!r} (jobLabel "
+                            f"{job_label!r}), not push0-{binary.removeprefix('push0-')}")
+    return problems
+
+
+def prom_seconds(text: str) -> float:
+    """Seconds of a Prometheus duration such as 1m30s."""
+    units = {"y": 31536000, "w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+)(ms|y|w|d|h|m|s)", text)
+    expect("".join(n + u for n, u in parts) == text, f"unparsable Prometheus duration {text!r}")
+    return sum(int(n) * units[u] for n, u in parts)
 
 
 def disruption_budget_problems(merged: dict[str, Any], deployments: dict[str, Any],
@@ -902,6 +1048,8 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
         ("external NATS cluster", {
             "nats": {"enabled": False}, "natsUrl": EXTERNAL_NATS,
             "podDisruptionBudget": {"maxUnavailable": "50%", "unhealthyPodEvictionPolicy": "IfHealthyBudget"},
+            "serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
+                               "labels": {"release": "kube-prometheus-stack"}},
         }, EXTERNAL_NATS),
         ("exec prover team, no metrics Services", {
             "nats": {"enabled": False}, "natsUrl": "nats://nats.infra:4222", "prefix": "zk-test",
@@ -923,7 +1071,9 @@ def check_helm_render(helm, chart: Path, label: str, values: dict[str, Any], nat
     for d in docs:
         kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    return f"{label}: {summary}; valid against Kubernetes {KUBE_VERSION} (strict)"
+    custom = sorted({d["kind"] for d in docs if (d["apiVersion"], d["kind"]) in CRD_SCHEMAS})
+    return (f"{label}: {summary}; valid against Kubernetes {KUBE_VERSION} (strict)"
+            + (f", {' and '.join(custom)} against structural schemas" if custom else ""))
 
 
 def check_teams_agree(root: Path, chart: Path) -> str:
@@ -971,6 +1121,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "bad team name": {"teams": [{"name": "Alpha_1", "shape": "single"}]},
         "mistyped podDisruptionBudget.enabled": {"podDisruptionBudget": {"enabled": "yes"}},
         "podDisruptionBudget.maxUnavailable 0": {"podDisruptionBudget": {"maxUnavailable": 0}},
+        "unknown serviceMonitor key": {"serviceMonitor": {"enabled": True, "intervall": "30s"}},
+        "serviceMonitor.interval not a duration": {"serviceMonitor": {"enabled": True, "interval": "30 seconds"}},
     }
     with helm.Chart.load(str(chart)) as loaded:
         for label, values in bad_values.items():
@@ -984,6 +1136,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         bad_renders = {
             "exec without proverCmd": {"teams": [{"name": "x", "shape": "single", "gateway": {"prover": "exec"}}]},
             "duplicate team": {"teams": [{"name": "x", "shape": "single"}, {"name": "x", "shape": "single"}]},
+            "serviceMonitor without metrics Services": {
+                "serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
         }
         for label, values in bad_renders.items():
             try:
@@ -1010,7 +1164,31 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             rejected.append(f"k8s:{label}")
             continue
         raise CheckError(f"kubernetes-validate accepted a bad Deployment ({label})")
-    return f"{len(rejected)} known-bad inputs rejected by compose, hadolint, helm and kubernetes-validate"
+
+    # The custom resources' structural schemas, on mutated renderings of the real ones.
+    _, docs, _ = render(helm, chart, CUSTOM_RESOURCES_ON)
+    custom = {d["kind"]: {k: v for k, v in d.items() if k != "__source__"}
+              for d in docs if (d["apiVersion"], d["kind"]) in CRD_SCHEMAS}
+    expect(set(custom) == {kind for _, kind in CRD_SCHEMAS},
+           f"CUSTOM_RESOURCES_ON renders {sorted(custom)}, not every kind of CRD_SCHEMAS")
+    for label, (kind, mutate) in CUSTOM_RESOURCE_BREAKS.items():
+        bad = copy.deepcopy(custom[kind])
+        mutate(bad)
+        expect(bool(crd_problems(bad)), f"structural schema accepted a bad {kind} ({label})")
+        rejected.append(f"crd:{label}")
+    return (f"{len(rejected)} known-bad inputs rejected by compose, hadolint, helm, kubernetes-validate "
+            "and the custom resources' structural schemas")
+
+
+# Values that render every custom resource the chart has, for the self-test.
+CUSTOM_RESOURCES_ON: dict[str, Any] = {"serviceMonitor": {"enabled": True}}
+CUSTOM_RESOURCE_BREAKS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
+    "ServiceMonitor without endpoints": ("ServiceMonitor", lambda d: d["spec"].pop("endpoints")),
+    "ServiceMonitor interval not a duration": (
+        "ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
+    "ServiceMonitor endpoint unknown field": (
+        "ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("portName", "metrics")),
+}
 
 
 # --------------------------------------------------------------------------

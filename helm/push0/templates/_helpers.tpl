@@ -57,6 +57,16 @@ gateway-<team> per team. Read with (include "push0.components" . | fromJsonArray
 {{- toJson $components }}
 {{- end }}
 
+{{/*
+Prometheus job name of a component's targets: push0-<binary without its push0- prefix>, the
+names deploy/prometheus/alerts.yml and the dashboard expect (every team's gateways share
+push0-prover-gateway). The metrics Services carry it as the push0.io/scrape-job label, which
+the ServiceMonitor names as its jobLabel. Call with the component name.
+*/}}
+{{- define "push0.scrapeJob" -}}
+{{- if hasPrefix "gateway-" . }}push0-prover-gateway{{ else }}{{ printf "push0-%s" . }}{{ end }}
+{{- end }}
+
 {{- define "push0.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "push0.fullname" .) .Values.serviceAccount.name }}

@@ -442,6 +442,22 @@ def markdown_anchors(path: Path) -> set[str]:
     return anchors
 
 
+def check_alerts_copy(root: Path) -> str:
+    """The chart's PrometheusRule reads helm/push0/files/alerts.yml (a chart cannot read outside
+    its folder): it must stay byte-identical to deploy/prometheus/alerts.yml."""
+    source = root / "deploy" / "prometheus" / "alerts.yml"
+    copy_ = root / "helm" / "push0" / "files" / "alerts.yml"
+    expect(copy_.is_file(), f"{copy_.relative_to(root)} is missing: cp {source.relative_to(root)} {copy_.relative_to(root)}")
+    a, b = source.read_bytes(), copy_.read_bytes()
+    if a != b:
+        import difflib  # noqa: PLC0415
+        diff = difflib.unified_diff(a.decode(errors="replace").splitlines(), b.decode(errors="replace").splitlines(),
+                                    str(source.relative_to(root)), str(copy_.relative_to(root)), lineterm="")
+        raise CheckError(f"{copy_.relative_to(root)} differs from {source.relative_to(root)}: "
+                         f"cp {source.relative_to(root)} {copy_.relative_to(root)}", "\n".join(diff))
+    return f"helm/push0/files/alerts.yml is byte-identical to deploy/prometheus/alerts.yml ({len(a)} bytes)"
+
+
 def check_alert_annotations(root: Path) -> str:
     """Each alert has severity, summary, description and a runbook anchor that exists."""
     rules = [r for g in load_yaml(root / "deploy" / "prometheus" / "alerts.yml")["groups"]
@@ -784,6 +800,20 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 scheme={"enum": ["http", "https", "HTTP", "HTTPS"]}, interval=DURATION,
                 scrapeTimeout=DURATION, honorLabels={"type": "boolean"},
                 honorTimestamps={"type": "boolean"})})),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): custom_resource(
+        "monitoring.coreos.com/v1", "PrometheusRule", strict(
+            ["groups"],
+            groups={"type": "array", "items": strict(
+                ["name", "rules"],
+                name={"type": "string", "minLength": 1}, interval=DURATION,
+                limit={"type": "integer"}, query_offset=DURATION, labels=STRING_MAP,
+                partial_response_strategy={"type": "string", "pattern": "^(?i)(abort|warn)?$"},
+                rules={"type": "array", "items": {
+                    **strict(["expr"], alert=STRING, record=STRING,
+                             expr={"type": ["string", "integer"]}, labels=STRING_MAP,
+                             annotations=STRING_MAP, keep_firing_for=DURATION,
+                             **{"for": DURATION}),
+                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}})})),
 }
 
 
@@ -834,7 +864,8 @@ def container_env(deployment: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
-def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url: str) -> list[str]:
+def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url: str,
+                    chart: Path) -> list[str]:
     """push0-specific assertions on one rendering; returns the problems."""
     problems = []
     full = RELEASE  # release "push0" holds the chart name, so fullname is the release name
@@ -932,6 +963,41 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
         problems.append(f"metrics.service.enabled=false but Services rendered: {sorted(services)}")
     problems += disruption_budget_problems(merged, deployments, docs)
     problems += service_monitor_problems(merged, deployments, services, docs)
+    problems += prometheus_rule_problems(merged, docs, chart)
+    return problems
+
+
+def prometheus_rule_problems(merged: dict[str, Any], docs: list[dict[str, Any]], chart: Path) -> list[str]:
+    """The PrometheusRule holds exactly the groups of the chart's files/alerts.yml."""
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    want = merged["prometheusRule"]
+    if not want["enabled"]:
+        return [f"prometheusRule.enabled=false but {len(rules)} PrometheusRule(s) rendered"] if rules else []
+    if len(rules) != 1:
+        return [f"{len(rules)} PrometheusRules rendered, expected 1"]
+    problems = []
+    labels = rules[0]["metadata"].get("labels") or {}
+    if any(labels.get(k) != v for k, v in (want.get("labels") or {}).items()):
+        problems.append(f"PrometheusRule labels {labels} lack prometheusRule.labels {want['labels']}")
+    groups = load_yaml(chart / "files" / "alerts.yml")["groups"]
+    if rules[0]["spec"].get("groups") != groups:
+        problems.append("PrometheusRule groups differ from files/alerts.yml")
+    return problems
+
+
+def promtool_check_rendered_rules(promtool: Path, docs: list[dict[str, Any]]) -> list[str]:
+    """promtool check rules on the rule groups of every rendered PrometheusRule."""
+    problems = []
+    for doc in docs:
+        if doc["kind"] != "PrometheusRule":
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "rules.yml"
+            f.write_text(yaml.safe_dump({"groups": doc["spec"]["groups"]}, sort_keys=False))
+            out = run_tool([str(promtool), "check", "rules", str(f)], Path(tmp))
+            if out.returncode != 0:
+                problems.append(f"promtool check rules rejects PrometheusRule/{doc['metadata']['name']}: "
+                                + (out.stdout + out.stderr).strip())
     return problems
 
 
@@ -1050,6 +1116,7 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
             "podDisruptionBudget": {"maxUnavailable": "50%", "unhealthyPodEvictionPolicy": "IfHealthyBudget"},
             "serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
                                "labels": {"release": "kube-prometheus-stack"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         }, EXTERNAL_NATS),
         ("exec prover team, no metrics Services", {
             "nats": {"enabled": False}, "natsUrl": "nats://nats.infra:4222", "prefix": "zk-test",
@@ -1060,10 +1127,12 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
     ]
 
 
-def check_helm_render(helm, chart: Path, label: str, values: dict[str, Any], nats_url: str) -> str:
+def check_helm_render(helm, chart: Path, promtool: Path, label: str, values: dict[str, Any],
+                      nats_url: str) -> str:
     merged, docs, notes = render(helm, chart, values)
     kube_validate(docs)
-    problems = check_manifests(merged, docs, nats_url)
+    problems = check_manifests(merged, docs, nats_url, chart)
+    problems += promtool_check_rendered_rules(promtool, docs)
     if "push0" not in notes or nats_url not in notes:
         problems.append("NOTES.txt does not render the NATS URL")
     expect(not problems, f"{label}: rendered manifests", "\n".join(problems))
@@ -1123,6 +1192,7 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "podDisruptionBudget.maxUnavailable 0": {"podDisruptionBudget": {"maxUnavailable": 0}},
         "unknown serviceMonitor key": {"serviceMonitor": {"enabled": True, "intervall": "30s"}},
         "serviceMonitor.interval not a duration": {"serviceMonitor": {"enabled": True, "interval": "30 seconds"}},
+        "prometheusRule label value not a string": {"prometheusRule": {"enabled": True, "labels": {"release": 1}}},
     }
     with helm.Chart.load(str(chart)) as loaded:
         for label, values in bad_values.items():
@@ -1181,13 +1251,18 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
 
 
 # Values that render every custom resource the chart has, for the self-test.
-CUSTOM_RESOURCES_ON: dict[str, Any] = {"serviceMonitor": {"enabled": True}}
+CUSTOM_RESOURCES_ON: dict[str, Any] = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
 CUSTOM_RESOURCE_BREAKS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "ServiceMonitor without endpoints": ("ServiceMonitor", lambda d: d["spec"].pop("endpoints")),
     "ServiceMonitor interval not a duration": (
         "ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("interval", "30 seconds")),
     "ServiceMonitor endpoint unknown field": (
         "ServiceMonitor", lambda d: d["spec"]["endpoints"][0].__setitem__("portName", "metrics")),
+    "PrometheusRule rule without expr": (
+        "PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr")),
+    "PrometheusRule group without name": ("PrometheusRule", lambda d: d["spec"]["groups"][0].pop("name")),
+    "PrometheusRule annotation not a string": (
+        "PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0]["annotations"].__setitem__("runbook", 1)),
 }
 
 
@@ -1211,6 +1286,7 @@ def main() -> int:
     report.run("compose", lambda: check_compose_monitoring(compose))
     report.run("prometheus", lambda: check_prometheus(root, args.promtool))
     report.run("prometheus", lambda: check_alert_annotations(root))
+    report.run("prometheus", lambda: check_alerts_copy(root))
     report.run("grafana", lambda: check_dashboard(root))
     report.run("selftest", lambda: check_promtool_rejects(args.promtool))
     report.run("docker", lambda: check_dockerfile(args.hadolint, root))
@@ -1223,7 +1299,7 @@ def main() -> int:
         report.run("helm", lambda: check_helm_lint(helm, chart))
         for label, values, nats_url in helm_scenarios():
             report.run("helm", lambda label=label, values=values, nats_url=nats_url:
-                       check_helm_render(helm, chart, label, values, nats_url))
+                       check_helm_render(helm, chart, args.promtool, label, values, nats_url))
         report.run("selftest", lambda: check_validators_reject(compose, args.hadolint, helm, chart))
 
     print(f"deploy: {report.passed} passed, {report.failed} failed")

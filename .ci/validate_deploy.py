@@ -176,10 +176,11 @@ def load_teams_toml(path: Path, text: str | None = None) -> list[dict[str, Any]]
 
 
 def normalized_teams(teams: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Teams with defaults applied and Helm's camelCase keys mapped, for comparing."""
+    """Teams with defaults applied and Helm's camelCase keys mapped, for comparing (without the
+    chart-only gateway and keda settings)."""
     out = []
     for team in teams:
-        t = {HELM_TEAM_KEYS.get(k, k): v for k, v in team.items() if k != "gateway"}
+        t = {HELM_TEAM_KEYS.get(k, k): v for k, v in team.items() if k not in ("gateway", "keda")}
         out.append({**TEAM_DEFAULTS, **t})
     return out
 
@@ -765,6 +766,7 @@ def strict(required: list[str], **properties: Any) -> dict[str, Any]:
 
 
 STRING = {"type": "string"}
+INT32 = {"type": "integer", "minimum": -2**31, "maximum": 2**31 - 1}
 STRING_MAP = {"type": "object", "additionalProperties": STRING}
 DURATION = {"type": "string", "pattern": PROM_DURATION}
 LABELS = {"type": "object", "propertyNames": {"pattern": LABEL_KEY},
@@ -814,6 +816,22 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                              annotations=STRING_MAP, keep_firing_for=DURATION,
                              **{"for": DURATION}),
                     "oneOf": [{"required": ["alert"]}, {"required": ["record"]}]}})})),
+    ("keda.sh/v1alpha1", "ScaledObject"): custom_resource(
+        "keda.sh/v1alpha1", "ScaledObject", strict(
+            ["scaleTargetRef", "triggers"],
+            scaleTargetRef=strict(["name"], apiVersion=STRING, kind=STRING, name=STRING,
+                                  envSourceContainerName=STRING),
+            pollingInterval=INT32, cooldownPeriod=INT32, initialCooldownPeriod=INT32,
+            idleReplicaCount=INT32, minReplicaCount=INT32, maxReplicaCount=INT32,
+            advanced={"type": "object"},
+            fallback=strict(["failureThreshold", "replicas"], failureThreshold=INT32, replicas=INT32),
+            triggers={"type": "array", "minItems": 1, "items": strict(
+                ["type", "metadata"], type=STRING, name=STRING,
+                # KEDA reads every trigger parameter as a string: a bare number is refused.
+                metadata=STRING_MAP,
+                metricType={"enum": ["AverageValue", "Value", "Utilization"]},
+                useCachedMetrics={"type": "boolean"},
+                authenticationRef=strict(["name"], name=STRING, kind=STRING))})),
 }
 
 
@@ -921,8 +939,12 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
             gw.update(team.get("gateway") or {})
             if env.get("PUSH0_TEAM") != team["name"]:
                 problems.append(f"{name}: PUSH0_TEAM {env.get('PUSH0_TEAM')!r}")
-            if dep["spec"]["replicas"] != gw["replicas"]:
-                problems.append(f"{name}: replicas {dep['spec']['replicas']} != {gw['replicas']}")
+            if team_keda(merged, team)["enabled"]:
+                if "replicas" in dep["spec"]:
+                    problems.append(f"{name}: KEDA scales it, yet the Deployment sets replicas "
+                                    "(every upgrade would reset KEDA's choice)")
+            elif dep["spec"].get("replicas") != gw["replicas"]:
+                problems.append(f"{name}: replicas {dep['spec'].get('replicas')} != {gw['replicas']}")
             if env.get("PUSH0_SLOTS") != str(gw["slots"]) or env.get("PUSH0_PROVER") != gw["prover"]:
                 problems.append(f"{name}: slots/prover env do not match values")
             if gw["prover"] == "exec" and env.get("PUSH0_PROVER_CMD") != gw["proverCmd"]:
@@ -964,6 +986,111 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
     problems += disruption_budget_problems(merged, deployments, docs)
     problems += service_monitor_problems(merged, deployments, services, docs)
     problems += prometheus_rule_problems(merged, docs, chart)
+    problems += scaled_object_problems(merged, deployments, docs)
+    return problems
+
+
+def team_keda(merged: dict[str, Any], team: dict[str, Any]) -> dict[str, Any]:
+    return {**merged["keda"], **(team.get("keda") or {})}
+
+
+def scaled_object_problems(merged: dict[str, Any], deployments: dict[str, Any],
+                           docs: list[dict[str, Any]]) -> list[str]:
+    """A ScaledObject for each team KEDA scales, and only those: aimed at the team's gateway
+    Deployment, one Prometheus trigger on the team's waiting tasks, bounds from values."""
+    problems = []
+    scaled = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
+    want = {}
+    for team in merged["teams"]:
+        keda = team_keda(merged, team)
+        if keda["enabled"]:
+            want[f"{RELEASE}-gateway-{team['name']}"] = (team["name"], keda)
+    if set(scaled) != set(want):
+        problems.append(f"ScaledObjects {sorted(scaled)} != teams KEDA scales {sorted(want)}")
+    for name, so in scaled.items():
+        if name not in want:
+            continue
+        team, keda = want[name]
+        spec = so["spec"]
+        target = spec.get("scaleTargetRef") or {}
+        if target != {"apiVersion": "apps/v1", "kind": "Deployment", "name": name} or name not in deployments:
+            problems.append(f"ScaledObject {name} targets {target}, not Deployment {name}")
+        bounds = {k: spec.get(k) for k in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod")}
+        expected = {"minReplicaCount": keda["minReplicas"], "maxReplicaCount": keda["maxReplicas"],
+                    "pollingInterval": keda["pollingInterval"], "cooldownPeriod": keda["cooldownPeriod"]}
+        if bounds != expected:
+            problems.append(f"ScaledObject {name}: {bounds} != {expected}")
+        triggers = spec.get("triggers") or []
+        if len(triggers) != 1 or triggers[0].get("type") != "prometheus":
+            problems.append(f"ScaledObject {name}: expected one prometheus trigger, got {triggers}")
+            continue
+        trigger = triggers[0]
+        meta = trigger.get("metadata") or {}
+        if trigger.get("metricType") != "AverageValue":
+            problems.append(f"ScaledObject {name}: metricType {trigger.get('metricType')!r}: the threshold "
+                            "is meant per pod (AverageValue)")
+        if meta.get("serverAddress") != keda["serverAddress"]:
+            problems.append(f"ScaledObject {name}: serverAddress {meta.get('serverAddress')!r}")
+        for key in ("threshold", "activationThreshold"):
+            try:
+                same = float(meta.get(key, "x")) == float(keda[key])
+            except ValueError:
+                same = False
+            if not same:
+                problems.append(f"ScaledObject {name}: {key} {meta.get(key)!r} != {keda[key]!r}")
+        query = meta.get("query", "")
+        for gauge in ("push0_tasks_held", "push0_tasks_queued"):
+            if f'{gauge}{{team="{team}"' not in query:
+                problems.append(f"ScaledObject {name}: query {query!r} does not read {gauge} of team {team}")
+    return problems
+
+
+def promtool_check_scaler_queries(promtool: Path, merged: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
+    """Each ScaledObject's query, evaluated by promtool on made-up series: the team's held and
+    queued tasks over every class add up, other teams (and, with extraMatchers, other
+    releases) are left out, held tasks count before any queued series exists, and no series
+    at all reads 0, not an empty result."""
+    problems = []
+    for doc in docs:
+        if doc["kind"] != "ScaledObject":
+            continue
+        name = doc["metadata"]["name"]
+        team = doc["metadata"]["labels"]["push0.io/team"]
+        query = doc["spec"]["triggers"][0]["metadata"]["query"]
+        values = next((team_keda(merged, t) for t in merged["teams"] if t["name"] == team), {})
+        extra = re.findall(r'(\w+)\s*(=|!=|=~|!~)\s*"([^"]*)"', values.get("extraMatchers") or "")
+        if any(op != "=" for _, op, _ in extra):
+            continue  # only equality matchers are modelled below
+        own = {k: v for k, _, v in extra}
+        other_release = {k: v + "-other" for k, v in own.items()}
+
+        def series(metric: str, labels: dict[str, str], value: int) -> dict[str, str]:
+            body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            return {"series": f"{metric}{{{body}}}", "values": f"{value}x5"}
+
+        mine = {**own, "team": team}
+        cases = [
+            ([series("push0_tasks_held", {**mine, "class": "leaf"}, 3),
+              series("push0_tasks_held", {**mine, "class": "agg"}, 1),
+              series("push0_tasks_queued", {**mine, "class": "leaf"}, 2),
+              series("push0_tasks_held", {**own, "team": team + "-other", "class": "leaf"}, 50)]
+             + ([series("push0_tasks_queued", {**mine, **other_release, "class": "leaf"}, 70)]
+                if other_release else []), 6),
+            ([series("push0_tasks_held", {**mine, "class": "leaf"}, 4)], 4),
+            ([series("push0_tasks_held", {**own, "team": team + "-other", "class": "leaf"}, 9)], 0),
+        ]
+        tests = [{"interval": "1m", "input_series": inputs,
+                  "promql_expr_test": [{"expr": query, "eval_time": "2m",
+                                        "exp_samples": [{"labels": "{}", "value": value}]}]}
+                 for inputs, value in cases]
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "rules.yml").write_text("groups: []\n")
+            (Path(tmp) / "test.yml").write_text(yaml.safe_dump(
+                {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": tests}, sort_keys=False))
+            out = run_tool([str(promtool), "test", "rules", "test.yml"], Path(tmp))
+            if out.returncode != 0:
+                problems.append(f"ScaledObject {name}: query {query!r} fails its promtool test:\n"
+                                + (out.stdout + out.stderr).strip())
     return problems
 
 
@@ -1118,6 +1245,17 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
                                "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         }, EXTERNAL_NATS),
+        ("KEDA scales two of three teams", {
+            "keda": {"enabled": True, "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+                     "threshold": 2, "maxReplicas": 6, "extraMatchers": 'namespace="push0"'},
+            "teams": [
+                {"name": "alpha", "shape": "single", "keda": {"minReplicas": 0, "activationThreshold": 1,
+                                                              "threshold": 0.5, "maxReplicas": 3}},
+                {"name": "beta", "shape": "split", "parts": 4, "keda": {"enabled": False},
+                 "gateway": {"replicas": 3}},
+                {"name": "delta", "shape": "single"},
+            ],
+        }, bundled),
         ("exec prover team, no metrics Services", {
             "nats": {"enabled": False}, "natsUrl": "nats://nats.infra:4222", "prefix": "zk-test",
             "teams": [{"name": "alpha", "shape": "single"}, exec_team],
@@ -1133,6 +1271,7 @@ def check_helm_render(helm, chart: Path, promtool: Path, label: str, values: dic
     kube_validate(docs)
     problems = check_manifests(merged, docs, nats_url, chart)
     problems += promtool_check_rendered_rules(promtool, docs)
+    problems += promtool_check_scaler_queries(promtool, merged, docs)
     if "push0" not in notes or nats_url not in notes:
         problems.append("NOTES.txt does not render the NATS URL")
     expect(not problems, f"{label}: rendered manifests", "\n".join(problems))
@@ -1193,6 +1332,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "unknown serviceMonitor key": {"serviceMonitor": {"enabled": True, "intervall": "30s"}},
         "serviceMonitor.interval not a duration": {"serviceMonitor": {"enabled": True, "interval": "30 seconds"}},
         "prometheusRule label value not a string": {"prometheusRule": {"enabled": True, "labels": {"release": 1}}},
+        "mistyped keda.threshold": {"keda": {"enabled": True, "serverAddress": "http://p:9090", "threshold": "2"}},
+        "unknown teams[].keda key": {"teams": [{"name": "x", "shape": "single", "keda": {"maxReplica": 3}}]},
     }
     with helm.Chart.load(str(chart)) as loaded:
         for label, values in bad_values.items():
@@ -1208,6 +1349,9 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             "duplicate team": {"teams": [{"name": "x", "shape": "single"}, {"name": "x", "shape": "single"}]},
             "serviceMonitor without metrics Services": {
                 "serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
+            "keda without serverAddress": {"keda": {"enabled": True}},
+            "keda minReplicas above maxReplicas": {
+                "keda": {"enabled": True, "serverAddress": "http://p:9090", "minReplicas": 5, "maxReplicas": 2}},
         }
         for label, values in bad_renders.items():
             try:
@@ -1251,7 +1395,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
 
 
 # Values that render every custom resource the chart has, for the self-test.
-CUSTOM_RESOURCES_ON: dict[str, Any] = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+CUSTOM_RESOURCES_ON: dict[str, Any] = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                                       "keda": {"enabled": True, "serverAddress": "http://prometheus:9090"}}
 CUSTOM_RESOURCE_BREAKS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     "ServiceMonitor without endpoints": ("ServiceMonitor", lambda d: d["spec"].pop("endpoints")),
     "ServiceMonitor interval not a duration": (
@@ -1261,6 +1406,10 @@ CUSTOM_RESOURCE_BREAKS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] 
     "PrometheusRule rule without expr": (
         "PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr")),
     "PrometheusRule group without name": ("PrometheusRule", lambda d: d["spec"]["groups"][0].pop("name")),
+    "ScaledObject threshold a number": (
+        "ScaledObject", lambda d: d["spec"]["triggers"][0]["metadata"].__setitem__("threshold", 2)),
+    "ScaledObject without scaleTargetRef.name": ("ScaledObject", lambda d: d["spec"]["scaleTargetRef"].pop("name")),
+    "ScaledObject maxReplicaCount a string": ("ScaledObject", lambda d: d["spec"].__setitem__("maxReplicaCount", "10")),
     "PrometheusRule annotation not a string": (
         "PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0]["annotations"].__setitem__("runbook", 1)),
 }

@@ -67,6 +67,14 @@ the ServiceMonitor names as its jobLabel. Call with the component name.
 {{- if hasPrefix "gateway-" . }}push0-prover-gateway{{ else }}{{ printf "push0-%s" . }}{{ end }}
 {{- end }}
 
+{{/*
+A team's KEDA settings, as JSON: .Values.keda with the team's own keda values over it.
+Call with (dict "root" $ "team" $team); read with fromJson.
+*/}}
+{{- define "push0.teamKeda" -}}
+{{- toJson (mergeOverwrite (deepCopy .root.Values.keda) (deepCopy (default (dict) .team.keda))) }}
+{{- end }}
+
 {{- define "push0.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "push0.fullname" .) .Values.serviceAccount.name }}

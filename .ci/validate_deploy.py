@@ -119,14 +119,27 @@ def check_compose_valid(compose: Compose) -> str:
 # shared/protocol/src/team.rs so a bad deploy/teams.toml fails here, not at start.
 TEAM_DEFAULTS = {"shape": "single", "parts": None, "arity": 2, "chains": [],
                  "leaf_class": "prove", "aggregate_class": "prove",
-                 "ack_wait_ms": 10_000, "max_deliver": 5}
+                 "ack_wait_ms": 3_000, "max_deliver": 5, "time_limit_ms": None,
+                 "proof_system": None, "verifier": [], "mode": "sequential",
+                 "slot_ms": 12_000, "sample_every": 1, "late_policy": "drop", "class": {}}
+# [team.class.<class>]: overrides of the team's settings for one of its task classes.
+CLASS_KEYS = ("ack_wait_ms", "max_deliver", "time_limit_ms")
 TOKEN = re.compile(r"[a-z0-9-]{1,32}")
 # Helm values spell the same keys in camelCase.
 HELM_TEAM_KEYS = {"leafClass": "leaf_class", "aggregateClass": "aggregate_class",
-                  "ackWaitMs": "ack_wait_ms", "maxDeliver": "max_deliver"}
+                  "ackWaitMs": "ack_wait_ms", "maxDeliver": "max_deliver",
+                  "timeLimitMs": "time_limit_ms", "proofSystem": "proof_system",
+                  "slotMs": "slot_ms", "sampleEvery": "sample_every", "latePolicy": "late_policy"}
+# Keys of .Values.teams[] that configure the chart, not the teams file.
+HELM_ONLY_TEAM_KEYS = ("gateway", "keda")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def team_problems(teams: list[dict[str, Any]]) -> list[str]:
+    """What push0_protocol::TeamsFile::parse would refuse, every problem at once."""
     problems = []
     names: set[str] = set()
     for i, team in enumerate(teams):
@@ -142,11 +155,11 @@ def team_problems(teams: list[dict[str, Any]]) -> list[str]:
         t = {**TEAM_DEFAULTS, **team}
         if t["shape"] not in ("single", "split"):
             problems.append(f"team {name}: shape must be single or split, not {t['shape']!r}")
-        elif t["shape"] == "split" and not (isinstance(t["parts"], int) and 1 <= t["parts"] <= 1024):
+        elif t["shape"] == "split" and not (is_int(t["parts"]) and 1 <= t["parts"] <= 1024):
             problems.append(f"team {name}: split needs parts from 1 to 1024, got {t['parts']!r}")
         elif t["shape"] == "single" and t["parts"] is not None:
             problems.append(f"team {name}: parts only applies to shape split")
-        if not (isinstance(t["arity"], int) and 2 <= t["arity"] <= 64):
+        if not (is_int(t["arity"]) and 2 <= t["arity"] <= 64):
             problems.append(f"team {name}: arity must be 2 to 64, got {t['arity']!r}")
         for key in ("leaf_class", "aggregate_class"):
             if not (isinstance(t[key], str) and TOKEN.fullmatch(t[key])):
@@ -154,10 +167,45 @@ def team_problems(teams: list[dict[str, Any]]) -> list[str]:
         if not isinstance(t["chains"], list) or not all(
                 isinstance(c, str) and TOKEN.fullmatch(c) for c in t["chains"]):
             problems.append(f"team {name}: chains must be a list of chain ids [a-z0-9-]{{1,32}}")
-        if not (isinstance(t["ack_wait_ms"], int) and t["ack_wait_ms"] >= 500):
-            problems.append(f"team {name}: ack_wait_ms must be at least 500")
-        if not (isinstance(t["max_deliver"], int) and t["max_deliver"] >= 1):
-            problems.append(f"team {name}: max_deliver must be at least 1")
+        if t["proof_system"] is not None and not isinstance(t["proof_system"], str):
+            problems.append(f"team {name}: proof_system must be a string")
+        if not isinstance(t["verifier"], list) or not all(isinstance(a, str) for a in t["verifier"]):
+            problems.append(f"team {name}: verifier must be a list of strings (program and arguments)")
+        if t["mode"] not in ("sequential", "realtime"):
+            problems.append(f"team {name}: mode must be sequential or realtime, not {t['mode']!r}")
+        if t["late_policy"] not in ("drop", "finish-late"):
+            problems.append(f"team {name}: late_policy must be drop or finish-late, not {t['late_policy']!r}")
+        if not (is_int(t["slot_ms"]) and t["slot_ms"] >= 50):
+            problems.append(f"team {name}: slot_ms must be at least 50")
+        if not (is_int(t["sample_every"]) and t["sample_every"] >= 1):
+            problems.append(f"team {name}: sample_every must be at least 1")
+        elif t["sample_every"] > 1 and t["mode"] == "sequential":
+            problems.append(f"team {name}: sampling skips blocks, which mode sequential never does; use mode realtime")
+        classes = [t["leaf_class"]]
+        if t["shape"] == "split" and t["aggregate_class"] != t["leaf_class"]:
+            classes.append(t["aggregate_class"])
+        overrides = t["class"] if isinstance(t["class"], dict) else {}
+        if not isinstance(t["class"], dict):
+            problems.append(f"team {name}: class must be a table of task classes")
+        settings = [(f"team {name}", {k: t[k] for k in CLASS_KEYS})]
+        for cls, own in overrides.items():
+            if cls not in classes:
+                problems.append(f"team {name}: settings for class {cls}, which the team does not use "
+                                f"(its classes: {', '.join(classes)})")
+            if not isinstance(own, dict) or set(own) - set(CLASS_KEYS):
+                problems.append(f"team {name}, class {cls}: only {', '.join(CLASS_KEYS)} may be set")
+                continue
+            settings.append((f"team {name}, class {cls}", {
+                "ack_wait_ms": own.get("ack_wait_ms", t["ack_wait_ms"]),
+                "max_deliver": own.get("max_deliver", t["max_deliver"]),
+                "time_limit_ms": own.get("time_limit_ms")}))
+        for whose, s in settings:
+            if not (is_int(s["ack_wait_ms"]) and s["ack_wait_ms"] >= 500):
+                problems.append(f"{whose}: ack_wait_ms must be at least 500")
+            if not (is_int(s["max_deliver"]) and s["max_deliver"] >= 1):
+                problems.append(f"{whose}: max_deliver must be at least 1")
+            if s["time_limit_ms"] is not None and not (is_int(s["time_limit_ms"]) and s["time_limit_ms"] >= 100):
+                problems.append(f"{whose}: time_limit_ms must be at least 100")
     return problems
 
 
@@ -180,7 +228,9 @@ def normalized_teams(teams: list[dict[str, Any]]) -> list[dict[str, Any]]:
     chart-only gateway and keda settings)."""
     out = []
     for team in teams:
-        t = {HELM_TEAM_KEYS.get(k, k): v for k, v in team.items() if k not in ("gateway", "keda")}
+        t = {HELM_TEAM_KEYS.get(k, k): v for k, v in team.items() if k not in HELM_ONLY_TEAM_KEYS}
+        t["class"] = {cls: {HELM_TEAM_KEYS.get(k, k): v for k, v in own.items()}
+                      for cls, own in (t.get("class") or {}).items()}
         out.append({**TEAM_DEFAULTS, **t})
     return out
 
@@ -1227,6 +1277,9 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
     exec_team = {
         "name": "gamma", "shape": "split", "parts": 8, "arity": 4, "chains": ["eth-mainnet", "op-1"],
         "leafClass": "leaf", "aggregateClass": "agg", "ackWaitMs": 30000, "maxDeliver": 3,
+        "timeLimitMs": 600000, "class": {"agg": {"ackWaitMs": 60000, "maxDeliver": 2}, "leaf": {"timeLimitMs": 120000}},
+        "proofSystem": "gamma-stark", "verifier": ["/opt/prover/bin/prove", "--strict"],
+        "mode": "realtime", "slotMs": 2000, "sampleEvery": 4, "latePolicy": "finish-late",
         "gateway": {
             "replicas": 3, "slots": 2, "prover": "exec", "proverCmd": "/opt/prover/bin/prove",
             "image": {"repository": "registry.example/gamma-prover", "tag": "1.2.3"},
@@ -1284,6 +1337,46 @@ def check_helm_render(helm, chart: Path, promtool: Path, label: str, values: dic
             + (f", {' and '.join(custom)} against structural schemas" if custom else ""))
 
 
+def rust_struct_fields(source: str, struct: str) -> list[str]:
+    """Field names of a `pub struct NAME { pub field: T, … }` in Rust source."""
+    match = re.search(rf"pub struct {struct} \{{(.*?)\n\}}", source, re.S)
+    expect(match is not None, f"no `pub struct {struct}` found")
+    return re.findall(r"(?m)^\s*pub (\w+):", match.group(1))
+
+
+def check_team_keys_parity(root: Path, chart: Path) -> str:
+    """Every field of the scheduler's TeamConfig and ClassSettings is known to this validator
+    and settable in values (values.schema.json, camelCase), and nothing else is."""
+    source = (root / "shared" / "protocol" / "src" / "team.rs").read_text()
+    team_fields = set(rust_struct_fields(source, "TeamConfig"))
+    class_fields = set(rust_struct_fields(source, "ClassSettings"))
+    camel = {v: k for k, v in HELM_TEAM_KEYS.items()}
+    schema = json.loads((chart / "values.schema.json").read_text())
+    team_schema = schema["properties"]["teams"]["items"]
+    problems = []
+    if team_fields != {"name", *TEAM_DEFAULTS}:
+        problems.append(f"TeamConfig fields {sorted(team_fields)} != validator's TEAM_DEFAULTS + name")
+    if class_fields != set(CLASS_KEYS):
+        problems.append(f"ClassSettings fields {sorted(class_fields)} != validator's CLASS_KEYS")
+    want = {camel.get(f, f) for f in team_fields} | set(HELM_ONLY_TEAM_KEYS)
+    if set(team_schema["properties"]) != want:
+        problems.append(f"values.schema.json teams[] keys {sorted(team_schema['properties'])} != {sorted(want)}")
+    class_schema = team_schema["properties"].get("class", {}).get("additionalProperties", {})
+    want_class = {camel.get(f, f) for f in class_fields}
+    if set(class_schema.get("properties", {})) != want_class:
+        problems.append(f"values.schema.json teams[].class keys {sorted(class_schema.get('properties', {}))} "
+                        f"!= {sorted(want_class)}")
+    used = {k for _, values, _ in helm_scenarios() for team in values.get("teams", []) for k in team}
+    if want - used:
+        problems.append(f"no rendered combination sets teams[] keys {sorted(want - used)}")
+    for schema_part, where in ((team_schema, "teams[]"), (class_schema, "teams[].class.*")):
+        if schema_part.get("additionalProperties") is not False:
+            problems.append(f"values.schema.json {where} allows unknown keys")
+    expect(not problems, "teams file keys and values differ", "\n".join(problems))
+    return (f"values.schema.json teams[] covers all {len(team_fields)} TeamConfig and {len(class_fields)} "
+            "ClassSettings fields of shared/protocol/src/team.rs, refuses others; each is rendered")
+
+
 def check_teams_agree(root: Path, chart: Path) -> str:
     compose_teams = load_teams_toml(root / "deploy" / "teams.toml")
     helm_teams = yaml.safe_load((chart / "values.yaml").read_text())["teams"]
@@ -1326,6 +1419,11 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "split without parts": {"teams": [{"name": "x", "shape": "split", "arity": 2}]},
         "nats disabled, no natsUrl": {"nats": {"enabled": False}},
         "unknown top-level key": {"replicaCount": 3},
+        "unknown team key": {"teams": [{"name": "x", "shape": "single", "slotMS": 2000}]},
+        "mistyped team mode": {"teams": [{"name": "x", "shape": "single", "mode": "fast"}]},
+        "team slotMs a string": {"teams": [{"name": "x", "shape": "single", "mode": "realtime", "slotMs": "2s"}]},
+        "sampling outside realtime": {"teams": [{"name": "x", "shape": "single", "sampleEvery": 10}]},
+        "unknown class setting": {"teams": [{"name": "x", "shape": "single", "class": {"prove": {"retries": 2}}}]},
         "bad team name": {"teams": [{"name": "Alpha_1", "shape": "single"}]},
         "mistyped podDisruptionBudget.enabled": {"podDisruptionBudget": {"enabled": "yes"}},
         "podDisruptionBudget.maxUnavailable 0": {"podDisruptionBudget": {"maxUnavailable": 0}},
@@ -1349,6 +1447,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             "duplicate team": {"teams": [{"name": "x", "shape": "single"}, {"name": "x", "shape": "single"}]},
             "serviceMonitor without metrics Services": {
                 "serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}},
+            "class settings for a class the team lacks": {
+                "teams": [{"name": "x", "shape": "single", "class": {"agg": {"maxDeliver": 2}}}]},
             "keda without serverAddress": {"keda": {"enabled": True}},
             "keda minReplicas above maxReplicas": {
                 "keda": {"enabled": True, "serverAddress": "http://p:9090", "minReplicas": 5, "maxReplicas": 2}},
@@ -1442,6 +1542,7 @@ def main() -> int:
     report.run("helm", lambda: check_chart_metadata(chart))
     report.run("helm", lambda: check_template_references(chart))
     report.run("teams", lambda: check_teams_agree(root, chart))
+    report.run("teams", lambda: check_team_keys_parity(root, chart))
 
     helm = report.run("helm", import_helm)
     if helm is not None:

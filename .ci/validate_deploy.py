@@ -964,6 +964,8 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
                 problems.append(f"{name}: PUSH0_MAX_PAYLOAD {env.get('PUSH0_MAX_PAYLOAD')!r}")
             if env.get("PUSH0_INLINE_THRESHOLD") != str(merged["ingest"]["inlineThreshold"]):
                 problems.append(f"{name}: PUSH0_INLINE_THRESHOLD {env.get('PUSH0_INLINE_THRESHOLD')!r}")
+        if component in SERVICES:
+            problems += flag_env_problems(name, component, env, merged, merged[component])
         if component == "scheduler":
             if env.get("PUSH0_MAX_UNDELIVERED") != str(merged["scheduler"]["maxUndelivered"]):
                 problems.append(f"{name}: PUSH0_MAX_UNDELIVERED {env.get('PUSH0_MAX_UNDELIVERED')!r}")
@@ -999,6 +1001,7 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
                 problems.append(f"{name}: slots/prover env do not match values")
             if gw["prover"] == "exec" and env.get("PUSH0_PROVER_CMD") != gw["proverCmd"]:
                 problems.append(f"{name}: PUSH0_PROVER_CMD {env.get('PUSH0_PROVER_CMD')!r}")
+            problems += flag_env_problems(name, "gateway", env, merged, gw)
             grace = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
             if grace <= duration_seconds(gw["shutdownGrace"]):
                 problems.append(f"{name}: terminationGracePeriodSeconds {grace} <= shutdownGrace "
@@ -1248,6 +1251,84 @@ def prom_seconds(text: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
+def flag_env_problems(name: str, component: str, env: dict[str, Any], merged: dict[str, Any],
+                      own: dict[str, Any]) -> list[str]:
+    """The environment variables of the flags values set beyond the basics checked above:
+    each as values say, or absent where values leave the flag at its default (None)."""
+    def joined(items: list[str], sep: str) -> str | None:
+        return sep.join(items) if items else None
+
+    want: dict[str, str | None] = {"PUSH0_WORKER_THREADS": str(own["workerThreads"])}
+    if component == "scheduler":
+        want.update({
+            "PUSH0_POLL_INTERVAL": own["pollInterval"],
+            "PUSH0_ALERT_NO_PROVER_AFTER": own["alertNoProverAfter"],
+            "PUSH0_ALERT_MISS_RATE": None,  # compared as a number below
+            "PUSH0_ALERT_MISS_WINDOW": own["alertMissWindow"],
+            "PUSH0_NATS_MONITOR_URL": joined(own["natsMonitorUrls"], ","),
+        })
+        rate = env.get("PUSH0_ALERT_MISS_RATE")
+        try:
+            if float(rate) != float(own["alertMissRate"]):
+                raise ValueError
+        except (TypeError, ValueError):
+            return [f"{name}: PUSH0_ALERT_MISS_RATE {rate!r} != {own['alertMissRate']!r}"]
+        want.pop("PUSH0_ALERT_MISS_RATE")
+    if component == "gateway":
+        sim, exec_ = own["prover"] == "sim", own["prover"] == "exec"
+        want.update({
+            "PUSH0_PRIORITY": str(own.get("priority", 0)),
+            "PUSH0_CLASSES": joined(own["classes"], ","),
+            "PUSH0_SIM_LATENCY": own["simLatency"] if sim else None,
+            "PUSH0_SIM_FAIL_WHILE": (own["simFailWhile"] or None) if sim else None,
+            "PUSH0_PROVER_ARGS": joined(own["proverArgs"], " ") if exec_ else None,
+            "PUSH0_BUNDLE_AGGREGATES": str(own["bundleAggregates"]).lower() if exec_ else None,
+            "PUSH0_PROOF_SYSTEM": own["proofSystem"] if exec_ else None,
+            "PUSH0_PROVER_THREADS": (str(own["proverThreads"]) if own["proverThreads"] else None) if exec_ else None,
+            "PUSH0_TASK_TIMEOUT": own["taskTimeout"],
+            "PUSH0_WORK_DIR": own["workDir"],
+            "PUSH0_SHUTDOWN_GRACE": own["shutdownGrace"],
+            "PUSH0_INLINE_THRESHOLD": str(own["inlineThreshold"]),
+        })
+    return [f"{name}: {var} {env.get(var)!r} != {value!r}" for var, value in want.items() if env.get(var) != value]
+
+
+def service_flags(root: Path) -> dict[str, set[str]]:
+    """The environment variable of every flag each service binary takes, read from
+    shared/runtime/src/config.rs (flags of every service) and services/*/src/main.rs."""
+    env_re = re.compile(r'env\s*=\s*"(PUSH0_[A-Z0-9_]+)"')
+    common = set(env_re.findall((root / "shared" / "runtime" / "src" / "config.rs").read_text()))
+    flags = {}
+    for main in sorted((root / "services").glob("*/src/main.rs")):
+        flags[f"push0-{main.parent.parent.name}"] = common | set(env_re.findall(main.read_text()))
+    return flags
+
+
+def check_flag_parity(helm, chart: Path, root: Path) -> str:
+    """Every flag of every service binary is set by values in some rendered combination, and
+    no rendered PUSH0_ variable is one its binary does not read."""
+    flags = service_flags(root)
+    expect(set(flags) == set(BINARIES[1:]), f"services/*/src/main.rs give binaries {sorted(flags)}")
+    seen: dict[str, set[str]] = {b: set() for b in flags}
+    problems = []
+    for label, values, _ in helm_scenarios():
+        _, docs, _ = render(helm, chart, values)
+        for dep in (d for d in docs if d["kind"] == "Deployment"):
+            binary = dep["spec"]["template"]["spec"]["containers"][0]["command"][0]
+            names = {n for n in container_env(dep) if n.startswith("PUSH0_")}
+            seen[binary] |= names
+            unknown = names - flags.get(binary, set())
+            if unknown:
+                problems.append(f"{label}: {dep['metadata']['name']} sets {sorted(unknown)}, "
+                                f"which {binary} does not read")
+    for binary, names in sorted(flags.items()):
+        if names - seen[binary]:
+            problems.append(f"{binary}: flags {sorted(names - seen[binary])} set by no rendered combination")
+    expect(not problems, "service flags and chart values differ", "\n".join(problems))
+    return (f"every flag of the {len(flags)} service binaries ({sum(map(len, flags.values()))} in all) is "
+            f"set from values in some combination, and no other PUSH0_ variable")
+
+
 def disruption_budget_problems(merged: dict[str, Any], deployments: dict[str, Any],
                                docs: list[dict[str, Any]]) -> list[str]:
     """One PodDisruptionBudget per Deployment, selecting exactly its pods, when enabled."""
@@ -1282,6 +1363,9 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
         "mode": "realtime", "slotMs": 2000, "sampleEvery": 4, "latePolicy": "finish-late",
         "gateway": {
             "replicas": 3, "slots": 2, "prover": "exec", "proverCmd": "/opt/prover/bin/prove",
+            "proverArgs": ["--backend", "gpu"], "bundleAggregates": True, "proofSystem": "gamma-stark",
+            "proverThreads": 8, "taskTimeout": "30m", "classes": ["leaf", "agg"], "priority": 2,
+            "inlineThreshold": 1048576, "workerThreads": 2,
             "image": {"repository": "registry.example/gamma-prover", "tag": "1.2.3"},
             "extraEnv": [{"name": "RAYON_NUM_THREADS", "value": "4"}],
             "extraVolumes": [{"name": "keys", "secret": {"secretName": "gamma-keys"}}],
@@ -1297,6 +1381,7 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
             "serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
                                "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+            "scheduler": {"natsMonitorUrls": [f"http://nats-{i}.nats:8222" for i in range(3)]},
         }, EXTERNAL_NATS),
         ("KEDA scales two of three teams", {
             "keda": {"enabled": True, "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
@@ -1311,8 +1396,13 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
         }, bundled),
         ("exec prover team, no metrics Services", {
             "nats": {"enabled": False}, "natsUrl": "nats://nats.infra:4222", "prefix": "zk-test",
-            "teams": [{"name": "alpha", "shape": "single"}, exec_team],
-            "scheduler": {"replicas": 2}, "podAnnotations": {"team.example/owner": "ops"},
+            "teams": [{"name": "alpha", "shape": "single",
+                       "gateway": {"simFailWhile": "/var/lib/push0/work/poison", "simLatency": "fixed:1s"}},
+                      exec_team],
+            "scheduler": {"replicas": 2, "pollInterval": "50ms", "alertNoProverAfter": "1m",
+                          "alertMissRate": 0.25, "alertMissWindow": "5m", "workerThreads": 2},
+            "ingest": {"workerThreads": 2}, "aggregator": {"workerThreads": 4},
+            "podAnnotations": {"team.example/owner": "ops"},
             "metrics": {"service": {"enabled": False}}, "podDisruptionBudget": {"enabled": False},
         }, "nats://nats.infra:4222"),
     ]
@@ -1421,6 +1511,10 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "unknown top-level key": {"replicaCount": 3},
         "unknown team key": {"teams": [{"name": "x", "shape": "single", "slotMS": 2000}]},
         "mistyped team mode": {"teams": [{"name": "x", "shape": "single", "mode": "fast"}]},
+        "unknown scheduler flag": {"scheduler": {"pollIntervall": "50ms"}},
+        "mistyped scheduler.alertMissRate": {"scheduler": {"alertMissRate": "half"}},
+        "gateway.proverArgs with a space": {"gateway": {"proverArgs": ["--backend gpu"]}},
+        "gateway.workerThreads 0": {"gateway": {"workerThreads": 0}},
         "team slotMs a string": {"teams": [{"name": "x", "shape": "single", "mode": "realtime", "slotMs": "2s"}]},
         "sampling outside realtime": {"teams": [{"name": "x", "shape": "single", "sampleEvery": 10}]},
         "unknown class setting": {"teams": [{"name": "x", "shape": "single", "class": {"prove": {"retries": 2}}}]},
@@ -1550,6 +1644,7 @@ def main() -> int:
         for label, values, nats_url in helm_scenarios():
             report.run("helm", lambda label=label, values=values, nats_url=nats_url:
                        check_helm_render(helm, chart, args.promtool, label, values, nats_url))
+        report.run("helm", lambda: check_flag_parity(helm, chart, root))
         report.run("selftest", lambda: check_validators_reject(compose, args.hadolint, helm, chart))
 
     print(f"deploy: {report.passed} passed, {report.failed} failed")

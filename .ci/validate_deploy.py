@@ -1522,6 +1522,7 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "mistyped podDisruptionBudget.enabled": {"podDisruptionBudget": {"enabled": "yes"}},
         "podDisruptionBudget.maxUnavailable 0": {"podDisruptionBudget": {"maxUnavailable": 0}},
         "unknown serviceMonitor key": {"serviceMonitor": {"enabled": True, "intervall": "30s"}},
+        "serviceMonitor deleted": {"serviceMonitor": None},
         "serviceMonitor.interval not a duration": {"serviceMonitor": {"enabled": True, "interval": "30 seconds"}},
         "prometheusRule label value not a string": {"prometheusRule": {"enabled": True, "labels": {"release": 1}}},
         "mistyped keda.threshold": {"keda": {"enabled": True, "serverAddress": "http://p:9090", "threshold": "2"}},

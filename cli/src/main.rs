@@ -37,6 +37,18 @@ enum Command {
     /// Declare the streams, buckets and object store (the only step that creates or changes
     /// them), or check them
     Topology(topology::TopologyArgs),
+    /// GET a URL and exit 0 if it answers 2xx, 1 otherwise: a health check for images with no
+    /// HTTP client (`push0 probe http://127.0.0.1:9090/readyz`)
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// The URL to GET, such as a service's /readyz or /healthz
+    url: String,
+    /// How long to wait for the answer
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -198,6 +210,17 @@ async fn main() {
         Command::Dlq(args) => commands::dlq(args).await,
         Command::Team(args) => teams::team(args).await,
         Command::Topology(args) => topology::topology(args).await,
+        Command::Probe(args) => match push0_runtime::http::get(&args.url, args.timeout) {
+            Ok((status, _)) if (200..300).contains(&status) => Ok(()),
+            Ok((status, body)) => {
+                eprintln!("{}: {status} {}", args.url, body.trim());
+                std::process::exit(1)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1)
+            }
+        },
         Command::Verify(args) => match commands::verify(args).await {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -1,6 +1,6 @@
 //! A service's `/healthz` answers while the process runs; its `/readyz` answers 200 only while
 //! it can work: not before the topology is there, not while its NATS server is gone, and again
-//! once it is back.
+//! once it is back. `push0 probe` (compose's health check) follows `/readyz`.
 
 use std::time::Duration;
 
@@ -9,6 +9,15 @@ use push0_tests::*;
 
 fn status(port: u16, path: &str) -> Option<u16> {
     http_get(port, path).map(|(status, _)| status)
+}
+
+/// Whether `push0 probe` (compose's health check) calls the service's `/readyz` ready.
+fn probe_passes(port: u16) -> anyhow::Result<bool> {
+    let status = std::process::Command::new(binary("push0"))
+        .args(["probe", &format!("http://127.0.0.1:{port}/readyz")])
+        .output()?
+        .status;
+    Ok(status.success())
 }
 
 /// Waits until `path` answers `want`.
@@ -45,10 +54,12 @@ async fn readyz_follows_the_topology_and_the_nats_connection() -> anyhow::Result
         );
         apply_topology(&server.url(), &prefix, 1).await?;
         answers(port, "/readyz", 200, "ready once the topology is there").await?;
+        assert!(probe_passes(port)?, "push0 probe passes on a ready service");
 
         server.kill();
         answers(port, "/readyz", 503, "not ready with the server gone").await?;
         assert_eq!(status(port, "/healthz"), Some(200), "alive all the same");
+        assert!(!probe_passes(port)?, "push0 probe fails while not ready");
 
         server.restart()?;
         answers(port, "/readyz", 200, "ready again with the server back").await?;

@@ -70,7 +70,8 @@ pub struct Metrics {
     pub delivery_lag: HistogramVec,
     /// push0_handle_seconds{service, type}: a handler's start to its outcome, the ack excluded.
     pub handle_time: HistogramVec,
-    /// push0_build_info{version}: 1, labelled with the version of the running binary
+    /// push0_build_info{version, commit}: 1, labelled with the version of the running binary
+    /// and the commit it was built from (`PUSH0_COMMIT` at build time; "unknown" without)
     pub build_info: IntGaugeVec,
     /// push0_ready: 1 while the service is ready (what `/readyz` answers), read at each scrape
     pub ready: IntGauge,
@@ -129,6 +130,13 @@ fn histogram_by(
         .expect("metric registered once");
     h
 }
+
+/// The commit the binary was built from, when the build said (`PUSH0_COMMIT`, set by
+/// `tests/run` and the container build).
+pub const BUILD_COMMIT: &str = match option_env!("PUSH0_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
 
 fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -302,10 +310,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             let g = gauge(
                 &r,
                 "push0_build_info",
-                "the running binary's version, as a label of a constant 1",
-                &["version"],
+                "the running binary's version and commit, as labels of a constant 1",
+                &["version", "commit"],
             );
-            g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            g.with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT])
+                .set(1);
             g
         },
         ready: {
@@ -538,7 +547,7 @@ mod tests {
             "{text}"
         );
         let version = format!(
-            "push0_build_info{{version=\"{}\"}} 1",
+            "push0_build_info{{commit=\"{BUILD_COMMIT}\",version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
         assert!(text.contains(&version), "{text}");

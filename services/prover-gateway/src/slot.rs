@@ -7,6 +7,7 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
 use push0_protocol::Task;
 use push0_protocol::topology::TIER_GROUP;
+use push0_runtime::backoff::Backoff;
 use push0_runtime::consume::{count_outcome, settle};
 use push0_runtime::metrics::delivered;
 use push0_runtime::pull::{PullInbox, Tier};
@@ -40,7 +41,7 @@ impl Gateway {
             group: TIER_GROUP,
             priority: self.config.priority,
         };
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut inbox = PullInbox::new(&self.bus);
         // A proved task whose ack is still to send, with the next pull on it.
         let mut done: Option<Arc<Delivery>> = None;
@@ -64,9 +65,8 @@ impl Gateway {
                 tracing::warn!(slot, error = %e, "pull failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
             let next = tokio::select! {
@@ -81,13 +81,12 @@ impl Gateway {
             };
             match next {
                 Ok(Some(message)) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     done = self.process(Delivery::new(message), &shutdown).await;
                 }
                 Err(e) => {
                     tracing::debug!(slot, error = %e, "pull ended with an error");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 Ok(None) => {}
             }

@@ -5,12 +5,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use async_nats::{HeaderMap, ServerAddr};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use bytes::Bytes;
 use push0_protocol::wire::{WireMessage, decode, encode};
 use push0_protocol::{ConsumerSpec, MSG_ID_HEADER, SCHEMA_HEADER, Subjects, Topology};
 use thiserror::Error;
 
+use crate::backoff::{Backoff, doubling};
 use crate::{metrics, telemetry};
 
 /// How long `ensure_consumer` keeps trying (a leader election takes 5-8 s; a restarted node
@@ -173,7 +174,7 @@ impl Bus {
                 .map_err(|e| RuntimeError::nats(what(), e))
         };
         let deadline = tokio::time::Instant::now() + CONSUMER_PATIENCE;
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             match declare().await {
                 Ok(consumer) => {
@@ -182,8 +183,7 @@ impl Bus {
                 }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(consumer = %spec.durable, error = %e, "declaring consumer failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -351,7 +351,7 @@ impl Bus {
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<jetstream::publish::PublishAck, RuntimeError> {
-        let mut delay = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         let started = Instant::now();
         let deadline = started + Duration::from_secs(15);
         loop {
@@ -368,8 +368,7 @@ impl Bus {
                 }
                 Err(e) if Instant::now() < deadline => {
                     tracing::warn!(subject = %subject, error = %e, "publish failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
                 Err(e) => return Err(RuntimeError::nats(format!("publish to {subject}"), e)),
             }
@@ -387,11 +386,7 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     read.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(1))
-            .with_jitter()
-            .without_max_times()
+        doubling(Duration::from_millis(20), Duration::from_secs(1))
             .with_total_delay(Some(KV_READ_PATIENCE)),
     )
     .notify(|e, after| tracing::warn!(what, error = %e, ?after, "read failed, retrying"))

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::blobs::BlobStore;
 use crate::bus::{Bus, RuntimeError};
 use crate::metrics::metrics;
@@ -288,7 +289,7 @@ pub async fn consume<H: Handler>(
         })
     };
     let mut pull: Option<Pull> = None;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     // After a failed pull, when to pull again. Waiting is a branch of the select below, so the
     // handlers already running keep going meanwhile.
     let mut resume_at: Option<Instant> = None;
@@ -302,8 +303,7 @@ pub async fn consume<H: Handler>(
                 Ok(p) => pull = Some(p),
                 Err(e) => {
                     tracing::warn!(service, consumer = %spec.durable, error = %e, "pull failed");
-                    resume_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    resume_at = Some(Instant::now() + backoff.next_wait());
                 }
             }
         }
@@ -325,7 +325,7 @@ pub async fn consume<H: Handler>(
             next = async { pull.as_mut().expect("pull").next().await }, if pull.is_some() && room => {
                 match next {
                     Ok(Some(message)) => {
-                        backoff = Duration::from_millis(50);
+                        backoff.reset();
                         if let Some(m) = lanes.admit(message, H::ORDER) {
                             running.push(start(m));
                         }
@@ -334,8 +334,7 @@ pub async fn consume<H: Handler>(
                     Err(e) => {
                         tracing::warn!(service, consumer = %spec.durable, error = %e, "pull ended with an error, re-pulling");
                         pull = None;
-                        resume_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        resume_at = Some(Instant::now() + backoff.next_wait());
                     }
                 }
             }

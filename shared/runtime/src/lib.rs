@@ -2,6 +2,7 @@
 //! one consume loop that turns handler outcomes into ack kinds, publishing with schema, msg-id
 //! and trace headers, blobs, dead letters, metrics, telemetry and graceful shutdown.
 
+pub mod backoff;
 pub mod blobs;
 pub mod bus;
 pub mod config;

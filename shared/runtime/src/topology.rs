@@ -12,11 +12,12 @@ use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, Retryable};
 use push0_protocol::topology::MAX_MESSAGE_BYTES;
 use push0_protocol::{Retention, Topology};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::doubling;
 use crate::bus::{Bus, RuntimeError};
 
 /// How long one topology request waits for its reply. Requests are answered in milliseconds
@@ -396,12 +397,7 @@ pub async fn wait_until_ready(
     shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError> {
     let started = tokio::time::Instant::now();
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = doubling(Duration::from_millis(100), Duration::from_secs(2)).build();
     let mut told = false;
     loop {
         let problems = check(bus, replicas).await;
@@ -451,12 +447,7 @@ pub async fn apply(
         applied.push(apply_one(&js, declared, deadline).await?);
     }
     // Led, and every replica current, before anyone is told the topology is there.
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(1))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = doubling(Duration::from_millis(50), Duration::from_secs(1)).build();
     loop {
         let problems = problems(&js, &all, true).await;
         if problems.is_empty() {
@@ -510,11 +501,7 @@ async fn apply_one(
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let action = attempt
         .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(2))
-                .with_jitter()
-                .without_max_times()
+            doubling(Duration::from_millis(100), Duration::from_secs(2))
                 .with_total_delay(Some(left)),
         )
         .notify(|error, after| {

@@ -5,15 +5,7 @@ use std::collections::BTreeMap;
 use comfy_table::{Cell, CellAlignment, Table, TableComponent, presets};
 
 use push0_protocol::BlockProof;
-
-/// The value at quantile `q` (0..=1) of sorted `values`, nearest rank.
-pub fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
+pub use push0_runtime::metrics::percentile;
 
 #[derive(Debug, Default, Clone)]
 pub struct TeamSummary {

@@ -5,37 +5,10 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 use push0_protocol::subjects::block_msg_id;
-use push0_protocol::{BlockSubmission, MSG_ID_HEADER, SCHEMA_HEADER, WireMessage, encode, now_ms};
+pub use push0_protocol::synthetic::{block_hash, make_block};
+use push0_protocol::{BlockSubmission, MSG_ID_HEADER, SCHEMA_HEADER, WireMessage, encode};
 use push0_runtime::Bus;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
-
-/// The block at `number` of a deterministic test chain with `payload_size` bytes of payload.
-pub fn make_block(chain: &str, number: u64, payload_size: usize) -> BlockSubmission {
-    let mut payload = vec![0u8; payload_size];
-    let mut seed = Sha256::digest(format!("{chain}/{number}").as_bytes()).to_vec();
-    for chunk in payload.chunks_mut(32) {
-        seed = Sha256::digest(&seed).to_vec();
-        chunk.copy_from_slice(&seed[..chunk.len()]);
-    }
-    BlockSubmission {
-        chain: chain.to_string(),
-        number,
-        hash: block_hash(chain, number),
-        parent_hash: if number == 0 {
-            vec![0; 32]
-        } else {
-            block_hash(chain, number - 1)
-        },
-        timestamp_ms: now_ms(),
-        payload,
-        deadline_ms: None,
-    }
-}
-
-pub fn block_hash(chain: &str, number: u64) -> Vec<u8> {
-    Sha256::digest(format!("push0-block/{chain}/{number}").as_bytes()).to_vec()
-}
 
 /// A random 32-byte value, for blocks of a chain nobody else knows.
 pub fn random_hash() -> Vec<u8> {

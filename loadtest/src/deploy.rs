@@ -11,8 +11,8 @@ use async_nats::jetstream::consumer::{PullConsumer, pull};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use push0::source::make_block;
 use push0_protocol::subjects::block_msg_id;
+use push0_protocol::synthetic::make_block;
 use push0_protocol::{
     BlockProof, MSG_ID_HEADER, SCHEMA_HEADER, TeamConfig, WireMessage, decode, encode,
 };

@@ -1,6 +1,6 @@
 //! Percentile summaries of latency series.
 
-use push0::report::percentile;
+use push0_runtime::metrics::percentile;
 use serde::Serialize;
 
 /// p50/p90/p99/max of a series, in microseconds.

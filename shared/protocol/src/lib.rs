@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod names;
 pub mod subjects;
+pub mod synthetic;
 pub mod team;
 pub mod topology;
 pub mod wire;

@@ -385,6 +385,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
+/// The value at quantile `q` (0..=1) of sorted `values`, nearest rank.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
 /// Counts `op` on `target` that took from `started` until now in [`Metrics::round_trip`].
 pub fn round_trip(op: &str, target: &str, started: std::time::Instant) {
     metrics()

@@ -23,7 +23,9 @@ use push0_runtime::{Bus, Registry, kv_get, shutdown_on_signal, telemetry};
 use crate::{DevArgs, DlqArgs, DlqCommand, StatusArgs, SubmitArgs, VerifyArgs};
 
 pub async fn dev(args: DevArgs) -> Result<()> {
-    let _telemetry = telemetry::init_with_filter("push0-dev", LogFormat::Text, false, "warn");
+    // In one process here: every service's spans go out as `push0-dev`'s.
+    let _telemetry = telemetry::init_with_filter("dev", LogFormat::Text, false, "warn")
+        .map_err(anyhow::Error::msg)?;
     let shutdown = shutdown_on_signal();
     let (_server, url) = match &args.nats_url {
         Some(url) => (None, url.clone()),

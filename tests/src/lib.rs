@@ -269,22 +269,40 @@ impl ServiceProcess {
         args: &[&str],
         log_dir: &std::path::Path,
     ) -> Result<Self> {
+        let command = Self::command(binary_name, nats_url, prefix, metrics_port, args);
+        Self::spawn(name, command, log_dir)
+    }
+
+    /// The command line of service `binary_name` on `nats_url` under `prefix`, serving its
+    /// metrics on loopback `metrics_port` (0: any), with `args` after: to add to (an
+    /// environment, say) before [`ServiceProcess::spawn`].
+    pub fn command(
+        binary_name: &str,
+        nats_url: &str,
+        prefix: &str,
+        metrics_port: u16,
+        args: &[&str],
+    ) -> std::process::Command {
+        let mut command = std::process::Command::new(binary(binary_name));
+        command
+            .args(["--nats-url", nats_url, "--prefix", prefix, "--metrics-addr"])
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(args);
+        command
+    }
+
+    /// Starts `command` as the process `name`, its output in `name.log` under `log_dir`.
+    pub fn spawn(
+        name: &str,
+        mut command: std::process::Command,
+        log_dir: &std::path::Path,
+    ) -> Result<Self> {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-        let metrics_addr = format!("127.0.0.1:{metrics_port}");
-        let child = std::process::Command::new(binary(binary_name))
-            .args([
-                "--nats-url",
-                nats_url,
-                "--prefix",
-                prefix,
-                "--metrics-addr",
-                &metrics_addr,
-            ])
-            .args(args)
+        let child = command
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {binary_name}"))?;
+            .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
         Ok(Self {
             name: name.to_string(),
             child,

@@ -9,6 +9,7 @@ use async_nats::jetstream::AckKind;
 use push0_protocol::{BlockRef, DlqReason, Task, TaskInput, TaskOutcome, TaskResult, now_ms};
 use push0_runtime::{Delivery, Outcome, RuntimeError, metrics};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::prover::{ProofOutput, ProveError, ProverInput};
 use crate::{EXHAUSTED_RECHECK, Gateway, Running};
@@ -154,7 +155,8 @@ impl Gateway {
                 (Some(bundler), ProverInput::Aggregate(children)) => bundler.bundle(children).await,
                 _ => self.config.prover.prove(task, input).await,
             }
-        };
+        }
+        .instrument(tracing::info_span!("prover", otel.name = "prover.run"));
         let proving = async {
             match time_limit {
                 Some(limit) => tokio::time::timeout(limit, proving)

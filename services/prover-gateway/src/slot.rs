@@ -105,21 +105,25 @@ impl Gateway {
     ) -> Option<Arc<Delivery>> {
         let delivery = Arc::new(delivery);
         delivered(SERVICE, KIND, delivery.delivered);
-        let outcome = match delivery.decode::<Task>() {
-            Err(e) => Outcome::Reject(Rejection::from(e)),
+        let (outcome, span) = match delivery.decode::<Task>() {
+            Err(e) => (Outcome::Reject(Rejection::from(e)), tracing::Span::none()),
             Ok(task) => {
                 let span = task_span("gateway.prove", &task);
                 span.record("attempt", delivery.delivered);
                 set_parent_from(&span, delivery.message.headers.as_ref());
-                self.prove_task(&delivery, task, shutdown)
-                    .instrument(span)
-                    .await
+                let outcome = self
+                    .prove_task(&delivery, task, shutdown)
+                    .instrument(span.clone())
+                    .await;
+                (outcome, span)
             }
         };
         match outcome {
             Outcome::Ack => Some(delivery),
             outcome => {
-                settle(&self.bus, &self.blobs, SERVICE, KIND, &delivery, outcome).await;
+                settle(&self.bus, &self.blobs, SERVICE, KIND, &delivery, outcome)
+                    .instrument(span)
+                    .await;
                 None
             }
         }

@@ -394,6 +394,8 @@ async fn handle_one<H: Handler>(
         subject = %delivery.subject,
         seq = delivery.stream_sequence,
         delivered = delivery.delivered,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
     );
     telemetry::set_parent_from(&span, delivery.message.headers.as_ref());
     let m = metrics();
@@ -452,6 +454,7 @@ pub async fn settle(
         Outcome::Reject(rejection) => {
             count("rejected");
             tracing::warn!(reason = %rejection.reason, detail = %rejection.detail, "dead-lettering message");
+            telemetry::mark_error(&format!("dead letter: {}", rejection.reason));
             match dead_letter(bus, blobs, service, &rejection, delivery).await {
                 Ok(()) => delivery.message.ack_with(AckKind::Term).await,
                 Err(e) => {

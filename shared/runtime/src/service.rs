@@ -34,7 +34,8 @@ fn runtime(common: &CommonArgs) -> tokio::runtime::Runtime {
 }
 
 async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, RuntimeError> {
-    let telemetry = telemetry::init(service, common.log_format, common.traces);
+    let telemetry =
+        telemetry::init(service, common.log_format, common.traces).map_err(RuntimeError::Config)?;
     let shutdown = crate::shutdown::shutdown_on_signal();
     crate::metrics::service_started(service);
     let addr = serve_metrics(common.metrics_addr, shutdown.clone())

@@ -37,8 +37,9 @@ KUBE_VERSION = "1.33.0"
 RELEASE = "push0"
 NAMESPACE = "push0"
 SERVICES = ("ingest", "scheduler", "aggregator")
-# Compose services that watch push0 rather than run it (checked by check_compose_monitoring).
-MONITORING = ("prometheus", "grafana")
+# Compose services that watch push0 rather than run it (checked by check_compose_monitoring;
+# jaeger, the trace collector, by check_compose_traces).
+MONITORING = ("prometheus", "grafana", "jaeger")
 BINARIES = ("push0", "push0-ingest", "push0-scheduler", "push0-prover-gateway", "push0-aggregator")
 EXTERNAL_NATS = "nats://nats-0.nats:4222,nats://nats-1.nats:4222,nats://nats-2.nats:4222"
 

@@ -11,8 +11,8 @@ The real tools do the validating (no hand-written YAML schema here):
   prometheus  promtool (deploy/prometheus/check): config, rules, rule unit tests,
               dashboard expressions
 On top of that, push0-specific assertions: every team has a gateway group,
-the services get the NATS URL, teams.toml agrees between compose and Helm, and
-so on. A last check feeds known-bad inputs to each validator to prove it bites.
+the services get the NATS URL, every service exports its traces to the
+collector compose runs, teams.toml agrees between compose and Helm, and so on. A last check feeds known-bad inputs to each validator to prove it bites.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Compose:
         self.root = root
         # Interpolation must not depend on the caller's shell.
         self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("COMPOSE_", "PUSH0_", "DOCKER_"))}
+                    if not k.startswith(("COMPOSE_", "PUSH0_", "DOCKER_", "OTEL_"))}
 
     def version(self) -> str:
         out = run_tool([str(self.binary), "version", "--short"], self.root, self.env)
@@ -469,6 +469,98 @@ def check_compose_monitoring(compose: Compose) -> str:
     expect(not problems, f"{len(problems)} problem(s) in prometheus/grafana", "\n".join(problems))
     return (f"prometheus scrapes {len(scraped)} hosts, every push0 service under push0-<service>; "
             f"grafana provisioned with deploy/grafana; scheduler reads /jsz of {', '.join(monitored)}")
+
+
+# OTLP trace export, as push0_runtime's telemetry reads it: the base endpoint (the exporter
+# appends /v1/traces), only the http/protobuf protocol, service names push0-<service> by default.
+OTLP_HTTP_PORT = "4318"
+OTLP_PROTOCOLS = ("http/protobuf",)
+JAEGER_IMAGE = re.compile(r"jaegertracing/all-in-one:1\.\d+\.\d+")
+
+
+def resource_attributes(text: str) -> dict[str, str]:
+    """OTEL_RESOURCE_ATTRIBUTES as a map (key=value pairs separated by commas)."""
+    pairs = [p.partition("=") for p in str(text or "").split(",") if p.strip()]
+    return {k.strip(): v.strip() for k, _, v in pairs}
+
+
+def compose_trace_problems(services: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Problems of the trace wiring in a compose model, and the collectors used: a pinned
+    Jaeger 1.x taking OTLP, its UI and receiver published on loopback only, and every push0
+    service exporting to it under a name (and, for gateways, a team) of its own."""
+    problems: list[str] = []
+    collectors = {}
+    for name, svc in services.items():
+        image = str(svc.get("image", ""))
+        if not image.startswith("jaegertracing/"):
+            continue
+        collectors[name] = svc
+        if not JAEGER_IMAGE.fullmatch(image):
+            problems.append(f"{name}: image {image!r} is not jaegertracing/all-in-one pinned to a 1.x.y tag")
+        env = svc.get("environment") or {}
+        if str(env.get("COLLECTOR_OTLP_ENABLED", "")).lower() != "true":
+            problems.append(f"{name}: COLLECTOR_OTLP_ENABLED is not true")
+        if env.get("COLLECTOR_OTLP_HTTP_HOST_PORT", f":{OTLP_HTTP_PORT}").rpartition(":")[2] != OTLP_HTTP_PORT:
+            problems.append(f"{name}: OTLP/HTTP receiver moved off {OTLP_HTTP_PORT}")
+        for port in svc.get("ports") or []:
+            if port.get("published") and port.get("host_ip") not in ("127.0.0.1", "::1"):
+                problems.append(f"{name}: port {port.get('target')} published on "
+                                f"{port.get('host_ip') or 'every interface'}, not loopback (no authentication)")
+        if not any(int(p.get("target", 0)) == 16686 for p in svc.get("ports") or []):
+            problems.append(f"{name}: UI port 16686 not published")
+    if not collectors:
+        problems.append("no jaegertracing/all-in-one service to receive the traces")
+    exporters: dict[tuple[str, str], str] = {}
+    for name, svc in services.items():
+        cmd = (svc.get("entrypoint") or []) + (svc.get("command") or [])
+        binary = next((c for c in cmd if c in BINARIES[1:]), None)
+        if binary is None:
+            continue
+        env = svc.get("environment") or {}
+        endpoint = str(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "")
+        m = re.fullmatch(r"http://([\w.-]+):(\d+)/?", endpoint)
+        if not endpoint:
+            problems.append(f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT not set (its spans are not exported)")
+        elif "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in env:
+            problems.append(f"{name}: use OTEL_EXPORTER_OTLP_ENDPOINT (the base URL), not the signal's own")
+        elif not m:
+            problems.append(f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not http://<service>:<port> "
+                            "(a base URL: the exporter appends /v1/traces)")
+        elif m.group(1) not in collectors:
+            problems.append(f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} names no collector service "
+                            f"({', '.join(sorted(collectors)) or 'none'})")
+        elif m.group(2) != OTLP_HTTP_PORT:
+            problems.append(f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT port {m.group(2)} is not OTLP/HTTP's {OTLP_HTTP_PORT}")
+        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        if protocol not in OTLP_PROTOCOLS:
+            problems.append(f"{name}: OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r}: only http/protobuf is built in")
+        if "OTEL_EXPORTER_OTLP_HEADERS" in env:
+            problems.append(f"{name}: OTEL_EXPORTER_OTLP_HEADERS inline in the compose file (they carry credentials)")
+        service_name = env.get("OTEL_SERVICE_NAME") or f"push0-{binary.removeprefix('push0-')}"
+        team = ""
+        if binary == "push0-prover-gateway":
+            team = resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES")).get("push0.team", "")
+            if team != env.get("PUSH0_TEAM"):
+                problems.append(f"{name}: OTEL_RESOURCE_ATTRIBUTES must carry push0.team={env.get('PUSH0_TEAM')} "
+                                f"(every team's gateways share the service name {service_name}), found {team!r}")
+        if (service_name, team) in exporters:
+            problems.append(f"{name}: its spans would look like {exporters[(service_name, team)]}'s "
+                            f"(service {service_name}{', team ' + team if team else ''})")
+        exporters[(service_name, team)] = name
+    return problems, sorted(collectors)
+
+
+def check_compose_traces(compose: Compose) -> str:
+    root = compose.root
+    out = compose.config(root / "docker-compose.yml", "--format", "json")
+    expect(out.returncode == 0, "docker-compose config --format json failed", out.stderr)
+    services = json.loads(out.stdout).get("services", {})
+    problems, collectors = compose_trace_problems(services)
+    expect(not problems, f"{len(problems)} problem(s) in the trace wiring", "\n".join(problems))
+    exporting = sum(1 for s in services.values()
+                    if (s.get("environment") or {}).get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    return (f"{exporting} push0 services export OTLP/HTTP to {', '.join(collectors)} "
+            f"({services[collectors[0]]['image']}), gateways tagged with their team, UI on loopback")
 
 
 def check_prometheus(root: Path, promtool: Path) -> str:
@@ -1499,6 +1591,37 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             expect(out.returncode != 0, f"docker-compose accepted a broken file ({label})")
             rejected.append(f"compose:{label}")
 
+        # The trace wiring, on mutated copies of the real compose model.
+        out = compose.config(compose.root / "docker-compose.yml", "--format", "json")
+        expect(out.returncode == 0, "docker-compose config --format json failed", out.stderr)
+        model = json.loads(out.stdout)["services"]
+        collector = next(n for n, s in model.items() if str(s.get("image", "")).startswith("jaegertracing/"))
+
+        def env_of(m: dict[str, Any], name: str) -> dict[str, Any]:
+            return m[name].setdefault("environment", {})
+
+        trace_breaks: dict[str, Callable[[dict[str, Any]], None]] = {
+            "gateway without endpoint": lambda m: env_of(m, "gateway-alpha").pop("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "endpoint with /v1/traces": lambda m: env_of(m, "ingest").__setitem__(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collector}:4318/v1/traces"),
+            "endpoint at no service": lambda m: env_of(m, "scheduler").__setitem__(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318"),
+            "OTLP gRPC port": lambda m: env_of(m, "aggregator").__setitem__(
+                "OTEL_EXPORTER_OTLP_ENDPOINT", f"http://{collector}:4317"),
+            "gRPC protocol": lambda m: env_of(m, "ingest").__setitem__("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            "inline headers": lambda m: env_of(m, "ingest").__setitem__(
+                "OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20x"),
+            "gateway without its team": lambda m: env_of(m, "gateway-beta").pop("OTEL_RESOURCE_ATTRIBUTES"),
+            "UI on every interface": lambda m: [p.pop("host_ip", None) for p in m[collector]["ports"]],
+            "collector image unpinned": lambda m: m[collector].__setitem__("image", "jaegertracing/all-in-one:latest"),
+            "OTLP receiver off": lambda m: m[collector]["environment"].__setitem__("COLLECTOR_OTLP_ENABLED", "false"),
+        }
+        for label, mutate in trace_breaks.items():
+            bad = copy.deepcopy(model)
+            mutate(bad)
+            expect(bool(compose_trace_problems(bad)[0]), f"trace wiring check accepted a bad model ({label})")
+            rejected.append(f"traces:{label}")
+
         bad_dockerfile = tmpdir / "Dockerfile"
         bad_dockerfile.write_text("FROM debian:bookworm-slim AS a\nCOPY --from=a /x /y\nCMD [\"a\"\n")
         out = run_tool(hadolint_cmd(hadolint, bad_dockerfile), tmpdir)
@@ -1586,8 +1709,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         mutate(bad)
         expect(bool(crd_problems(bad)), f"structural schema accepted a bad {kind} ({label})")
         rejected.append(f"crd:{label}")
-    return (f"{len(rejected)} known-bad inputs rejected by compose, hadolint, helm, kubernetes-validate "
-            "and the custom resources' structural schemas")
+    return (f"{len(rejected)} known-bad inputs rejected by compose, the trace wiring check, hadolint, helm, "
+            "kubernetes-validate and the custom resources' structural schemas")
 
 
 # Values that render every custom resource the chart has, for the self-test.
@@ -1629,6 +1752,7 @@ def main() -> int:
     report.run("compose", lambda: check_compose_valid(compose))
     report.run("compose", lambda: check_compose_model(compose))
     report.run("compose", lambda: check_compose_monitoring(compose))
+    report.run("compose", lambda: check_compose_traces(compose))
     report.run("prometheus", lambda: check_prometheus(root, args.promtool))
     report.run("prometheus", lambda: check_alert_annotations(root))
     report.run("prometheus", lambda: check_alerts_copy(root))

@@ -142,6 +142,47 @@ or "<release>-<nameOverride|nats>".
   value: {{ .Values.traces | quote }}
 {{- end }}
 
+{{/*
+OpenTelemetry environment of a service container, as a YAML list (empty when there is none):
+the sampler whenever values set one (it also governs spans recorded with `traces` alone), and
+with otlp.endpoint the OTLP exporter, its headers from a Secret, and resource attributes naming
+the namespace, the pod and, for a gateway, its team. POD_NAME comes first: Kubernetes expands
+$(POD_NAME) only from variables listed before. Call with (dict "root" $ "team" $team.name),
+team empty for the core services.
+*/}}
+{{- define "push0.otlpEnv" -}}
+{{- $otlp := .root.Values.otlp }}
+{{- $env := list }}
+{{- with $otlp.sampler }}
+{{- $env = append $env (dict "name" "OTEL_TRACES_SAMPLER" "value" .) }}
+{{- end }}
+{{- if ne (toString $otlp.samplerArg) "" }}
+{{- $env = append $env (dict "name" "OTEL_TRACES_SAMPLER_ARG" "value" (toString $otlp.samplerArg)) }}
+{{- end }}
+{{- if $otlp.endpoint }}
+{{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_ENDPOINT" "value" $otlp.endpoint) }}
+{{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_PROTOCOL" "value" $otlp.protocol) }}
+{{- with $otlp.headersSecret.name }}
+{{- $ref := dict "name" . "key" $otlp.headersSecret.key }}
+{{- $env = append $env (dict "name" "OTEL_EXPORTER_OTLP_HEADERS" "valueFrom" (dict "secretKeyRef" $ref)) }}
+{{- end }}
+{{- $env = append $env (dict "name" "POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) }}
+{{- $attrs := list }}
+{{- range $k, $v := $otlp.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- $attrs = append $attrs (printf "k8s.namespace.name=%s" .root.Release.Namespace) }}
+{{- $attrs = append $attrs "k8s.pod.name=$(POD_NAME)" }}
+{{- with .team }}
+{{- $attrs = append $attrs (printf "push0.team=%s" .) }}
+{{- end }}
+{{- $env = append $env (dict "name" "OTEL_RESOURCE_ATTRIBUTES" "value" (join "," $attrs)) }}
+{{- end }}
+{{- with $env }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Pod annotations: user ones plus Prometheus scrape hints; empty when none. */}}
 {{- define "push0.podAnnotations" -}}
 {{- $a := deepCopy (default (dict) .Values.podAnnotations) }}

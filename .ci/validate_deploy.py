@@ -1059,6 +1059,8 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
                 problems.append(f"{name}: PUSH0_INLINE_THRESHOLD {env.get('PUSH0_INLINE_THRESHOLD')!r}")
         if component in SERVICES:
             problems += flag_env_problems(name, component, env, merged, merged[component])
+        problems += otlp_env_problems(name, container.get("env", []), merged,
+                                      component.removeprefix("gateway-") if component.startswith("gateway-") else "")
         if component == "scheduler":
             if env.get("PUSH0_MAX_UNDELIVERED") != str(merged["scheduler"]["maxUndelivered"]):
                 problems.append(f"{name}: PUSH0_MAX_UNDELIVERED {env.get('PUSH0_MAX_UNDELIVERED')!r}")
@@ -1386,6 +1388,67 @@ def flag_env_problems(name: str, component: str, env: dict[str, Any], merged: di
     return [f"{name}: {var} {env.get(var)!r} != {value!r}" for var, value in want.items() if env.get(var) != value]
 
 
+def otlp_env_problems(name: str, env_list: list[dict[str, Any]], merged: dict[str, Any], team: str) -> list[str]:
+    """The OTEL_ variables of one container, as values.otlp says: none but the sampler without
+    an endpoint; with one, the base URL, http/protobuf, headers only from a Secret, and resource
+    attributes naming the pod (from a POD_NAME listed before them) and a gateway's team."""
+    otlp = merged["otlp"]
+    env = {e["name"]: e for e in env_list}
+    order = [e["name"] for e in env_list]
+    problems = []
+    want: dict[str, str | None] = {
+        "OTEL_TRACES_SAMPLER": otlp["sampler"] or None,
+        "OTEL_TRACES_SAMPLER_ARG": None if otlp["samplerArg"] == "" else str(otlp["samplerArg"]),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp["endpoint"] or None,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": otlp["protocol"] if otlp["endpoint"] else None,
+    }
+    for var, value in want.items():
+        got = env.get(var, {}).get("value")
+        if var == "OTEL_TRACES_SAMPLER_ARG" and got is not None and value is not None:
+            try:
+                same = float(got) == float(value)
+            except ValueError:
+                same = False
+            if same:
+                continue
+        if got != value:
+            problems.append(f"{name}: {var} {got!r} != {value!r}")
+    protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", {}).get("value")
+    if protocol is not None and protocol not in OTLP_PROTOCOLS:
+        problems.append(f"{name}: OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r}: only http/protobuf is built in")
+    if re.search(r"/v1/traces/?$", otlp["endpoint"]):
+        problems.append(f"{name}: otlp.endpoint ends in /v1/traces, which the exporter appends itself")
+    headers = env.get("OTEL_EXPORTER_OTLP_HEADERS")
+    secret = otlp["headersSecret"]
+    if headers is not None and "value" in headers:
+        problems.append(f"{name}: OTEL_EXPORTER_OTLP_HEADERS inline; headers may carry credentials")
+    if otlp["endpoint"] and secret["name"]:
+        ref = ((headers or {}).get("valueFrom") or {}).get("secretKeyRef")
+        if ref != {"name": secret["name"], "key": secret["key"]}:
+            problems.append(f"{name}: OTEL_EXPORTER_OTLP_HEADERS from {ref}, not Secret {secret['name']} key {secret['key']}")
+    elif headers is not None:
+        problems.append(f"{name}: OTEL_EXPORTER_OTLP_HEADERS set without otlp.endpoint and headersSecret")
+    attrs = env.get("OTEL_RESOURCE_ATTRIBUTES")
+    if not otlp["endpoint"]:
+        if attrs is not None or "POD_NAME" in env:
+            problems.append(f"{name}: resource attributes rendered without otlp.endpoint")
+        return problems
+    got = resource_attributes((attrs or {}).get("value", ""))
+    expected = {**otlp["resourceAttributes"], "k8s.namespace.name": NAMESPACE, "k8s.pod.name": "$(POD_NAME)"}
+    if team:
+        expected["push0.team"] = team
+    if got != expected:
+        problems.append(f"{name}: OTEL_RESOURCE_ATTRIBUTES {got} != {expected}")
+    pod = env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    if pod != "metadata.name" or "OTEL_RESOURCE_ATTRIBUTES" not in order or \
+            order.index("POD_NAME") > order.index("OTEL_RESOURCE_ATTRIBUTES"):
+        problems.append(f"{name}: POD_NAME (metadata.name) must precede OTEL_RESOURCE_ATTRIBUTES, "
+                        "or $(POD_NAME) is not expanded")
+    if any(order.count(n) > 1 for n in order if n.startswith("OTEL_") or n == "POD_NAME"):
+        problems.append(f"{name}: an OTEL_ variable is listed twice")
+    return problems
+
+
 def service_flags(root: Path) -> dict[str, set[str]]:
     """The environment variable of every flag each service binary takes, read from
     shared/runtime/src/config.rs (flags of every service) and services/*/src/main.rs."""
@@ -1475,7 +1538,15 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
                                "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "scheduler": {"natsMonitorUrls": [f"http://nats-{i}.nats:8222" for i in range(3)]},
+            "otlp": {"endpoint": "https://otlp.example.com"},
         }, EXTERNAL_NATS),
+        ("traces sampled and exported", {
+            "traces": True,
+            "otlp": {"endpoint": "http://otel-collector.observability.svc:4318",
+                     "sampler": "parentbased_traceidratio", "samplerArg": 0.05,
+                     "headersSecret": {"name": "otlp-auth", "key": "headers"},
+                     "resourceAttributes": {"deployment.environment.name": "prod", "cloud.region": "eu-west-1"}},
+        }, bundled),
         ("KEDA scales two of three teams", {
             "keda": {"enabled": True, "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
                      "threshold": 2, "maxReplicas": 6, "extraMatchers": 'namespace="push0"'},
@@ -1651,6 +1722,16 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "prometheusRule label value not a string": {"prometheusRule": {"enabled": True, "labels": {"release": 1}}},
         "mistyped keda.threshold": {"keda": {"enabled": True, "serverAddress": "http://p:9090", "threshold": "2"}},
         "unknown teams[].keda key": {"teams": [{"name": "x", "shape": "single", "keda": {"maxReplica": 3}}]},
+        "otlp.protocol grpc": {"otlp": {"endpoint": "http://c:4317", "protocol": "grpc"}},
+        "otlp.endpoint with /v1/traces": {"otlp": {"endpoint": "http://c:4318/v1/traces"}},
+        "otlp.endpoint without scheme": {"otlp": {"endpoint": "collector:4318"}},
+        "otlp headers inline": {"otlp": {"endpoint": "http://c:4318", "headers": "authorization=Bearer%20x"}},
+        "otlp.headersSecret without endpoint": {"otlp": {"headersSecret": {"name": "otlp-auth", "key": "h"}}},
+        "unknown otlp.sampler": {"otlp": {"sampler": "ratio"}},
+        "otlp.samplerArg above 1": {"otlp": {"sampler": "traceidratio", "samplerArg": 5}},
+        "otlp.samplerArg without a ratio sampler": {"otlp": {"sampler": "always_on", "samplerArg": 0.5}},
+        "otlp.resourceAttributes value with a comma": {"otlp": {"resourceAttributes": {"team": "a,b"}}},
+        "otlp.resourceAttributes sets push0.team": {"otlp": {"resourceAttributes": {"push0.team": "x"}}},
     }
     with helm.Chart.load(str(chart)) as loaded:
         for label, values in bad_values.items():
@@ -1698,6 +1779,33 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             continue
         raise CheckError(f"kubernetes-validate accepted a bad Deployment ({label})")
 
+    # The OTLP environment check, on mutated renderings of a gateway that exports.
+    label, values, _ = next(sc for sc in helm_scenarios() if sc[1].get("otlp", {}).get("headersSecret"))
+    merged, docs, _ = render(helm, chart, values)
+    gateway = next(d for d in docs if d["kind"] == "Deployment"
+                   and d["spec"]["template"]["spec"]["containers"][0]["command"] == ["push0-prover-gateway"])
+    team = gateway["metadata"]["labels"]["push0.io/team"]
+    env_list = gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    expect(not otlp_env_problems("gateway", env_list, merged, team),
+           f"{label}: the gateway's OTLP environment is wrong before any mutation")
+
+    def set_var(env: list[dict[str, Any]], var: str, **entry: Any) -> None:
+        env[[e["name"] for e in env].index(var)] = {"name": var, **entry}
+
+    otlp_breaks: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+        "headers inline": lambda e: set_var(e, "OTEL_EXPORTER_OTLP_HEADERS", value="authorization=Bearer%20x"),
+        "POD_NAME after the attributes": lambda e: e.append(e.pop([x["name"] for x in e].index("POD_NAME"))),
+        "gateway without its team": lambda e: set_var(
+            e, "OTEL_RESOURCE_ATTRIBUTES", value=f"k8s.namespace.name={NAMESPACE},k8s.pod.name=$(POD_NAME)"),
+        "gRPC protocol": lambda e: set_var(e, "OTEL_EXPORTER_OTLP_PROTOCOL", value="grpc"),
+        "endpoint dropped": lambda e: e.pop([x["name"] for x in e].index("OTEL_EXPORTER_OTLP_ENDPOINT")),
+    }
+    for label, mutate in otlp_breaks.items():
+        bad = copy.deepcopy(env_list)
+        mutate(bad)
+        expect(bool(otlp_env_problems("gateway", bad, merged, team)), f"OTLP env check accepted a bad gateway ({label})")
+        rejected.append(f"otlp:{label}")
+
     # The custom resources' structural schemas, on mutated renderings of the real ones.
     _, docs, _ = render(helm, chart, CUSTOM_RESOURCES_ON)
     custom = {d["kind"]: {k: v for k, v in d.items() if k != "__source__"}
@@ -1709,7 +1817,7 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         mutate(bad)
         expect(bool(crd_problems(bad)), f"structural schema accepted a bad {kind} ({label})")
         rejected.append(f"crd:{label}")
-    return (f"{len(rejected)} known-bad inputs rejected by compose, the trace wiring check, hadolint, helm, "
+    return (f"{len(rejected)} known-bad inputs rejected by compose, the trace wiring checks, hadolint, helm, "
             "kubernetes-validate and the custom resources' structural schemas")
 
 

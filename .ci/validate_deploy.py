@@ -1360,7 +1360,7 @@ def flag_env_problems(name: str, component: str, env: dict[str, Any], merged: di
             "PUSH0_ALERT_NO_PROVER_AFTER": own["alertNoProverAfter"],
             "PUSH0_ALERT_MISS_RATE": None,  # compared as a number below
             "PUSH0_ALERT_MISS_WINDOW": own["alertMissWindow"],
-            "PUSH0_NATS_MONITOR_URL": joined(own["natsMonitorUrls"], ","),
+            "PUSH0_NATS_MONITOR_URL": joined(own["natsMonitorUrls"], ",") or bundled_monitor_urls(merged),
         })
         rate = env.get("PUSH0_ALERT_MISS_RATE")
         try:
@@ -1447,6 +1447,25 @@ def otlp_env_problems(name: str, env_list: list[dict[str, Any]], merged: dict[st
     if any(order.count(n) > 1 for n in order if n.startswith("OTEL_") or n == "POD_NAME"):
         problems.append(f"{name}: an OTEL_ variable is listed twice")
     return problems
+
+
+def bundled_monitor_urls(merged: dict[str, Any]) -> str | None:
+    """The monitoring URLs of the bundled NATS servers, as the nats chart names its StatefulSet
+    pods and headless Service, that the scheduler reads when scheduler.natsMonitorUrls is empty;
+    None without the bundled NATS or with its monitoring off or over TLS."""
+    nats = merged["nats"]
+    config = nats.get("config") or {}
+    monitor = config.get("monitor") or {}
+    if not nats["enabled"] or not monitor.get("enabled", True) or (monitor.get("tls") or {}).get("enabled"):
+        return None
+    name = nats.get("nameOverride") or "nats"
+    full = nats.get("fullnameOverride") or (RELEASE if name in RELEASE else f"{RELEASE}-{name}")
+    sts = (nats.get("statefulSet") or {}).get("name") or full
+    headless = (nats.get("headlessService") or {}).get("name") or f"{full}-headless"
+    cluster = config.get("cluster") or {}
+    replicas = cluster.get("replicas", 3) if cluster.get("enabled") else 1
+    port = monitor.get("port", 8222)
+    return ",".join(f"http://{sts}-{i}.{headless}.{NAMESPACE}.svc:{port}" for i in range(replicas))
 
 
 def service_flags(root: Path) -> dict[str, set[str]]:
@@ -1540,7 +1559,9 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
             "scheduler": {"natsMonitorUrls": [f"http://nats-{i}.nats:8222" for i in range(3)]},
             "otlp": {"endpoint": "https://otlp.example.com"},
         }, EXTERNAL_NATS),
-        ("traces sampled and exported", {
+        ("bundled 3-node NATS, traces sampled and exported", {
+            "nats": {"enabled": True, "config": {"cluster": {"enabled": True, "replicas": 3}}},
+            "topology": {"replicas": 3},
             "traces": True,
             "otlp": {"endpoint": "http://otel-collector.observability.svc:4318",
                      "sampler": "parentbased_traceidratio", "samplerArg": 0.05,

@@ -95,15 +95,12 @@ Call with (dict "root" $ "team" $team); read with fromJson.
 {{- end }}
 
 {{/*
-Service name of the bundled NATS chart, mirroring its own naming: service.name,
-else fullnameOverride, else the release name (when it contains the chart name)
-or "<release>-<nameOverride|nats>".
+Full name of the bundled NATS chart, mirroring its own naming: fullnameOverride, else the
+release name (when it contains the chart name) or "<release>-<nameOverride|nats>".
 */}}
-{{- define "push0.natsServiceName" -}}
+{{- define "push0.natsFullname" -}}
 {{- $nats := .Values.nats }}
-{{- if and $nats.service $nats.service.name }}
-{{- $nats.service.name }}
-{{- else if $nats.fullnameOverride }}
+{{- if $nats.fullnameOverride }}
 {{- $nats.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default "nats" $nats.nameOverride }}
@@ -111,6 +108,47 @@ or "<release>-<nameOverride|nats>".
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Service name of the bundled NATS chart: its service.name, else its full name. */}}
+{{- define "push0.natsServiceName" -}}
+{{- $nats := .Values.nats }}
+{{- if and $nats.service $nats.service.name }}
+{{- $nats.service.name }}
+{{- else }}
+{{- include "push0.natsFullname" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Monitoring URLs the scheduler reads JetStream storage from (/jsz), comma-separated, or empty:
+scheduler.natsMonitorUrls when set; else, with the bundled NATS, one per server of its
+StatefulSet through its headless Service, as the nats chart names them (statefulSet.name,
+headlessService.name, config.cluster.replicas when clustered, config.monitor.port). None when
+its monitoring is off or served over TLS.
+*/}}
+{{- define "push0.natsMonitorUrls" -}}
+{{- if .Values.scheduler.natsMonitorUrls }}
+{{- join "," .Values.scheduler.natsMonitorUrls }}
+{{- else if .Values.nats.enabled }}
+{{- $nats := .Values.nats }}
+{{- $monitor := dig "config" "monitor" (dict) $nats }}
+{{- if and (dig "enabled" true $monitor) (not (dig "tls" "enabled" false $monitor)) }}
+{{- $full := include "push0.natsFullname" . }}
+{{- $sts := dig "statefulSet" "name" "" $nats | default $full }}
+{{- $headless := dig "headlessService" "name" "" $nats | default (printf "%s-headless" $full) }}
+{{- $replicas := 1 }}
+{{- if dig "config" "cluster" "enabled" false $nats }}
+{{- $replicas = int (dig "config" "cluster" "replicas" 3 $nats) }}
+{{- end }}
+{{- $port := int (dig "port" 8222 $monitor) }}
+{{- $urls := list }}
+{{- range $i := until $replicas }}
+{{- $urls = append $urls (printf "http://%s-%d.%s.%s.svc:%d" $sts $i $headless $.Release.Namespace $port) }}
+{{- end }}
+{{- join "," $urls }}
 {{- end }}
 {{- end }}
 {{- end }}

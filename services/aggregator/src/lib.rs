@@ -12,6 +12,7 @@ use async_nats::jetstream::kv;
 use push0_protocol::{BlockStatus, Cursor, DlqReason, TaskResult};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Order, Outcome, Registry, Rejection, RuntimeError, consume,
+    retry_after_error,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -94,10 +95,12 @@ impl Handler for Aggregator {
         }
         match self.record(&team, result).await {
             Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::warn!(error = %e, "recording result failed, will retry");
-                Outcome::Retry(Duration::from_millis(500))
-            }
+            Err(e) => retry_after_error(
+                SERVICE,
+                "recording the result",
+                &e,
+                Duration::from_millis(500),
+            ),
         }
     }
 }

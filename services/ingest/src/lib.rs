@@ -7,6 +7,7 @@ use async_nats::jetstream::kv;
 use push0_protocol::{BlockRef, BlockSubmission, DlqReason, validate_chain};
 use push0_runtime::{
     BlobStore, Bus, Delivery, Handler, Order, Outcome, Rejection, RuntimeError, consume,
+    retry_after_error,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -127,10 +128,12 @@ impl Handler for Ingest {
         }
         match self.accept(submission, block, delivery).await {
             Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::warn!(error = %e, "ingest failed, will retry");
-                Outcome::Retry(Duration::from_millis(500))
-            }
+            Err(e) => retry_after_error(
+                SERVICE,
+                "accepting the block",
+                &e,
+                Duration::from_millis(500),
+            ),
         }
     }
 }

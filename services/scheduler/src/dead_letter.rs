@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use push0_protocol::subjects::plan_key;
 use push0_protocol::{DlqReason, Plan, Task};
-use push0_runtime::{BlobStore, Delivery, Handler, Outcome, Rejection, RuntimeError, kv_update};
+use push0_runtime::{
+    BlobStore, Delivery, Handler, Outcome, Rejection, RuntimeError, kv_update, retry_after_error,
+};
 
 use crate::{SERVICE, Scheduler};
 
@@ -42,10 +44,12 @@ impl Handler for PoisonHandler {
         let consumer = advisory["consumer"].as_str().unwrap_or("?").to_string();
         match self.dead_letter_task(sequence, deliveries, &consumer).await {
             Ok(()) => Outcome::Ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "poison task not handled yet, will retry");
-                Outcome::Retry(Duration::from_secs(1))
-            }
+            Err(e) => retry_after_error(
+                SERVICE,
+                "dead-lettering a poison task",
+                &e,
+                Duration::from_secs(1),
+            ),
         }
     }
 }

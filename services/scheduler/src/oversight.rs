@@ -189,7 +189,7 @@ impl Scheduler {
             }
             let teams = self.registry.all();
             if let Err(e) = self.sweep_deadlines(&teams).await {
-                tracing::warn!(error = %e, "deadline sweep failed, will retry");
+                tracing::warn!(error = %e, kind = e.kind().as_str(), "deadline sweep failed, will retry");
             }
             let current: HashSet<String> = teams.iter().map(|t| t.name.clone()).collect();
             for gone in known.difference(&current) {

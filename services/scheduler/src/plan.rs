@@ -12,14 +12,14 @@ use push0_protocol::{
 use push0_runtime::telemetry::current_context;
 use push0_runtime::{
     Delivery, Handler, Order, Outcome, Rejection, RuntimeError, kv_create, kv_get, kv_update,
-    kv_write,
+    kv_write, retry_after_error,
 };
 use tokio::sync::Notify;
 
-use crate::Scheduler;
 use crate::oversight::Withdrawal;
 use crate::queue::{QueueKey, Queues};
 use crate::track::Tracked;
+use crate::{SERVICE, Scheduler};
 
 impl Scheduler {
     pub(crate) fn enqueue(&self, tasks: Vec<Task>) {
@@ -445,8 +445,7 @@ impl Handler for AcceptedHandler {
             return match self.0.reorg(&reorg).await {
                 Ok(()) => Outcome::Ack,
                 Err(e) => {
-                    tracing::warn!(error = %e, "handling a reorg failed, will retry");
-                    Outcome::Retry(Duration::from_millis(200))
+                    retry_after_error(SERVICE, "handling a reorg", &e, Duration::from_millis(200))
                 }
             };
         }
@@ -474,8 +473,8 @@ impl Handler for AcceptedHandler {
         let mut outcome = Outcome::Ack;
         for (team, planned) in futures::future::join_all(plans).await {
             if let Err(e) = planned {
-                tracing::warn!(team = %team.name, error = %e, "planning failed, will retry");
-                outcome = Outcome::Retry(Duration::from_millis(500));
+                let _team = tracing::info_span!("plan", team = %team.name).entered();
+                outcome = retry_after_error(SERVICE, "planning", &e, Duration::from_millis(500));
             }
         }
         outcome
@@ -532,8 +531,7 @@ impl ReadyHandler {
                 task.task_id = format!("{}#r{}", task.task_id, redo.attempt);
                 tracing::warn!(team = %team.name, task = %task.task_id, gateway = %redo.gateway, reason = %redo.reason, "re-running a task whose proof was rejected");
                 if let Err(e) = s.ensure_queue(&team).await {
-                    tracing::warn!(error = %e, "queue not ready, will retry");
-                    return Outcome::Retry(Duration::from_millis(500));
+                    return retry_after_error(SERVICE, "the queue", &e, Duration::from_millis(500));
                 }
                 s.enqueue(vec![task]);
                 Outcome::Ack
@@ -546,10 +544,12 @@ impl ReadyHandler {
                 .team(&redo.team)
                 .block(&redo.block),
             ),
-            Err(e) => {
-                tracing::warn!(error = %e, "rebuilding task failed, will retry");
-                Outcome::Retry(Duration::from_millis(500))
-            }
+            Err(e) => retry_after_error(
+                SERVICE,
+                "rebuilding the task",
+                &e,
+                Duration::from_millis(500),
+            ),
         }
     }
 }
@@ -574,8 +574,7 @@ impl Handler for ReadyHandler {
         // Work of a withdrawn block, or a join already released, is dropped at release, where
         // the plan is read anyway.
         if let Err(e) = s.ensure_queue(&team).await {
-            tracing::warn!(error = %e, "queue not ready, will retry");
-            return Outcome::Retry(Duration::from_millis(500));
+            return retry_after_error(SERVICE, "the queue", &e, Duration::from_millis(500));
         }
         s.enqueue(vec![aggregate_task(&team, &ready)]);
         Outcome::Ack

@@ -35,7 +35,7 @@ impl Scheduler {
             // Queues are independent: one team's slow publish does not hold up another's.
             let releases = keys.iter().map(|key| async move {
                 if let Err(e) = self.release(key).await {
-                    tracing::warn!(team = %key.0, class = %key.1, error = %e, "release failed, will retry");
+                    tracing::warn!(team = %key.0, class = %key.1, error = %e, kind = e.kind().as_str(), "release failed, will retry");
                 }
             });
             futures::future::join_all(releases).await;

@@ -9,7 +9,6 @@ use backon::Retryable;
 use bytes::Bytes;
 use push0_protocol::wire::{WireMessage, decode, encode};
 use push0_protocol::{ConsumerSpec, MSG_ID_HEADER, SCHEMA_HEADER, Subjects, Topology};
-use thiserror::Error;
 
 use crate::backoff::{Backoff, doubling};
 use crate::{metrics, telemetry};
@@ -27,34 +26,7 @@ const MAX_WAITING_PULLS: i64 = 8192;
 /// How long a KV read keeps trying through a leader election (which takes 5-8 s).
 const KV_READ_PATIENCE: Duration = Duration::from_secs(15);
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-#[derive(Debug, Error)]
-pub enum RuntimeError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("cannot connect to nats at {url}: {source}")]
-    Connect { url: String, source: BoxError },
-    #[error("{what}: {source}")]
-    Nats { what: String, source: BoxError },
-    #[error("corrupt record {key}: {detail}")]
-    Corrupt { key: String, detail: String },
-    #[error("blob {key}: {detail}")]
-    Blob { key: String, detail: String },
-    #[error("verifier {program}: {detail}")]
-    Verifier { program: String, detail: String },
-    #[error("topology not ready: {}; fix: {fix}", problems.join("; "))]
-    Topology { problems: Vec<String>, fix: String },
-}
-
-impl RuntimeError {
-    pub fn nats(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        RuntimeError::Nats {
-            what: what.into(),
-            source: source.into(),
-        }
-    }
-}
+pub use crate::error::{BoxError, ErrorKind, RuntimeError};
 
 /// A connection to the bus, the subjects of one prefix, and the JetStream context.
 #[derive(Clone)]
@@ -506,10 +478,7 @@ where
             return Ok((Some(next), true));
         }
     }
-    Err(RuntimeError::nats(
-        format!("update {key}"),
-        "too many concurrent writers",
-    ))
+    Err(RuntimeError::contended(key))
 }
 
 /// A bucket's name without the deployment's prefix (`<prefix>_blocks` → `blocks`), the label

@@ -424,6 +424,34 @@ async fn handle_one<H: Handler>(
     settle(bus, blobs, service, kind, &delivery, outcome).await;
 }
 
+/// How long a message waits before its next delivery when its handler failed on something
+/// that does not pass by itself (a wrong setting, a corrupt record, a missing stream): not
+/// lost, and not in a hot loop while someone looks at the error count.
+pub const STUCK_RETRY: Duration = Duration::from_secs(5);
+
+/// A handler's `step` failed with `error`: counted in `push0_handler_errors_total` by kind,
+/// logged, and the message delivered again after `soon` if the failure may pass with time, or
+/// after [`STUCK_RETRY`] if it needs someone to act.
+pub fn retry_after_error(
+    service: &'static str,
+    step: &str,
+    error: &RuntimeError,
+    soon: Duration,
+) -> Outcome {
+    let kind = error.kind();
+    metrics()
+        .handler_errors
+        .with_label_values(&[service, kind.as_str()])
+        .inc();
+    if kind.is_transient() {
+        tracing::warn!(error = %error, kind = kind.as_str(), "{step} failed, will retry");
+        Outcome::Retry(soon)
+    } else {
+        tracing::error!(error = %error, kind = kind.as_str(), "{step} failed and will not pass by itself; retrying in {STUCK_RETRY:?}");
+        Outcome::Retry(STUCK_RETRY)
+    }
+}
+
 /// Turns a handler's outcome into the message's ack kind, counted by `kind` and outcome: a
 /// rejection is filed as a dead letter first (and retried in a second if that fails), a
 /// retry with no delay is redelivered at once. An ack that does not reach the server is

@@ -100,7 +100,7 @@ where
         match result {
             // NATS trouble (a node lost, a leader being elected) is no reason to exit: a
             // standby, this one included, takes over once it clears.
-            Err(RuntimeError::Nats { what, source })
+            Err(RuntimeError::Nats { what, source, .. })
                 if !shutdown.is_cancelled() && failures + 1 < NATS_FAILURES_BEFORE_EXIT =>
             {
                 failures += 1;

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub tasks_held: IntGaugeVec,
     /// push0_duplicates_total{service}: deliveries recognised as already handled
     pub duplicates: IntCounterVec,
+    /// push0_handler_errors_total{service, kind}: handler steps that failed, by error kind
+    pub handler_errors: IntCounterVec,
     /// push0_prover_slots_busy{team}
     pub slots_busy: IntGaugeVec,
     /// push0_invalid_proofs_total{team, gateway}: sub-proofs rejected by verification
@@ -218,6 +220,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "push0_duplicates_total",
             "deliveries recognised as already handled",
             &["service"],
+        ),
+        handler_errors: counter(
+            &r,
+            "push0_handler_errors_total",
+            "handler steps that failed (the message is redelivered), by error kind",
+            &["service", "kind"],
         ),
         slots_busy: gauge(
             &r,

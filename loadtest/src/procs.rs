@@ -21,32 +21,22 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` times.
-pub fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
-}
-
 /// utime + stime of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    // Fields 14 and 15 of the full line are the 12th and 13th after the name.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    let stat = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some(stat.utime + stat.stime)
 }
 
 /// Resident set size of `pid`, in KiB.
 pub fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?
+        .vmrss
 }
 
 /// One service process; SIGKILLed on drop (the harness never needs a graceful stop).
@@ -175,7 +165,7 @@ pub fn cpu_seconds(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, f64> {
-    let tck = clock_ticks() as f64;
+    let tck = procfs::ticks_per_second() as f64;
     after
         .iter()
         .map(|(role, t)| {

@@ -73,8 +73,7 @@ pub struct Machine {
 
 impl Machine {
     pub fn detect() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        use procfs::Current;
         let nats = push0_natsd::nats_server_binary()
             .ok()
             .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
@@ -82,16 +81,11 @@ impl Machine {
             .unwrap_or_default();
         Self {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu: cpuinfo
-                .lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            cpu: procfs::CpuInfo::current()
+                .ok()
+                .and_then(|c| c.model_name(0).map(str::to_string))
                 .unwrap_or_default(),
-            memory_mb: meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .map_or(0, |kb| kb / 1024),
+            memory_mb: procfs::Meminfo::current().map_or(0, |m| m.mem_total / (1024 * 1024)),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
                 .trim()

@@ -159,8 +159,9 @@ fn main() {
 }
 
 fn default_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "gateway".into());
-    format!("{host}-{}", std::process::id())
+    format!(
+        "{}-{}",
+        push0_runtime::host_name("gateway"),
+        std::process::id()
+    )
 }

@@ -25,10 +25,7 @@ const RENEW_EVERY: Duration = Duration::from_millis(LEASE_TTL.as_millis() as u64
 
 /// This process's name in a lease: the role, host and pid.
 pub fn holder_name(role: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".to_string());
-    format!("{role}@{host}/{}", std::process::id())
+    format!("{role}@{}/{}", crate::host_name("host"), std::process::id())
 }
 
 /// Runs `work` while this process holds the lease of `role`, as often as it wins it again,

@@ -29,3 +29,13 @@ pub use error::ErrorKind;
 pub use metrics::{Metrics, metrics, serve_metrics};
 pub use registry::{Registry, register_team, remove_team};
 pub use shutdown::shutdown_on_signal;
+
+/// This machine's host name as the kernel has it (a pod's name in Kubernetes, a container's
+/// id under compose), or `fallback` where it cannot be read.
+pub fn host_name(fallback: &str) -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fallback.to_string())
+}

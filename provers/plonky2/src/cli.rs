@@ -1,9 +1,14 @@
 //! Command line: the prover contract (`--task`), `verify`, `state`, `warm` and `bench`.
+//!
+//! The command line is declared with clap's derive API ([`Cli`]); a usage error prints one line
+//! on stderr and exits 2.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Instant;
 
+use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,100 +29,157 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_INVALID_INPUT: i32 = 3;
 
-pub const USAGE: &str = "\
-usage:
-  push0-plonky2 [prove] --task MANIFEST.json
-      Prove one push0 task (leaf or aggregate). Exit 0 proved, 3 invalid input, 1 other failure.
-  push0-plonky2 verify --proof FILE [--expect-prev HEX] [--expect-new HEX]
-      Verify a proof; one JSON line. Exit 0 valid, 1 invalid, 2 usage/IO error.
-  push0-plonky2 state --block-hash HEX --payload FILE [--parts \"o1:l1,o2:l2,...\"]
-      Native initial/final state of a block (default parts: consecutive 4096-byte slices).
-  push0-plonky2 warm [--levels N]
-      Build or load the leaf and aggregation circuits of levels 1..N (default 3) into the cache.
-  push0-plonky2 bench [--leaves N]
-      In-process timing run: prove N leaves (default 4), aggregate them as a binary tree, verify.
-  push0-plonky2 --version | --help
+/// What `--version` prints after the program name: the crate version and the circuit cache key.
+static VERSION: LazyLock<String> =
+    LazyLock::new(|| format!("{} ({CACHE_KEY})", env!("CARGO_PKG_VERSION")));
 
-environment:
+const AFTER_HELP: &str = "\
+Without a command, `push0-plonky2 --task MANIFEST.json` proves (the gateway's call).
+Repeating a flag keeps its last value. A usage error exits 2.
+
+Environment:
   PUSH0_PLONKY2_CACHE          circuit cache directory (`off` disables); default
                                $XDG_CACHE_HOME/push0-plonky2 or /tmp/push0-plonky2-cache
   PUSH0_PLONKY2_CACHE_PROVER   0 = cache only verifier data, not prover data
   RAYON_NUM_THREADS            prover threads";
 
-/// Entry point; returns the process exit code.
+/// push0's plonky2 reference prover: leaf proofs of payload parts and 2-to-1 recursive
+/// aggregation.
+///
+/// Every flag takes a value as `--flag VALUE` or `--flag=VALUE`; a value may start with `-`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "push0-plonky2",
+    version = VERSION.as_str(),
+    after_help = AFTER_HELP,
+    // `--task` without a command means `prove`; it cannot be combined with a command.
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    // A repeated flag keeps its last value (in every command).
+    args_override_self = true
+)]
+struct Cli {
+    /// Prove the task described by this manifest (same as `prove --task`)
+    #[arg(
+        long,
+        value_name = "MANIFEST.json",
+        required = true,
+        allow_hyphen_values = true
+    )]
+    task: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prove one push0 task (leaf or aggregate). Exit 0 proved, 3 invalid input, 1 other failure
+    Prove(ProveArgs),
+    /// Verify a proof; one JSON line. Exit 0 valid, 1 invalid, 2 usage/IO error
+    Verify(VerifyArgs),
+    /// Native initial/final state of a block (default parts: consecutive 4096-byte slices)
+    State(StateArgs),
+    /// Build or load the leaf and aggregation circuits of levels 1..N into the cache
+    Warm(WarmArgs),
+    /// In-process timing run: prove N leaves, aggregate them as a binary tree, verify
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProveArgs {
+    /// The task manifest written by the push0 gateway
+    #[arg(long, value_name = "MANIFEST.json", allow_hyphen_values = true)]
+    task: String,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The proof file
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    proof: String,
+    /// Also require this prev_state (invalid, exit 1, if it differs)
+    #[arg(long, value_name = "HEX", allow_hyphen_values = true)]
+    expect_prev: Option<String>,
+    /// Also require this new_state (invalid, exit 1, if it differs)
+    #[arg(long, value_name = "HEX", allow_hyphen_values = true)]
+    expect_new: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// The block hash (32 bytes in hex, optional 0x)
+    #[arg(long, value_name = "HEX", allow_hyphen_values = true)]
+    block_hash: String,
+    /// The block payload
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    payload: String,
+    /// The parts as OFFSET:LEN, comma-separated
+    #[arg(long, value_name = "o1:l1,o2:l2,...", allow_hyphen_values = true)]
+    parts: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct WarmArgs {
+    /// Highest aggregation level to prepare
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_LEVEL))
+    )]
+    levels: u8,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Number of leaves to prove (1..=1024)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        allow_hyphen_values = true,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024)
+    )]
+    leaves: usize,
+}
+
+/// Entry point (`args` includes the program name); returns the process exit code.
 pub fn run(args: Vec<String>) -> i32 {
-    let mut args = args.into_iter().skip(1).collect::<Vec<_>>();
-    let cmd = match args.first().map(String::as_str) {
-        Some("verify") | Some("state") | Some("warm") | Some("bench") | Some("prove") => {
-            args.remove(0)
-        }
-        Some("--help") | Some("-h") | Some("help") => {
-            println!("{USAGE}");
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => return usage_error(&clap_message(&e)),
+        // --help, --version: printed on stdout.
+        Err(e) => {
+            let _ = e.print();
             return EXIT_OK;
         }
-        Some("--version") | Some("-V") => {
-            println!("push0-plonky2 {} ({CACHE_KEY})", env!("CARGO_PKG_VERSION"));
-            return EXIT_OK;
-        }
-        _ => "prove".to_string(),
     };
-    let opts = match Opts::parse(&args) {
-        Ok(o) => o,
-        Err(e) => return usage_error(&e),
-    };
-    match cmd.as_str() {
-        "prove" => match opts.get("--task") {
-            Some(t) => run_task(Path::new(t)),
-            None => usage_error("missing --task MANIFEST"),
-        },
-        "verify" => cmd_verify(&opts),
-        "state" => cmd_state(&opts),
-        "warm" => cmd_warm(&opts),
-        "bench" => cmd_bench(&opts),
-        _ => unreachable!(),
+    match (cli.command, cli.task) {
+        (Some(Command::Prove(a)), _) => run_task(Path::new(&a.task)),
+        (Some(Command::Verify(a)), _) => cmd_verify(&a),
+        (Some(Command::State(a)), _) => cmd_state(&a),
+        (Some(Command::Warm(a)), _) => cmd_warm(&a),
+        (Some(Command::Bench(a)), _) => cmd_bench(&a),
+        (None, Some(task)) => run_task(Path::new(&task)),
+        // clap already requires --task when there is no command.
+        (None, None) => usage_error("missing --task MANIFEST"),
     }
+}
+
+/// clap's error message on one line: its first paragraph, without the `error: ` prefix and
+/// without the usage and tips that follow.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or_default();
+    let first = first.strip_prefix("error:").unwrap_or(first);
+    first.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn usage_error(msg: &str) -> i32 {
     eprintln!("push0-plonky2: {msg} (see --help)");
     EXIT_USAGE
-}
-
-/// `--flag value` pairs.
-struct Opts(Vec<(String, String)>);
-
-impl Opts {
-    fn parse(args: &[String]) -> Result<Opts, String> {
-        let mut out = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if !a.starts_with("--") {
-                return Err(format!("unexpected argument {a:?}"));
-            }
-            if let Some((k, v)) = a.split_once('=') {
-                out.push((k.to_string(), v.to_string()));
-            } else {
-                let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-                out.push((a.clone(), v.clone()));
-            }
-        }
-        Ok(Opts(out))
-    }
-
-    fn get(&self, k: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(a, _)| a == k)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn check_known(&self, known: &[&str]) -> Result<(), String> {
-        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-            Some((k, _)) => Err(format!("unknown option {k}")),
-            None => Ok(()),
-        }
-    }
 }
 
 fn progress(x: f64) {
@@ -472,16 +534,14 @@ fn aggregate_task(m: &Manifest, circuits: &Circuits) -> Result<Value, Error> {
 // ---------------------------------------------------------------------------------------------
 // verify / state / warm / bench
 
-fn cmd_verify(o: &Opts) -> i32 {
-    if let Err(e) = o.check_known(&["--proof", "--expect-prev", "--expect-new"]) {
-        return usage_error(&e);
-    }
-    let Some(path) = o.get("--proof") else {
-        return usage_error("verify needs --proof FILE");
-    };
+fn cmd_verify(a: &VerifyArgs) -> i32 {
+    let path = &a.proof;
     let mut expect = Vec::new();
-    for (flag, which) in [("--expect-prev", "prev"), ("--expect-new", "new")] {
-        if let Some(h) = o.get(flag) {
+    for (flag, which, value) in [
+        ("--expect-prev", "prev", &a.expect_prev),
+        ("--expect-new", "new", &a.expect_new),
+    ] {
+        if let Some(h) = value {
             match parse_state_hex(h) {
                 Ok(s) => expect.push((which, s)),
                 Err(e) => return usage_error(&format!("{flag}: {e}")),
@@ -537,25 +597,19 @@ fn cmd_verify(o: &Opts) -> i32 {
     EXIT_OK
 }
 
-fn cmd_state(o: &Opts) -> i32 {
-    if let Err(e) = o.check_known(&["--block-hash", "--payload", "--parts"]) {
-        return usage_error(&e);
-    }
-    let (Some(hash), Some(payload)) = (o.get("--block-hash"), o.get("--payload")) else {
-        return usage_error("state needs --block-hash HEX --payload FILE");
-    };
-    let hash = match parse_block_hash(hash) {
+fn cmd_state(a: &StateArgs) -> i32 {
+    let hash = match parse_block_hash(&a.block_hash) {
         Ok(h) => h,
         Err(e) => return usage_error(&e),
     };
-    let payload = match std::fs::read(payload) {
+    let payload = match std::fs::read(&a.payload) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("push0-plonky2: cannot read {payload}: {e}");
+            eprintln!("push0-plonky2: cannot read {}: {e}", a.payload);
             return EXIT_USAGE;
         }
     };
-    let parts = match o.get("--parts") {
+    let parts = match a.parts.as_deref() {
         Some(p) => match parse_parts(p) {
             Ok(p) => p,
             Err(e) => return usage_error(&format!("--parts: {e}")),
@@ -581,14 +635,8 @@ fn cmd_state(o: &Opts) -> i32 {
     }
 }
 
-fn cmd_warm(o: &Opts) -> i32 {
-    if let Err(e) = o.check_known(&["--levels"]) {
-        return usage_error(&e);
-    }
-    let levels: u8 = match o.get("--levels").unwrap_or("3").parse() {
-        Ok(l) if l <= MAX_LEVEL => l,
-        _ => return usage_error(&format!("--levels must be 0..={MAX_LEVEL}")),
-    };
+fn cmd_warm(a: &WarmArgs) -> i32 {
+    let levels = a.levels;
     let circuits = Circuits::new(DiskCache::from_env());
     let t = Instant::now();
     let r = (|| -> anyhow::Result<()> {
@@ -632,15 +680,8 @@ pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn cmd_bench(o: &Opts) -> i32 {
-    if let Err(e) = o.check_known(&["--leaves"]) {
-        return usage_error(&e);
-    }
-    let n: usize = match o.get("--leaves").unwrap_or("4").parse() {
-        Ok(n) if (1..=1024).contains(&n) => n,
-        _ => return usage_error("--leaves must be 1..=1024"),
-    };
-    match bench(n) {
+fn cmd_bench(a: &BenchArgs) -> i32 {
+    match bench(a.leaves) {
         Ok(v) => {
             println!("{v}");
             EXIT_OK

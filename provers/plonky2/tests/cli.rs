@@ -1,5 +1,5 @@
 //! The binary through its command line: the prover contract (task manifests, exit codes,
-//! reports), `verify` and `state`.
+//! reports), `verify`, `state`, and the argument forms themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -212,4 +212,119 @@ fn prover_contract_end_to_end() {
     assert_eq!(out.status.code(), Some(3));
     let out = env.run(&["--task", env.path("nope.json").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// The command-line forms the gateway and operators rely on, without proving anything:
+/// `--flag=value`, `prove` as an explicit command, a repeated flag keeping its last value,
+/// help and version on stdout with exit 0, and usage errors (unknown or valueless flags,
+/// stray words, out-of-range numbers) as exit 2 with one line on stderr.
+#[test]
+fn command_line_forms() {
+    // Its own directory: `Env::new` wipes `cli-test`, which the other test uses concurrently.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-args-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("PUSH0_PLONKY2_CACHE", "off")
+            .output()
+            .unwrap()
+    };
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, b"{").unwrap();
+    let junk = junk.to_str().unwrap();
+    let missing = dir.join("missing.json");
+    let missing = missing.to_str().unwrap();
+    let payload = dir.join("payload.bin");
+    std::fs::write(&payload, vec![7u8; 300]).unwrap();
+    let p = payload.to_str().unwrap();
+
+    // Malformed manifest: exit 3; unreadable manifest: exit 1; the last --task counts.
+    let task_eq = format!("--task={junk}");
+    for (args, code) in [
+        (&["--task", junk][..], 3),
+        (&[task_eq.as_str()], 3),
+        (&["prove", "--task", junk], 3),
+        (&["prove", task_eq.as_str()], 3),
+        (&["--task", missing, "--task", junk], 3),
+        (&["--task", junk, "--task", missing], 1),
+        (&["--task="], 1),
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let spaced = stdout_json(&run(&[
+        "state",
+        "--block-hash",
+        BLOCK_HASH,
+        "--payload",
+        p,
+        "--parts",
+        "0:100,100:200",
+    ]));
+    let joined = stdout_json(&run(&[
+        "state",
+        &format!("--block-hash={BLOCK_HASH}"),
+        &format!("--payload={p}"),
+        "--parts=0:100,100:200",
+    ]));
+    assert_eq!(spaced, joined);
+    assert_eq!(joined["parts"], 2);
+    let none = stdout_json(&run(&[
+        "state",
+        "--block-hash",
+        BLOCK_HASH,
+        "--payload",
+        p,
+        "--parts=",
+    ]));
+    assert_eq!(none["parts"], 0);
+
+    for args in [&["--help"][..], &["-h"], &["help"], &["verify", "--help"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: push0-plonky2"), "{args:?}: {text}");
+    }
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "push0-plonky2 {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            push0_plonky2::cache::CACHE_KEY
+        )
+    );
+
+    for args in [
+        &[][..],
+        &["--task"],
+        &["--task", junk, "--bogus", "1"],
+        &["--task", junk, "verify"],
+        &["prove"],
+        &["frobnicate"],
+        &["verify", "--proof", junk, "--bogus", "1"],
+        &["verify", "--proof", junk, "extra"],
+        &["state", "--payload", p],
+        &["warm", "--levels", "17"],
+        &["bench", "--leaves", "0"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(
+            err.starts_with("push0-plonky2: ") && err.trim_end().ends_with("(see --help)"),
+            "{args:?}: {err:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
 }

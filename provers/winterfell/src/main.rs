@@ -5,13 +5,17 @@
 //! push0-winterfell verify --proof FILE [--expect-prev HEX] [--expect-new HEX] [--expect-part FILE]
 //! push0-winterfell state --block-hash HEX --payload FILE [--parts "o1:l1,o2:l2,..."]
 //! ```
+//!
+//! The command line is declared with clap's derive API ([`Cli`]); a usage error prints one line
+//! on stderr and exits 2.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::LazyLock;
 use std::time::Instant;
 
+use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
 use push0_winterfell::statement::{
@@ -23,48 +27,113 @@ use push0_winterfell::{
     verify_envelope,
 };
 
-const USAGE: &str = "\
-push0-winterfell: push0 reference STARK prover (winterfell 0.13.1, leaves only)
-
-usage:
-  push0-winterfell --task MANIFEST.json
-      prove the leaf task described by the manifest; exit 0 proved, 3 invalid input, 1 other error
-  push0-winterfell verify --proof FILE [--expect-prev HEX] [--expect-new HEX] [--expect-part FILE]
-      print {\"valid\":true,...} and exit 0, or {\"valid\":false,\"reason\":...} and exit 1;
-      exit 2 on a usage or IO error
-  push0-winterfell state --block-hash HEX --payload FILE [--parts \"o1:l1,o2:l2,...\"]
-      print the block's initial state, final state and the state after each part
-      (default parts: the whole payload as one part)
-
-states are field elements written as 16 little-endian bytes in hex.
-RAYON_NUM_THREADS caps the prover's threads.";
-
 const EXIT_OK: u8 = 0;
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_INVALID_INPUT: u8 = 3;
 
+/// What `--version` prints after the program name.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} (winterfell {WINTERFELL_VERSION})",
+        env!("CARGO_PKG_VERSION")
+    )
+});
+
+const AFTER_HELP: &str = "\
+Flags take a value as `--flag VALUE` or `--flag=VALUE` (a value may start with `-`), each at
+most once. A usage error exits 2.
+
+States are field elements written as 16 little-endian bytes in hex.
+RAYON_NUM_THREADS caps the prover's threads.";
+
+/// push0 reference STARK prover (winterfell 0.13.1, leaves only)
+#[derive(Debug, Parser)]
+#[command(
+    name = "push0-winterfell",
+    version = VERSION.as_str(),
+    after_help = AFTER_HELP,
+    // `--task` without a command means `prove`; it cannot be combined with a command.
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    /// Prove the leaf task described by the manifest (same as `prove --task`)
+    #[arg(
+        long,
+        value_name = "MANIFEST.json",
+        required = true,
+        allow_hyphen_values = true
+    )]
+    task: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prove the leaf task described by the manifest; exit 0 proved, 3 invalid input, 1 other error
+    Prove(ProveArgs),
+    /// Verify a proof and print one JSON line; exit 0 valid, 1 invalid, 2 usage or IO error
+    Verify(VerifyArgs),
+    /// Print the block's initial state, final state and the state after each part
+    State(StateArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProveArgs {
+    /// The task manifest written by the push0 gateway
+    #[arg(long, value_name = "MANIFEST.json", allow_hyphen_values = true)]
+    task: String,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The proof file
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    proof: String,
+    /// Also require this prev_state
+    #[arg(long, value_name = "HEX", allow_hyphen_values = true)]
+    expect_prev: Option<String>,
+    /// Also require this new_state
+    #[arg(long, value_name = "HEX", allow_hyphen_values = true)]
+    expect_new: Option<String>,
+    /// Also require that the proof covers exactly these bytes
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    expect_part: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// The block hash (64 hex digits, optional 0x)
+    #[arg(long, value_name = "HEX", allow_hyphen_values = true)]
+    block_hash: String,
+    /// The block payload
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    payload: String,
+    /// The parts as OFFSET:LEN, comma-separated (default: the whole payload as one part)
+    #[arg(long, value_name = "o1:l1,o2:l2,...", allow_hyphen_values = true)]
+    parts: Option<String>,
+}
+
 fn main() -> ExitCode {
     quiet_panics();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.first().map(String::as_str) {
-        Some("verify") => cmd_verify(&args[1..]),
-        Some("state") => cmd_state(&args[1..]),
-        Some("prove") => cmd_task(&args[1..]),
-        Some("--task") => cmd_task(&args),
-        Some(a) if a.starts_with("--task=") => cmd_task(&args),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+    let code = match Cli::try_parse_from(std::env::args()) {
+        Ok(cli) => match (cli.command, cli.task) {
+            (Some(Command::Prove(a)), _) => cmd_task(&a.task),
+            (Some(Command::Verify(a)), _) => cmd_verify(&a),
+            (Some(Command::State(a)), _) => cmd_state(&a),
+            (None, Some(task)) => cmd_task(&task),
+            // clap already requires --task when there is no command.
+            (None, None) => usage_error("expected --task MANIFEST, verify or state"),
+        },
+        Err(e) if e.use_stderr() => usage_error(&clap_message(&e)),
+        // --help, --version: printed on stdout.
+        Err(e) => {
+            let _ = e.print();
             EXIT_OK
         }
-        Some("-V" | "--version") => {
-            println!(
-                "push0-winterfell {} (winterfell {WINTERFELL_VERSION})",
-                env!("CARGO_PKG_VERSION")
-            );
-            EXIT_OK
-        }
-        _ => usage_error("expected --task MANIFEST, verify or state"),
     };
     ExitCode::from(code)
 }
@@ -79,27 +148,12 @@ fn usage_error(msg: &str) -> u8 {
     EXIT_USAGE
 }
 
-/// `--flag value` / `--flag=value` pairs; every flag must be in `allowed` and appear once.
-fn parse_flags(args: &[String], allowed: &[&str]) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (name, value) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), v.to_string()),
-            _ if arg.starts_with("--") => {
-                let v = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
-                (arg.clone(), v.clone())
-            }
-            _ => return Err(format!("unexpected argument {arg:?}")),
-        };
-        if !allowed.contains(&name.as_str()) {
-            return Err(format!("unknown option {name}"));
-        }
-        if out.insert(name.clone(), value).is_some() {
-            return Err(format!("{name} given twice"));
-        }
-    }
-    Ok(out)
+/// clap's error message: its first paragraph without the `error: ` prefix, leaving out the
+/// usage and tips that follow ([`usage_error`] puts it on one line).
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or_default();
+    first.strip_prefix("error:").unwrap_or(first).to_string()
 }
 
 fn millis(started: Instant) -> f64 {
@@ -109,28 +163,22 @@ fn millis(started: Instant) -> f64 {
 // ------------------------------------------------------------------------------------------------
 // verify
 
-fn cmd_verify(args: &[String]) -> u8 {
-    let flags = match parse_flags(
-        args,
-        &["--proof", "--expect-prev", "--expect-new", "--expect-part"],
-    ) {
-        Ok(f) => f,
-        Err(e) => return usage_error(&e),
-    };
-    let Some(path) = flags.get("--proof") else {
-        return usage_error("verify needs --proof FILE");
-    };
-    let expect = |name: &str| -> Result<Option<Felt>, String> {
-        flags
-            .get(name)
+fn cmd_verify(args: &VerifyArgs) -> u8 {
+    let path = &args.proof;
+    let expect = |name: &str, value: &Option<String>| -> Result<Option<Felt>, String> {
+        value
+            .as_ref()
             .map(|h| state_from_hex(h).map_err(|e| format!("{name}: {e}")))
             .transpose()
     };
-    let (expect_prev, expect_new) = match (expect("--expect-prev"), expect("--expect-new")) {
+    let (expect_prev, expect_new) = match (
+        expect("--expect-prev", &args.expect_prev),
+        expect("--expect-new", &args.expect_new),
+    ) {
         (Ok(p), Ok(n)) => (p, n),
         (Err(e), _) | (_, Err(e)) => return usage_error(&e),
     };
-    let expect_part = match flags.get("--expect-part").map(fs::read).transpose() {
+    let expect_part = match args.expect_part.as_ref().map(fs::read).transpose() {
         Ok(p) => p,
         Err(e) => return fail(EXIT_USAGE, &format!("reading --expect-part: {e}")),
     };
@@ -214,16 +262,9 @@ fn parse_parts(spec: &str) -> Result<Vec<(u64, u64)>, String> {
         .collect()
 }
 
-fn cmd_state(args: &[String]) -> u8 {
-    let flags = match parse_flags(args, &["--block-hash", "--payload", "--parts"]) {
-        Ok(f) => f,
-        Err(e) => return usage_error(&e),
-    };
-    let (Some(hash), Some(payload_path)) = (flags.get("--block-hash"), flags.get("--payload"))
-    else {
-        return usage_error("state needs --block-hash HEX and --payload FILE");
-    };
-    let hash = match block_hash_from_hex(hash) {
+fn cmd_state(args: &StateArgs) -> u8 {
+    let payload_path = &args.payload;
+    let hash = match block_hash_from_hex(&args.block_hash) {
         Ok(h) => h,
         Err(e) => return usage_error(&format!("--block-hash: {e}")),
     };
@@ -231,7 +272,7 @@ fn cmd_state(args: &[String]) -> u8 {
         Ok(p) => p,
         Err(e) => return fail(EXIT_USAGE, &format!("reading {payload_path}: {e}")),
     };
-    let ranges = match flags.get("--parts") {
+    let ranges = match &args.parts {
         Some(spec) => match parse_parts(spec) {
             Ok(r) => r,
             Err(e) => return usage_error(&format!("--parts: {e}")),
@@ -358,14 +399,7 @@ impl From<ProveError> for TaskError {
     }
 }
 
-fn cmd_task(args: &[String]) -> u8 {
-    let flags = match parse_flags(args, &["--task"]) {
-        Ok(f) => f,
-        Err(e) => return usage_error(&e),
-    };
-    let Some(path) = flags.get("--task") else {
-        return usage_error("prove needs --task MANIFEST.json");
-    };
+fn cmd_task(path: &str) -> u8 {
     match run_task(Path::new(path)) {
         Ok(()) => EXIT_OK,
         Err(TaskError::Invalid(m)) => fail(EXIT_INVALID_INPUT, &format!("invalid input: {m}")),

@@ -532,3 +532,95 @@ fn state_command_defaults_and_errors() {
     );
     assert_eq!(run(&["state", "--payload", p]).status.code(), Some(2));
 }
+
+/// The command-line forms the gateway and operators rely on, without proving anything:
+/// `--flag=value`, `prove` as an explicit command, help and version on stdout with exit 0,
+/// and usage errors (unknown, repeated or valueless flags, stray words) as exit 2 with one
+/// line on stderr.
+#[test]
+fn command_line_forms() {
+    let dir = scratch("args");
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, "{").unwrap();
+    let junk = junk.to_str().unwrap();
+    let payload = dir.join("p.bin");
+    std::fs::write(&payload, bytes(300, 3)).unwrap();
+    let p = payload.to_str().unwrap();
+
+    let task_eq = format!("--task={junk}");
+    for args in [
+        &["--task", junk][..],
+        &[task_eq.as_str()],
+        &["prove", "--task", junk],
+        &["prove", task_eq.as_str()],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
+    }
+    // An empty manifest path is read and fails like any unreadable file.
+    assert_eq!(run(&["--task="]).status.code(), Some(1));
+
+    let spaced = stdout_json(&run(&[
+        "state",
+        "--block-hash",
+        BLOCK_HASH,
+        "--payload",
+        p,
+        "--parts",
+        "0:100,100:200",
+    ]));
+    let joined = stdout_json(&run(&[
+        "state",
+        &format!("--block-hash={BLOCK_HASH}"),
+        &format!("--payload={p}"),
+        "--parts=0:100,100:200",
+    ]));
+    assert_eq!(spaced, joined);
+    assert_eq!(joined["parts"].as_array().unwrap().len(), 2);
+
+    for args in [&["--help"][..], &["-h"], &["help"], &["verify", "--help"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: push0-winterfell"), "{args:?}: {text}");
+    }
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "push0-winterfell {} (winterfell 0.13.1)",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+
+    for args in [
+        &[][..],
+        &["--task"],
+        &["--task", junk, "--task", junk],
+        &["--task", junk, "--bogus", "1"],
+        &["--task", junk, "verify"],
+        &["prove"],
+        &["verify", "--proof", junk, "--bogus", "1"],
+        &["verify", "--proof", junk, "extra"],
+        &[
+            "state",
+            "--payload",
+            p,
+            "--block-hash",
+            BLOCK_HASH,
+            "--parts",
+        ],
+        &["warm"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(
+            err.starts_with("push0-winterfell: ") && err.trim_end().ends_with("(see --help)"),
+            "{args:?}: {err:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

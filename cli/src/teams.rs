@@ -65,6 +65,9 @@ pub struct AddArgs {
     /// Realtime: drop | finish-late
     #[arg(long, default_value = "drop")]
     late_policy: String,
+    /// The team's cluster id at Ethproofs: push0-reporter reports its blocks under it
+    #[arg(long)]
+    ethproofs_cluster_id: Option<u64>,
     /// Task class of leaf proofs
     #[arg(long, default_value = "prove")]
     leaf_class: String,
@@ -119,6 +122,7 @@ fn team_from_flags(a: &AddArgs, name: &str) -> Result<TeamConfig> {
         slot_ms: a.slot.as_millis() as u64,
         sample_every: a.sample_every,
         late_policy,
+        ethproofs_cluster_id: a.ethproofs_cluster_id,
         ..TeamConfig::single(name)
     })
 }

@@ -511,3 +511,11 @@ impl System {
         Ok(Self { processes })
     }
 }
+
+/// Serves `app` on a free loopback port for the rest of the test; its base URL.
+pub async fn serve_http(app: axum::Router) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}

@@ -116,12 +116,10 @@ async fn every_service_exports_each_blocks_spans_under_one_trace() -> anyhow::Re
     logs.report(async {
         let env = Env::with_logs(&logs).await?;
         let collector = Collector::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
         let app = Router::new()
             .route("/v1/traces", post(export))
             .with_state(collector.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let endpoint = serve_http(app).await?;
 
         let teams = logs.dir.join("teams.toml");
         std::fs::write(&teams, SYSTEM_TEAMS)?;

@@ -165,6 +165,10 @@ impl Subjects {
     pub fn bucket_status(&self) -> String {
         self.bucket("status")
     }
+    /// What the reporter had answered per team and block, key `<team>.<chain>.<number>`.
+    pub fn bucket_reports(&self) -> String {
+        self.bucket("reports")
+    }
     /// Blobs above the inline threshold.
     pub fn object_store(&self) -> String {
         self.bucket("objects")

@@ -144,6 +144,10 @@ pub struct TeamConfig {
     /// Per-class overrides of `ack_wait_ms`, `max_deliver` and `time_limit_ms`, by class name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub class: BTreeMap<String, ClassSettings>,
+    /// The team's cluster id at Ethproofs: the reporter reports this team's blocks there under
+    /// it. None: not reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ethproofs_cluster_id: Option<u64>,
 }
 
 impl TeamConfig {
@@ -166,6 +170,7 @@ impl TeamConfig {
             late_policy: LatePolicy::Drop,
             time_limit_ms: None,
             class: BTreeMap::new(),
+            ethproofs_cluster_id: None,
         }
     }
 

@@ -123,6 +123,7 @@ impl Topology {
                 ..bucket(s.bucket_teams())
             },
             bucket(s.bucket_plans()),
+            bucket(s.bucket_reports()),
             bucket(s.bucket_parts()),
             BucketSpec {
                 max_age: Duration::ZERO,
@@ -180,6 +181,25 @@ impl Topology {
             self.subjects.stream_results(),
             "aggregator",
             self.subjects.results_all(),
+        )
+    }
+
+    /// The reporter's view of planning: every write of the plans bucket (its KV stream).
+    pub fn reporter_plans_consumer(&self) -> ConsumerSpec {
+        let bucket = self.subjects.bucket_plans();
+        self.service_consumer(
+            format!("KV_{bucket}"),
+            "reporter-plans",
+            format!("$KV.{bucket}.>"),
+        )
+    }
+
+    /// The reporter's view of block proofs.
+    pub fn reporter_proofs_consumer(&self) -> ConsumerSpec {
+        self.service_consumer(
+            self.subjects.stream_proofs(),
+            "reporter-proofs",
+            self.subjects.proofs_all(),
         )
     }
 

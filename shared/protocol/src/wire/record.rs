@@ -100,6 +100,32 @@ impl WireMessage for PartRecord {
     const SCHEMA: &'static str = "part/v1";
 }
 
+/// How far one block's life has been reported to Ethproofs for one team, in the order the
+/// states go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportState {
+    /// The team has the block planned.
+    Queued,
+    /// Its first tasks were released to the team's provers.
+    Proving,
+    /// Its proof was published.
+    Proved,
+}
+
+/// The last state of a (team, block) that Ethproofs answered, bucket `reports`, key
+/// `<team>.<chain>.<number>`: written after the answer, before the message is acked, so a
+/// restarted reporter sends nothing that was answered and nothing older after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {
+    pub state: ReportState,
+    pub at_ms: u64,
+}
+
+impl WireMessage for Reported {
+    const SCHEMA: &'static str = "reported/v1";
+}
+
 /// Publication cursor, bucket `cursors`, key `<team>.<chain>`: the next block number to publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {

@@ -122,7 +122,8 @@ TEAM_DEFAULTS = {"shape": "single", "parts": None, "arity": 2, "chains": [],
                  "leaf_class": "prove", "aggregate_class": "prove",
                  "ack_wait_ms": 3_000, "max_deliver": 5, "time_limit_ms": None,
                  "proof_system": None, "verifier": [], "mode": "sequential",
-                 "slot_ms": 12_000, "sample_every": 1, "late_policy": "drop", "class": {}}
+                 "slot_ms": 12_000, "sample_every": 1, "late_policy": "drop", "class": {},
+                 "ethproofs_cluster_id": None}
 # [team.class.<class>]: overrides of the team's settings for one of its task classes.
 CLASS_KEYS = ("ack_wait_ms", "max_deliver", "time_limit_ms")
 TOKEN = re.compile(r"[a-z0-9-]{1,32}")
@@ -130,7 +131,8 @@ TOKEN = re.compile(r"[a-z0-9-]{1,32}")
 HELM_TEAM_KEYS = {"leafClass": "leaf_class", "aggregateClass": "aggregate_class",
                   "ackWaitMs": "ack_wait_ms", "maxDeliver": "max_deliver",
                   "timeLimitMs": "time_limit_ms", "proofSystem": "proof_system",
-                  "slotMs": "slot_ms", "sampleEvery": "sample_every", "latePolicy": "late_policy"}
+                  "slotMs": "slot_ms", "sampleEvery": "sample_every", "latePolicy": "late_policy",
+                  "ethproofsClusterId": "ethproofs_cluster_id"}
 # Keys of .Values.teams[] that configure the chart, not the teams file.
 HELM_ONLY_TEAM_KEYS = ("gateway", "keda")
 
@@ -182,6 +184,9 @@ def team_problems(teams: list[dict[str, Any]]) -> list[str]:
             problems.append(f"team {name}: sample_every must be at least 1")
         elif t["sample_every"] > 1 and t["mode"] == "sequential":
             problems.append(f"team {name}: sampling skips blocks, which mode sequential never does; use mode realtime")
+        cluster = t["ethproofs_cluster_id"]
+        if cluster is not None and not (is_int(cluster) and 0 <= cluster < 2**64):
+            problems.append(f"team {name}: ethproofs_cluster_id must be a non-negative integer, got {cluster!r}")
         classes = [t["leaf_class"]]
         if t["shape"] == "split" and t["aggregate_class"] != t["leaf_class"]:
             classes.append(t["aggregate_class"])
@@ -1536,6 +1541,7 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
         "timeLimitMs": 600000, "class": {"agg": {"ackWaitMs": 60000, "maxDeliver": 2}, "leaf": {"timeLimitMs": 120000}},
         "proofSystem": "gamma-stark", "verifier": ["/opt/prover/bin/prove", "--strict"],
         "mode": "realtime", "slotMs": 2000, "sampleEvery": 4, "latePolicy": "finish-late",
+        "ethproofsClusterId": 7,
         "gateway": {
             "replicas": 3, "slots": 2, "prover": "exec", "proverCmd": "/opt/prover/bin/prove",
             "proverArgs": ["--backend", "gpu"], "bundleAggregates": True, "proofSystem": "gamma-stark",
@@ -1735,6 +1741,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "sampling outside realtime": {"teams": [{"name": "x", "shape": "single", "sampleEvery": 10}]},
         "unknown class setting": {"teams": [{"name": "x", "shape": "single", "class": {"prove": {"retries": 2}}}]},
         "bad team name": {"teams": [{"name": "Alpha_1", "shape": "single"}]},
+        "negative ethproofsClusterId": {"teams": [{"name": "x", "shape": "single", "ethproofsClusterId": -1}]},
+        "ethproofsClusterId a string": {"teams": [{"name": "x", "shape": "single", "ethproofsClusterId": "7"}]},
         "mistyped podDisruptionBudget.enabled": {"podDisruptionBudget": {"enabled": "yes"}},
         "podDisruptionBudget.maxUnavailable 0": {"podDisruptionBudget": {"maxUnavailable": 0}},
         "unknown serviceMonitor key": {"serviceMonitor": {"enabled": True, "intervall": "30s"}},

@@ -46,11 +46,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-Every Deployment's component, as a JSON list: the three core services, then one
-gateway-<team> per team. Read with (include "push0.components" . | fromJsonArray).
+Every Deployment's component, as a JSON list: the three core services, the reporter when
+enabled, then one gateway-<team> per team. Read with
+(include "push0.components" . | fromJsonArray).
 */}}
 {{- define "push0.components" -}}
 {{- $components := list "ingest" "scheduler" "aggregator" }}
+{{- if .Values.reporter.enabled }}
+{{- $components = append $components "reporter" }}
+{{- end }}
 {{- range .Values.teams }}
 {{- $components = append $components (printf "gateway-%s" .name) }}
 {{- end }}

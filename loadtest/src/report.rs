@@ -3,6 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::inside::Step;
@@ -395,53 +398,24 @@ pub fn summary_line(s: &Section) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SVG
+// SVG: the plot, drawn with plotters (text laid out by its estimate: no font is needed)
 
 struct Series {
     name: String,
-    color: &'static str,
+    color: RGBColor,
     dashed: bool,
     points: Vec<(f64, f64)>,
 }
 
+/// One chart: a logarithmic x axis, a logarithmic or linear y axis.
 struct Panel {
     title: String,
     x_label: String,
     y_label: String,
-    x_log: bool,
     y_log: bool,
     series: Vec<Series>,
     /// Horizontal reference lines: (y, label)
     marks: Vec<(f64, String)>,
-}
-
-fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
-    if log {
-        let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
-        return (a..=b).map(|e| 10f64.powi(e)).collect();
-    }
-    let step = nice_step((hi - lo) / 5.0);
-    let mut v = (lo / step).floor() * step;
-    let mut out = Vec::new();
-    while v <= hi + step * 0.01 {
-        out.push(v);
-        v += step;
-    }
-    out
-}
-
-fn nice_step(raw: f64) -> f64 {
-    let mag = 10f64.powf(raw.max(1e-9).log10().floor());
-    let n = raw / mag;
-    mag * if n <= 1.0 {
-        1.0
-    } else if n <= 2.0 {
-        2.0
-    } else if n <= 5.0 {
-        5.0
-    } else {
-        10.0
-    }
 }
 
 fn label(v: f64) -> String {
@@ -454,138 +428,114 @@ fn label(v: f64) -> String {
     }
 }
 
-fn draw_panel(out: &mut String, p: &Panel, x0: f64, y0: f64, w: f64, h: f64) {
-    let pts = p.series.iter().flat_map(|s| s.points.iter());
+const GRID: RGBColor = RGBColor(0xee, 0xee, 0xee);
+const MARK: RGBColor = RGBColor(0x99, 0x99, 0x99);
+const NOTE: RGBColor = RGBColor(0x66, 0x66, 0x66);
+
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<(), String> {
+    let points = p.series.iter().flat_map(|s| s.points.iter().copied());
     let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        xmin = xmin.min(x);
-        xmax = xmax.max(x);
-        ymin = ymin.min(y);
-        ymax = ymax.max(y);
+    for (x, y) in points {
+        (xmin, xmax) = (xmin.min(x), xmax.max(x));
+        (ymin, ymax) = (ymin.min(y), ymax.max(y));
     }
     for (y, _) in &p.marks {
-        ymin = ymin.min(*y);
-        ymax = ymax.max(*y);
+        (ymin, ymax) = (ymin.min(*y), ymax.max(*y));
     }
     if xmin > xmax {
         (xmin, xmax, ymin, ymax) = (1.0, 10.0, 1.0, 10.0);
     }
-    if !p.y_log {
-        ymin = ymin.min(0.0);
-    }
-    let xt = ticks(xmin.max(1e-9), xmax.max(xmin * 1.01), p.x_log);
-    let yt = ticks(ymin.max(1e-3), ymax.max(ymin * 1.01), p.y_log);
-    let (xlo, xhi) = (*xt.first().unwrap_or(&xmin), *xt.last().unwrap_or(&xmax));
-    let (ylo, yhi) = if p.y_log {
-        (*yt.first().unwrap_or(&ymin), *yt.last().unwrap_or(&ymax))
+    // Logarithmic axes span whole decades, so each has at least two labelled ticks.
+    let decades = |lo: f64, hi: f64| {
+        let (lo, hi) = (lo.max(1e-3), hi.max(1e-3));
+        let (a, b) = (lo.log10().floor(), hi.log10().ceil());
+        (10f64.powf(a), 10f64.powf(b.max(a + 1.0)))
+    };
+    let x = decades(xmin, xmax);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(&p.title, ("sans-serif", 14))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55);
+    let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    if p.y_log {
+        let y = decades(ymin, ymax);
+        let mut chart = builder
+            .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())
+            .map_err(error)?;
+        fill(&mut chart, p, x)
     } else {
-        (ymin, *yt.last().unwrap_or(&ymax))
-    };
-    let map = |v: f64, lo: f64, hi: f64, log: bool| {
-        if log {
-            (v.max(1e-9).log10() - lo.log10()) / (hi.log10() - lo.log10()).max(1e-9)
-        } else {
-            (v - lo) / (hi - lo).max(1e-9)
-        }
-    };
-    let sx = |x: f64| x0 + w * map(x, xlo, xhi, p.x_log);
-    let sy = |y: f64| y0 + h - h * map(y, ylo, yhi, p.y_log);
-    let _ = writeln!(
-        out,
-        r##"<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#888"/>"##
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
-        x0 + w / 2.0,
-        y0 - 12.0,
-        p.title
-    );
-    for &t in &xt {
-        let x = sx(t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="#eee"/><text x="{x:.1}" y="{}" text-anchor="middle" font-size="11">{}</text>"##,
-            y0 + h,
-            y0 + h + 14.0,
-            label(t)
-        );
+        let y = (ymin.min(0.0), ymax * 1.05 + 1.0);
+        let mut chart = builder
+            .build_cartesian_2d((x.0..x.1).log_scale(), y.0..y.1)
+            .map_err(error)?;
+        fill(&mut chart, p, x)
     }
-    for &t in &yt {
-        let y = sy(t);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#eee"/><text x="{}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"##,
-            x0 + w,
-            x0 - 4.0,
-            y + 4.0,
-            label(t)
-        );
-    }
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" text-anchor="middle" font-size="12">{}</text>"#,
-        x0 + w / 2.0,
-        y0 + h + 32.0,
-        p.x_label
-    );
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" text-anchor="middle" font-size="12" transform="rotate(-90 {} {})">{}</text>"#,
-        x0 - 42.0,
-        y0 + h / 2.0,
-        x0 - 42.0,
-        y0 + h / 2.0,
-        p.y_label
-    );
+}
+
+fn fill<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    p: &Panel,
+    (xlo, xhi): (f64, f64),
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    chart
+        .configure_mesh()
+        .x_desc(p.x_label.as_str())
+        .y_desc(p.y_label.as_str())
+        .x_label_formatter(&|v| label(*v))
+        .y_label_formatter(&|v| label(*v))
+        .light_line_style(GRID)
+        .draw()
+        .map_err(error)?;
     for (y, text) in &p.marks {
-        let yy = sy(*y);
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x0}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#999" stroke-dasharray="2,3"/><text x="{}" y="{:.1}" font-size="10" fill="#666">{text}</text>"##,
-            x0 + w,
-            x0 + 4.0,
-            yy - 3.0
-        );
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(xlo, *y), (xhi, *y)],
+                2,
+                3,
+                MARK.into(),
+            ))
+            .map_err(error)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                text.clone(),
+                (xlo * 1.1, *y),
+                ("sans-serif", 10).into_font().color(&NOTE),
+            )))
+            .map_err(error)?;
     }
-    for (i, s) in p.series.iter().enumerate() {
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
-            .collect();
-        let dash = if s.dashed {
-            r#" stroke-dasharray="6,4""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
-            path.join(" "),
-            s.color
-        );
-        for &(x, y) in &s.points {
-            let _ = writeln!(
-                out,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
-                sx(x),
-                sy(y),
-                s.color
-            );
+    for s in &p.series {
+        let style = ShapeStyle::from(s.color).stroke_width(2);
+        let drawn = match s.dashed {
+            true => chart.draw_series(DashedLineSeries::new(s.points.clone(), 6, 4, style)),
+            false => chart.draw_series(LineSeries::new(s.points.clone(), style)),
         }
-        let ly = y0 + 14.0 + 14.0 * i as f64;
-        let _ = writeln!(
-            out,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
-            x0 + w - 150.0,
-            x0 + w - 130.0,
-            s.color,
-            x0 + w - 125.0,
-            ly + 4.0,
-            s.name
-        );
+        .map_err(error)?;
+        drawn
+            .label(s.name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        chart
+            .draw_series(
+                s.points
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, s.color.filled())),
+            )
+            .map_err(error)?;
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(GRID)
+        .draw()
+        .map_err(error)
 }
 
 /// Overhead percentiles against offered load, and scaling efficiency against slots.
@@ -594,7 +544,6 @@ pub fn svg(report: &Report) -> String {
         title: "Orchestration overhead vs offered load (0 ms provers)".into(),
         x_label: "offered load, blocks (= tasks) per second".into(),
         y_label: "overhead per task, ms".into(),
-        x_log: true,
         y_log: true,
         series: Vec::new(),
         marks: Vec::new(),
@@ -603,12 +552,14 @@ pub fn svg(report: &Report) -> String {
         title: "Scaling efficiency (1 s provers)".into(),
         x_label: "prover slots".into(),
         y_label: "efficiency, %".into(),
-        x_log: true,
         y_log: false,
         series: Vec::new(),
         marks: vec![(99.0, "99 %".into()), (95.0, "95 %".into())],
     };
-    let colors = [("#1f77b4", "#d62728"), ("#2ca02c", "#9467bd")];
+    let colors = [
+        (RGBColor(0x1f, 0x77, 0xb4), RGBColor(0xd6, 0x27, 0x28)),
+        (RGBColor(0x2c, 0xa0, 0x2c), RGBColor(0x94, 0x67, 0xbd)),
+    ];
     for (s, (c50, c99)) in report.sections.iter().zip(colors) {
         let tag = if s.replicas > 1 { " R3" } else { "" };
         let series = |q: fn(&Pct) -> u64| -> Vec<(f64, f64)> {
@@ -648,18 +599,30 @@ pub fn svg(report: &Report) -> String {
             });
         }
     }
-    let mut out = String::from(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="400" font-family="sans-serif" font-size="12">
-<rect width="1000" height="400" fill="white"/>
-"#,
-    );
-    draw_panel(&mut out, &load, 70.0, 40.0, 380.0, 290.0);
-    draw_panel(&mut out, &scale, 580.0, 40.0, 380.0, 290.0);
-    let _ = writeln!(
-        out,
-        r##"<text x="10" y="392" font-size="10" fill="#666">push0-loadtest {} · {} cores · {}</text>"##,
-        report.started_at, report.machine.cores, report.machine.nats_server
-    );
-    out.push_str("</svg>\n");
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1000, 400)).into_drawing_area();
+        let drawn = (|| -> Result<(), String> {
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let (body, footer) = root.split_vertically(380);
+            let panels = body.split_evenly((1, 2));
+            draw_panel(&panels[0], &load)?;
+            draw_panel(&panels[1], &scale)?;
+            footer
+                .draw(&Text::new(
+                    format!(
+                        "push0-loadtest {} · {} cores · {}",
+                        report.started_at, report.machine.cores, report.machine.nats_server
+                    ),
+                    (10, 4),
+                    ("sans-serif", 10).into_font().color(&NOTE),
+                ))
+                .map_err(|e| e.to_string())?;
+            root.present().map_err(|e| e.to_string())
+        })();
+        if let Err(e) = drawn {
+            eprintln!("the plot could not be drawn: {e}");
+        }
+    }
     out
 }

@@ -284,6 +284,81 @@ mod tests {
         assert_eq!(w.wait_at(t0 + Duration::from_secs(10)), Duration::ZERO);
     }
 
+    /// An API that answers the statuses in `answers` in turn (then 200), with `Retry-After: 1`.
+    async fn scripted(answers: Vec<u16>) -> (String, std::sync::Arc<std::sync::Mutex<usize>>) {
+        use axum::http::StatusCode;
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+        let seen = calls.clone();
+        let app = axum::Router::new().route(
+            "/proofs/{endpoint}",
+            axum::routing::post(move || {
+                let seen = seen.clone();
+                let answers = answers.clone();
+                async move {
+                    let mut n = seen.lock().unwrap();
+                    let status = answers.get(*n).copied().unwrap_or(200);
+                    *n += 1;
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        [("Retry-After", "1")],
+                        "answer",
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, calls)
+    }
+
+    fn api(url: &str) -> Api {
+        Api::new(ApiConfig {
+            base_url: url.to_string(),
+            key: "k".into(),
+            dry_run: false,
+            rate: "100/1s".parse().unwrap(),
+        })
+    }
+
+    fn request() -> Request {
+        Request {
+            endpoint: "queued",
+            body: serde_json::json!({"block_number": 1, "cluster_id": 2}),
+            what: "queued of block 1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_waits_its_retry_after_and_a_5xx_is_retried() {
+        let (url, calls) = scripted(vec![429, 503]).await;
+        let started = Instant::now();
+        let answer = api(&url).send(&request(), &CancellationToken::new()).await;
+        assert_eq!(answer, Answer::Taken);
+        assert_eq!(*calls.lock().unwrap(), 3);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "Retry-After was not waited: {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_409_is_taken_and_a_422_is_refused() {
+        let (url, _) = scripted(vec![409]).await;
+        assert_eq!(
+            api(&url).send(&request(), &CancellationToken::new()).await,
+            Answer::Taken
+        );
+        let (url, calls) = scripted(vec![422]).await;
+        let answer = api(&url).send(&request(), &CancellationToken::new()).await;
+        assert!(
+            matches!(answer, Answer::Refused(ref d) if d.starts_with("422")),
+            "{answer:?}"
+        );
+        assert_eq!(*calls.lock().unwrap(), 1, "a refusal is not retried");
+    }
+
     #[test]
     fn rates_are_read_as_requests_per_window() {
         assert_eq!(

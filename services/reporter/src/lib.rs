@@ -129,6 +129,9 @@ impl Reporter {
             Err(e) => return retry_after_error(SERVICE, "reading a report", &e, SOON),
         };
         if answered.is_some_and(|a| a >= state) {
+            // A repeat of what was answered (a proof redelivered after its record was
+            // written): nothing to send, and a proved block leaves the in-memory sets.
+            self.settled(&key, state);
             return Outcome::Ack;
         }
         if state < ReportState::Proved && self.proofs_in.lock().expect("proofs").contains(&key) {

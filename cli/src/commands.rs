@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use push0::cluster::{ClusterSpec, LocalCluster};
+use push0::dashboard::{self, Dashboard};
 use push0::report::{summary_table, table};
 use push0::source::{block_hash, make_block, run_source, submit as submit_block};
 use push0::watch::ProofFeed;
@@ -20,7 +21,7 @@ use push0_prover_gateway::prover::{Prover, SimProver};
 use push0_runtime::config::LogFormat;
 use push0_runtime::{Bus, Registry, kv_get, shutdown_on_signal, telemetry};
 
-use crate::{DevArgs, DlqArgs, DlqCommand, StatusArgs, SubmitArgs, VerifyArgs};
+use crate::{DashboardArgs, DevArgs, DlqArgs, DlqCommand, StatusArgs, SubmitArgs, VerifyArgs};
 
 pub async fn dev(args: DevArgs) -> Result<()> {
     // In one process here: every service's spans go out as `push0-dev`'s.
@@ -105,6 +106,11 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     }
     let cluster = LocalCluster::start(spec).await?;
     eprintln!("push0 cluster up; teams: {}", described.join("; "));
+    let page_stop = shutdown.child_token();
+    let page = match args.no_dashboard {
+        true => None,
+        false => Some(open_dashboard(&cluster.bus, args.dashboard, &page_stop).await?),
+    };
     let mut feed = ProofFeed::open(&cluster.bus).await?;
 
     let source = (args.blocks > 0).then(|| {
@@ -176,6 +182,20 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         }
     );
     println!("overhead = end-to-end latency minus the prover time on the block's critical path");
+    if let Some(page) = &page
+        && args.hold
+        && !shutdown.is_cancelled()
+    {
+        eprintln!(
+            "holding the cluster: dashboard at {} (Ctrl-C to stop)",
+            page.url()
+        );
+        shutdown.cancelled().await;
+    }
+    page_stop.cancel();
+    if let Some(page) = page {
+        let _ = page.task.await;
+    }
     cluster.stop().await?;
     let missing: Vec<String> = teams
         .iter()
@@ -185,6 +205,40 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     if !missing.is_empty() {
         bail!("not every block was proved for: {}", missing.join(", "));
     }
+    Ok(())
+}
+
+/// Serves the dashboard on `addr`, or on any free port of its host when that one is taken.
+async fn open_dashboard(
+    bus: &Bus,
+    addr: std::net::SocketAddr,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Dashboard> {
+    let page = match dashboard::start(bus.clone(), addr, stop.clone()).await {
+        Ok(page) => page,
+        Err(e) if addr.port() != 0 => {
+            eprintln!("dashboard: {e:#}; taking any free port");
+            let any = std::net::SocketAddr::new(addr.ip(), 0);
+            dashboard::start(bus.clone(), any, stop.clone()).await?
+        }
+        Err(e) => return Err(e),
+    };
+    eprintln!("dashboard: {}", page.url());
+    Ok(page)
+}
+
+pub async fn dashboard(args: DashboardArgs) -> Result<()> {
+    let _telemetry = telemetry::init_with_filter("dashboard", LogFormat::Text, false, "warn")
+        .map_err(anyhow::Error::msg)?;
+    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-dashboard").await?;
+    let shutdown = shutdown_on_signal();
+    let page = dashboard::start(bus, args.listen, shutdown.clone()).await?;
+    eprintln!(
+        "dashboard of {:?} at {} (Ctrl-C to stop)",
+        args.conn.prefix,
+        page.url()
+    );
+    page.task.await?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! watcher and the reports `push0 dev` prints. Tests and the load harness use the same parts.
 
 pub mod cluster;
+pub mod dashboard;
 pub mod provers;
 pub mod report;
 pub mod source;

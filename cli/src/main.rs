@@ -28,6 +28,9 @@ enum Command {
     Submit(SubmitArgs),
     /// Show each team's provers, queues, deadlines and alerts; with a chain, its blocks
     Status(StatusArgs),
+    /// Serve a live page of the cluster: recent blocks per team, throughput, queues, alerts,
+    /// dead letters
+    Dashboard(DashboardArgs),
     /// Verify a block proof: a saved block-proof/v1 message, or one fetched from the PROOFS stream
     Verify(VerifyArgs),
     /// Inspect and replay dead letters
@@ -40,6 +43,15 @@ enum Command {
     /// GET a URL and exit 0 if it answers 2xx, 1 otherwise: a health check for images with no
     /// HTTP client (`push0 probe http://127.0.0.1:9090/readyz`)
     Probe(ProbeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// Address to serve the page on (loopback by default: the page has no login)
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(clap::Args, Debug)]
@@ -160,6 +172,15 @@ pub struct DevArgs {
     /// Give up waiting for proofs after this long
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Address of the live dashboard (port 0: any free port; taken: any free port)
+    #[arg(long, default_value = "127.0.0.1:8420")]
+    dashboard: std::net::SocketAddr,
+    /// Run without the dashboard
+    #[arg(long, conflicts_with = "dashboard")]
+    no_dashboard: bool,
+    /// After the summary, keep the cluster and its dashboard running until Ctrl-C
+    #[arg(long)]
+    hold: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -207,6 +228,7 @@ async fn main() {
         Command::Dev(args) => commands::dev(args).await,
         Command::Submit(args) => commands::submit(args).await,
         Command::Status(args) => commands::status(args).await,
+        Command::Dashboard(args) => commands::dashboard(args).await,
         Command::Dlq(args) => commands::dlq(args).await,
         Command::Team(args) => teams::team(args).await,
         Command::Topology(args) => topology::topology(args).await,

@@ -35,11 +35,15 @@ impl ProofFeed {
             return Ok(None);
         };
         let message = message?;
-        let schema = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(SCHEMA_HEADER))
-            .map(|v| v.as_str().to_string());
-        Ok(Some(decode(schema.as_deref(), &message.payload)?))
+        Ok(Some(decode(schema_of(&message), &message.payload)?))
     }
+}
+
+/// The schema a message names in its header, if it names one.
+pub fn schema_of(message: &async_nats::Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SCHEMA_HEADER))
+        .map(|v| v.as_str())
 }

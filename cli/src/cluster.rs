@@ -33,6 +33,8 @@ pub struct ClusterSpec {
     pub max_undelivered: u64,
     pub alerts: push0_scheduler::track::AlertConfig,
     pub grace: Duration,
+    /// Report the teams' blocks to an Ethproofs-compatible API.
+    pub reporter: Option<push0_reporter::Config>,
 }
 
 impl ClusterSpec {
@@ -46,6 +48,7 @@ impl ClusterSpec {
             max_undelivered: 16,
             alerts: Default::default(),
             grace: Duration::from_secs(5),
+            reporter: None,
         }
     }
 
@@ -141,6 +144,14 @@ impl LocalCluster {
             "aggregator".into(),
             Box::new(move |t| tokio::spawn(push0_aggregator::run(aggregator_bus, t))),
         );
+
+        if let Some(config) = spec.reporter.clone() {
+            let reporter_bus = connect("reporter").await?;
+            spawn(
+                "reporter".into(),
+                Box::new(move |t| tokio::spawn(push0_reporter::run(reporter_bus, config, t))),
+            );
+        }
 
         let mut cluster = Self {
             bus,

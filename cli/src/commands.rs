@@ -1,6 +1,6 @@
 //! The subcommands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,8 @@ use push0::watch::ProofFeed;
 use push0_natsd::NatsServer;
 use push0_protocol::subjects::{block_key, cursor_key, final_key, part_key, plan_key};
 use push0_protocol::{
-    BlockProof, BlockStatus, Cursor, DlqReason, PartRecord, Plan, TeamConfig, TeamsFile,
+    BlockProof, BlockStatus, Cursor, DlqReason, PartRecord, Plan, ReportState, Reported,
+    TeamConfig, TeamsFile,
 };
 use push0_prover_gateway::prover::{Prover, SimProver};
 use push0_runtime::config::LogFormat;
@@ -56,11 +57,17 @@ pub async fn dev(args: DevArgs) -> Result<()> {
                 .map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
         }
     };
+    let mut teams = teams;
+    let reporter = match &args.ethproofs_url {
+        None => None,
+        Some(url) => Some(reporter_config(&args, url, &mut teams)?),
+    };
     let sim = Prover::Sim(SimProver {
         latency: args.sim_latency.clone(),
         fail_while: None,
     });
     let mut spec = ClusterSpec::new(&url, &args.prefix, Vec::new());
+    spec.reporter = reporter;
     let mut described = Vec::new();
     for team in &teams {
         let system = team
@@ -161,6 +168,13 @@ pub async fn dev(args: DevArgs) -> Result<()> {
         proofs.push(proof);
     }
     progress.finish();
+    let unreported = match &args.ethproofs_url {
+        Some(url) if !shutdown.is_cancelled() => {
+            let deadline = tokio::time::Instant::now() + args.timeout;
+            await_reports(&cluster.bus, url, &teams, &proofs, &shutdown, deadline).await?
+        }
+        _ => 0,
+    };
     if let Some(source) = source
         && source.is_finished()
     {
@@ -205,7 +219,114 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     if !missing.is_empty() {
         bail!("not every block was proved for: {}", missing.join(", "));
     }
+    if unreported > 0 {
+        bail!("{unreported} proved blocks were not reported to Ethproofs in time");
+    }
     Ok(())
+}
+
+/// The in-process reporter's settings. Teams without a cluster id are not reported; the
+/// default teams (no teams file) are given ids 1, 2, … in order.
+fn reporter_config(
+    args: &DevArgs,
+    url: &str,
+    teams: &mut [TeamConfig],
+) -> Result<push0_reporter::Config> {
+    let key = push0_reporter::api_key(args.ethproofs_key_file.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .context("--ethproofs-url needs a key: set ETHPROOFS_API_KEY or --ethproofs-key-file")?;
+    if args.teams.is_none() {
+        for (i, team) in teams.iter_mut().enumerate() {
+            team.ethproofs_cluster_id.get_or_insert(i as u64 + 1);
+        }
+    }
+    if teams.iter().all(|t| t.ethproofs_cluster_id.is_none()) {
+        bail!("--ethproofs-url: no team has an ethproofs_cluster_id in the teams file");
+    }
+    let reported: Vec<String> = teams
+        .iter()
+        .filter_map(|t| Some(format!("{} as cluster {}", t.name, t.ethproofs_cluster_id?)))
+        .collect();
+    eprintln!("reporting to {url}: {}", reported.join(", "));
+    Ok(push0_reporter::Config {
+        api: push0_reporter::ApiConfig {
+            base_url: url.to_string(),
+            key,
+            dry_run: false,
+            rate: args.ethproofs_rate,
+        },
+    })
+}
+
+/// Waits until the API has answered the `proved` report of every proof of a reported team
+/// (the reporter's `reports` bucket says so), showing the backlog; the number still
+/// unreported when `deadline` or a shutdown came.
+async fn await_reports(
+    bus: &Bus,
+    url: &str,
+    teams: &[TeamConfig],
+    proofs: &[BlockProof],
+    shutdown: &tokio_util::sync::CancellationToken,
+    deadline: tokio::time::Instant,
+) -> Result<usize> {
+    let reported: HashSet<&str> = teams
+        .iter()
+        .filter(|t| t.ethproofs_cluster_id.is_some())
+        .map(|t| t.name.as_str())
+        .collect();
+    let mut waiting: Vec<String> = proofs
+        .iter()
+        .filter(|p| reported.contains(p.team.as_str()))
+        .map(|p| plan_key(&p.team, &p.chain, p.number))
+        .collect();
+    let reports = bus.kv(&bus.subjects.bucket_reports()).await?;
+    let total = waiting.len() as u64;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template(
+            "{prefix:>10} [{bar:32.cyan/blue}] {pos:>4}/{len} reported  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("ethproofs");
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last_line = Instant::now();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for key in waiting {
+            let answered = kv_get::<Reported>(&reports, &key).await?;
+            if answered.is_none_or(|(r, _)| r.state != ReportState::Proved) {
+                still.push(key);
+            }
+        }
+        waiting = still;
+        bar.set_position(total - waiting.len() as u64);
+        bar.set_message(format!("backlog {}", waiting.len()));
+        if bar.is_hidden() && (last_line.elapsed() >= Duration::from_secs(1) || waiting.is_empty())
+        {
+            eprintln!(
+                "reported to {url}: {}/{total}",
+                total - waiting.len() as u64
+            );
+            last_line = Instant::now();
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    bar.finish();
+    println!(
+        "reported to Ethproofs: {}/{total} proved blocks",
+        total - waiting.len() as u64
+    );
+    Ok(waiting.len())
 }
 
 /// Serves the dashboard on `addr`, or on any free port of its host when that one is taken.
@@ -240,6 +361,34 @@ pub async fn dashboard(args: DashboardArgs) -> Result<()> {
     );
     page.task.await?;
     Ok(())
+}
+
+/// Per team what Ethproofs ranks a cluster by: the share of blocks proved within 10 s of
+/// submission (its real-time cohort asks 70 %), liveness (95 %), blocks stuck over 20 min.
+fn ethproofs_table(model: &dashboard::model::Model) -> String {
+    let share = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
+    let mut rows = vec![vec![
+        "team".to_string(),
+        "ethproofs cluster".into(),
+        "blocks".into(),
+        "proved".into(),
+        "proved within 10 s".into(),
+        "liveness".into(),
+        "stuck over 20 min".into(),
+    ]];
+    for (team, f) in model.figures(push0_protocol::now_ms()) {
+        rows.push(vec![
+            team.name.clone(),
+            team.ethproofs_cluster_id
+                .map_or("-".into(), |id| id.to_string()),
+            f.submitted.to_string(),
+            f.proved.to_string(),
+            share(f.within_10s),
+            share(f.liveness),
+            f.stuck.to_string(),
+        ]);
+    }
+    table(&rows)
 }
 
 fn shape_name(t: &push0_protocol::TeamConfig) -> String {
@@ -393,6 +542,10 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     let parts = bus.kv(&bus.subjects.bucket_parts()).await?;
     let cursors = bus.kv(&bus.subjects.bucket_cursors()).await?;
     print!("{}", crate::teams::overview(&bus).await?);
+    let held = dashboard::read_now(&bus, registry.all()).await?;
+    println!();
+    println!("Ethproofs figures (the blocks the bus keeps):");
+    print!("{}", ethproofs_table(&held));
     let Some(chain) = &args.chain else {
         stop.cancel();
         return Ok(());

@@ -181,6 +181,17 @@ pub struct DevArgs {
     /// After the summary, keep the cluster and its dashboard running until Ctrl-C
     #[arg(long)]
     hold: bool,
+    /// Report every team's blocks to this Ethproofs-compatible API (the reporter runs
+    /// in-process; the default teams get cluster ids 1 and 2, a teams file's teams need
+    /// `ethproofs_cluster_id`). The key comes from ETHPROOFS_API_KEY or --ethproofs-key-file
+    #[arg(long, env = "PUSH0_ETHPROOFS_URL")]
+    ethproofs_url: Option<String>,
+    /// A file holding the API key (when ETHPROOFS_API_KEY is not set)
+    #[arg(long, env = "PUSH0_ETHPROOFS_KEY_FILE", requires = "ethproofs_url")]
+    ethproofs_key_file: Option<PathBuf>,
+    /// The API's rate limit per key: requests per window
+    #[arg(long, default_value = "60/60s", requires = "ethproofs_url")]
+    ethproofs_rate: push0_reporter::Rate,
 }
 
 #[derive(clap::Args, Debug)]

@@ -261,3 +261,64 @@ async fn every_proved_block_is_reported_once_in_order_within_the_rate() -> anyho
     })
     .await
 }
+
+/// `push0 dev --ethproofs-url` runs the reporter with the cluster and, before its summary,
+/// waits until every block it proved was answered by the API (through the same 503s, slow
+/// answers and rate limit as above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push0_dev_reports_every_proved_block_before_it_exits() -> anyhow::Result<()> {
+    let logs = Logs::new("reporter-dev")?;
+    logs.report(async {
+        let api: Shared = Arc::default();
+        let app = Router::new()
+            .route("/proofs/{endpoint}", post(report))
+            .with_state(api.clone());
+        let url = serve_http(app).await?;
+        let teams = logs.dir.join("teams.toml");
+        std::fs::write(&teams, TEAMS)?;
+        let rate = format!("{RATE}/{}s", WINDOW.as_secs());
+        let blocks = 4;
+        let mut command = std::process::Command::new(binary("push0"));
+        command.args(["dev", "--sim", "--sim-latency", "fixed:20ms", "--rate", "0"]);
+        command.args(["--blocks", &blocks.to_string(), "--no-dashboard"]);
+        command.args(["--teams", teams.to_str().context("teams path")?]);
+        command.args(["--ethproofs-url", &url, "--ethproofs-rate", &rate]);
+        command.env("ETHPROOFS_API_KEY", KEY);
+        let mut dev = ServiceProcess::spawn("dev", command, &logs.dir)?;
+        let (status, _) = dev.wait_bounded(Duration::from_secs(120))?;
+        let exited = Instant::now();
+        let log = std::fs::read_to_string(logs.dir.join("dev.log"))?;
+        assert!(status.success(), "push0 dev exited with {status}");
+        assert!(
+            log.contains(&format!(
+                "reported to Ethproofs: {0}/{0} proved blocks",
+                2 * blocks
+            )),
+            "no complete report line in the output"
+        );
+
+        let api = api.lock().expect("api");
+        assert!(api.problems.is_empty(), "{:?}", api.problems);
+        for cluster in [11, 22] {
+            let proved: Vec<u64> = api
+                .seen
+                .iter()
+                .filter(|s| s.cluster == cluster && s.endpoint == "proved" && s.status == 200)
+                .map(|s| s.block)
+                .collect();
+            let mut sorted = proved.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                (1..=blocks).collect::<Vec<_>>(),
+                "cluster {cluster}: {proved:?}"
+            );
+        }
+        assert!(
+            api.seen.iter().all(|s| s.at <= exited),
+            "a request after push0 dev exited"
+        );
+        anyhow::Ok(())
+    })
+    .await
+}

@@ -1,6 +1,7 @@
 //! Teams at runtime through the operator's tool (`push0 team add|remove`, `push0 status`),
 //! and the zero-capacity alert.
 
+use anyhow::Context as _;
 use std::process::Command;
 use std::time::Duration;
 
@@ -138,6 +139,18 @@ async fn zero_capacity_alert_fires_and_clears() -> anyhow::Result<()> {
     let shown = push0(&env, &["status"])?;
     println!("{shown}");
     assert!(shown.contains("no_live_prover"), "{shown}");
+    // Ethproofs' figures: 2 blocks, 1 proved (within 10 s); block 2 is waiting, but too
+    // recently to count against liveness or as stuck.
+    let figures = shown
+        .split_once("Ethproofs figures")
+        .and_then(|(_, rest)| rest.lines().find(|l| l.trim_start().starts_with("zed")))
+        .with_context(|| format!("no Ethproofs figures for zed in {shown}"))?;
+    let cells: Vec<&str> = figures.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        ["zed", "-", "2", "1", "100.0", "%", "100.0", "%", "0"],
+        "{figures}"
+    );
 
     cluster
         .add_gateways(&push0::cluster::GatewaySpec {

@@ -217,6 +217,56 @@ fn apply_dead_letter(
     Ok(())
 }
 
+/// A model of what the bus holds now, read once: every plan and every kept proof.
+pub async fn read_now(bus: &Bus, teams: Vec<push0_protocol::TeamConfig>) -> Result<Model> {
+    let mut model = Model::default();
+    model.set_teams(teams);
+    let plans = bus.kv(&bus.subjects.bucket_plans()).await?;
+    let mut entries = plans.watch_with_history(">").await?;
+    // An empty bucket sends nothing: a quiet moment ends the read.
+    while let Ok(Some(entry)) = tokio::time::timeout(QUIET, entries.next()).await {
+        let entry = entry?;
+        let value = (entry.operation == kv::Operation::Put).then_some(&entry.value[..]);
+        report(apply_plan(&mut model, &entry.key, value, None), &entry.key);
+        if entry.seen_current && entry.delta == 0 {
+            break;
+        }
+    }
+    let mut stream = bus.js.get_stream(bus.subjects.stream_proofs()).await?;
+    let last = stream.info().await?.state.last_sequence;
+    if last > 0 {
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: bus.subjects.proofs_all(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while let Ok(Some(message)) = tokio::time::timeout(QUIET, messages.next()).await {
+            let message = message?;
+            let at = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence;
+            let applied = apply_proof(
+                &mut model,
+                &message.subject,
+                Some(&message.payload),
+                crate::watch::schema_of(&message),
+            );
+            report(applied, &message.subject);
+            if at >= last {
+                break;
+            }
+        }
+    }
+    Ok(model)
+}
+
+/// How long a one-time read waits for the next entry before it takes the read as complete.
+const QUIET: Duration = Duration::from_millis(500);
+
 /// Tasks on the bus not yet delivered, per team, over its classes' consumers.
 async fn queue_depths(bus: &Bus, teams: &[push0_protocol::TeamConfig]) -> Vec<(String, u64)> {
     let Ok(tasks) = bus.js.get_stream(bus.subjects.stream_tasks()).await else {

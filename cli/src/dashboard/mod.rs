@@ -6,6 +6,8 @@
 mod feed;
 pub mod model;
 
+pub use feed::read_now;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -299,6 +299,22 @@ impl Model {
         }
     }
 
+    /// Each team's Ethproofs figures over the blocks held.
+    pub fn figures(&self, now_ms: u64) -> Vec<(TeamConfig, Figures)> {
+        self.teams
+            .iter()
+            .map(|t| (t.clone(), figures(&self.cells_of(&t.name), now_ms)))
+            .collect()
+    }
+
+    /// A team's cells, each with its block's submission time.
+    fn cells_of(&self, team: &str) -> Vec<(u64, &Cell)> {
+        self.rows
+            .values()
+            .filter_map(|r| r.cells.get(team).map(|c| (r.submitted_at_ms, c)))
+            .collect()
+    }
+
     fn team_view(&self, t: &TeamConfig, now_ms: u64) -> TeamView {
         let status = self.statuses.get(&t.name);
         let busy_slots = self
@@ -310,11 +326,7 @@ impl Model {
             .map(|c| c.busy)
             .sum();
         let held: u64 = status.map_or(0, |s| s.held.iter().map(|(_, n)| n).sum());
-        let cells: Vec<(u64, &Cell)> = self
-            .rows
-            .values()
-            .filter_map(|r| r.cells.get(&t.name).map(|c| (r.submitted_at_ms, c)))
-            .collect();
+        let cells = self.cells_of(&t.name);
         TeamView {
             name: t.name.clone(),
             mode: match t.mode {

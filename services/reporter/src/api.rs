@@ -17,7 +17,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 const REFUSED_WAIT: Duration = Duration::from_secs(30);
 
 /// Where and how requests go.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// The API's base URL: requests go to `<base>/proofs/<state>`.
     pub base_url: String,
@@ -26,6 +26,18 @@ pub struct ApiConfig {
     /// Print each request instead of sending it, and take it as answered.
     pub dry_run: bool,
     pub rate: Rate,
+}
+
+/// Everything but the key, so a logged or printed configuration cannot leak it.
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("base_url", &self.base_url)
+            .field("key", &"<redacted>")
+            .field("dry_run", &self.dry_run)
+            .field("rate", &self.rate)
+            .finish()
+    }
 }
 
 /// At most `requests` requests in any `window`.

@@ -40,9 +40,28 @@ pub const SERVICE: &str = "reporter";
 /// A block reported queued or proving this long ago, and not proved, is stuck.
 const STUCK_AFTER: Duration = Duration::from_secs(20 * 60);
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub api: ApiConfig,
+}
+
+/// The API key: `ETHPROOFS_API_KEY`, else the first line of `file`. Never a command-line
+/// argument: those are visible to every user of the host.
+pub fn api_key(file: Option<&std::path::Path>) -> Result<Option<String>, RuntimeError> {
+    if let Some(key) = std::env::var("ETHPROOFS_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    {
+        return Ok(Some(key.trim().to_string()));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RuntimeError::Config(format!("key file {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .next()
+        .map(|l| l.trim().to_string())
+        .filter(|k| !k.is_empty()))
 }
 
 /// Runs the reporter until `shutdown`.

@@ -28,26 +28,8 @@ struct Args {
     dry_run: bool,
 }
 
-/// The API key: `ETHPROOFS_API_KEY`, else the key file's first line.
-fn api_key(file: Option<&PathBuf>) -> Result<Option<String>, RuntimeError> {
-    if let Some(key) = std::env::var("ETHPROOFS_API_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty())
-    {
-        return Ok(Some(key.trim().to_string()));
-    }
-    let Some(path) = file else { return Ok(None) };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| RuntimeError::Config(format!("key file {}: {e}", path.display())))?;
-    Ok(text
-        .lines()
-        .next()
-        .map(|l| l.trim().to_string())
-        .filter(|k| !k.is_empty()))
-}
-
 fn config(args: &Args) -> Result<Config, RuntimeError> {
-    let key = api_key(args.ethproofs_key_file.as_ref())?;
+    let key = push0_reporter::api_key(args.ethproofs_key_file.as_deref())?;
     let (base_url, key) = match (&args.ethproofs_url, key, args.dry_run) {
         (Some(url), Some(key), _) => (url.clone(), key),
         (url, _, true) => (url.clone().unwrap_or_default(), String::new()),

@@ -438,6 +438,20 @@ parts = 3
 arity = 2
 "#;
 
+/// [`SYSTEM_TEAMS`] with both teams reported to Ethproofs: `alpha` as cluster 11, `beta` as 22.
+pub const SYSTEM_TEAMS_REPORTED: &str = r#"
+[[team]]
+name = "alpha"
+ethproofs_cluster_id = 11
+
+[[team]]
+name = "beta"
+shape = "split"
+parts = 3
+arity = 2
+ethproofs_cluster_id = 22
+"#;
+
 /// How a [`System`] runs its gateways, and flags every service gets.
 pub struct SystemOptions<'a> {
     pub sim_latency: &'a str,

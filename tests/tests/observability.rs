@@ -1,17 +1,24 @@
 //! The alert rules and the Grafana dashboard against a real Prometheus (Debian's, installed
 //! into `.tools/` by `.ci/install-tools`) scraping a running push0 whose services are separate
-//! processes: every expression of both is evaluated through Prometheus's HTTP API, each
-//! dashboard query returns data and each metric a rule names is exported, so a panel or a rule
-//! on a metric nobody exports fails here. A live scrape of every service passes
+//! processes, the reporter among them (reporting both teams to a fake Ethproofs API started
+//! here): every expression of both is evaluated through Prometheus's HTTP API, each dashboard
+//! query returns data and each metric a rule names is exported, so a panel or a rule on a
+//! metric nobody exports fails here. A live scrape of every service passes
 //! `promtool check metrics`.
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
 use push0::source::run_source;
 use push0_natsd::{NatsServer, free_port, random_prefix, repo_root, tools_dir};
 use push0_runtime::Bus;
@@ -84,6 +91,18 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
+/// A fake Ethproofs API: takes every report (200) and counts the `proved` ones.
+async fn take_report(
+    State(proved): State<Arc<AtomicUsize>>,
+    Path(endpoint): Path<String>,
+    _body: String,
+) -> StatusCode {
+    if endpoint == "proved" {
+        proved.fetch_add(1, Ordering::SeqCst);
+    }
+    StatusCode::OK
+}
+
 /// Evaluates `expr` now; the number of series it returns.
 fn query(port: u16, expr: &str) -> anyhow::Result<usize> {
     let url = format!("http://127.0.0.1:{port}/api/v1/query");
@@ -109,7 +128,7 @@ async fn every_alert_and_panel_expression_has_data_in_prometheus() -> anyhow::Re
         let prefix = random_prefix();
         apply_topology(&url, &prefix, 1).await?;
         let teams = logs.dir.join("teams.toml");
-        std::fs::write(&teams, SYSTEM_TEAMS)?;
+        std::fs::write(&teams, SYSTEM_TEAMS_REPORTED)?;
         let teams = teams.to_str().context("teams path")?;
         let monitor = format!("http://127.0.0.1:{}", server.monitor_port);
 
@@ -140,10 +159,29 @@ async fn every_alert_and_panel_expression_has_data_in_prometheus() -> anyhow::Re
                 &["--team", team, "--slots", "2", "--sim-latency", "fixed:20ms"],
             )?;
         }
+        // The reporter, its key in its environment as in production, against a fake API.
+        let reported = Arc::new(AtomicUsize::new(0));
+        let app = Router::new()
+            .route("/proofs/{endpoint}", post(take_report))
+            .with_state(reported.clone());
+        let api = serve_http(app).await?;
+        let reporter_port = free_port()?;
+        jobs.push(("push0-reporter", reporter_port));
+        let args = ["--ethproofs-url", &api, "--ethproofs-rate", "1000/1s"];
+        let mut command =
+            ServiceProcess::command("push0-reporter", &url, &prefix, reporter_port, &args);
+        command.env("ETHPROOFS_API_KEY", "observability-key");
+        services.push(ServiceProcess::spawn("reporter", command, &logs.dir)?);
 
         let prometheus_port = free_port()?;
         let mut scrape = String::new();
-        for job in ["push0-ingest", "push0-scheduler", "push0-aggregator", "push0-prover-gateway"] {
+        for job in [
+            "push0-ingest",
+            "push0-scheduler",
+            "push0-aggregator",
+            "push0-prover-gateway",
+            "push0-reporter",
+        ] {
             let targets: Vec<String> = jobs
                 .iter()
                 .filter(|(j, _)| *j == job)
@@ -179,6 +217,11 @@ async fn every_alert_and_panel_expression_has_data_in_prometheus() -> anyhow::Re
         run_source(&bus, "eth", 1, 20, 0.0, 1024).await?;
         // Every block proved by both teams: alpha whole, beta in three parts.
         collect_proofs(&bus, 40, Duration::from_secs(60)).await?;
+        // And reported, so the reporter's counters have both teams.
+        eventually(Duration::from_secs(60), "every proof reported", || async {
+            (reported.load(Ordering::SeqCst) >= 40).then_some(())
+        })
+        .await?;
 
         // Every target up and ready, then a few more scrapes so rates have two samples.
         eventually(Duration::from_secs(30), "every target up and ready", || async {

@@ -26,19 +26,6 @@ const RATE: usize = 12;
 const WINDOW: Duration = Duration::from_secs(3);
 const BLOCKS: u64 = 8;
 
-const TEAMS: &str = r#"
-[[team]]
-name = "alpha"
-ethproofs_cluster_id = 11
-
-[[team]]
-name = "beta"
-shape = "split"
-parts = 3
-arity = 2
-ethproofs_cluster_id = 22
-"#;
-
 /// One request as the fake API answered it.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -157,7 +144,7 @@ async fn every_proved_block_is_reported_once_in_order_within_the_rate() -> anyho
         assert_eq!(status.code(), Some(64), "a reporter without a key exits 64");
 
         let teams = logs.dir.join("teams.toml");
-        std::fs::write(&teams, TEAMS)?;
+        std::fs::write(&teams, SYSTEM_TEAMS_REPORTED)?;
         let options = SystemOptions {
             sim_latency: "fixed:20ms",
             grace: "1s",

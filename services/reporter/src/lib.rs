@@ -191,11 +191,17 @@ impl Reporter {
         }
         if answered.is_none() {
             m.blocks.with_label_values(&[&team.name]).inc();
+            // The team's stuck count exists from its first report, at 0 until a block is
+            // stuck: rules and panels on it read 0 rather than nothing.
+            m.stuck.with_label_values(&[&team.name]).add(0);
         }
         if let Some(p) = proof {
             m.proved.with_label_values(&[&team.name]).inc();
+            // Created with the team's first proof even when it was slow, so the real-time
+            // share reads 0 rather than nothing.
+            let realtime = m.realtime.with_label_values(&[&team.name]);
             if p.latency_ms <= REALTIME_MS {
-                m.realtime.with_label_values(&[&team.name]).inc();
+                realtime.inc();
             }
         }
         self.settled(&key, state);

@@ -18,12 +18,14 @@ pub struct Reporting {
     pub blocks: IntCounterVec,
     /// push0_ethproofs_proved_total{team}: block proofs reported.
     pub proved: IntCounterVec,
-    /// push0_ethproofs_proved_realtime_total{team}: of those, proved within 10 s.
+    /// push0_ethproofs_proved_realtime_total{team}: of those, proved within 10 s (0 from the
+    /// team's first proof).
     pub realtime: IntCounterVec,
     /// push0_ethproofs_skipped_total{team}: queued or proving states not sent because the
     /// block's proof was already there.
     pub skipped: IntCounterVec,
-    /// push0_ethproofs_stuck_blocks{team}: blocks reported queued or proving over 20 min ago.
+    /// push0_ethproofs_stuck_blocks{team}: blocks reported queued or proving over 20 min ago
+    /// (0 from the team's first report).
     pub stuck: IntGaugeVec,
 }
 

@@ -286,6 +286,9 @@ def check_compose_model(compose: Compose) -> str:
                 problems.append(f"nats: {v['source']} does not set max_payload: 8MB")
             if v.get("target") not in cmd:
                 problems.append("nats: mounted config file is not passed with --config")
+            if re.search(r"(?m)^\s*store_dir\s*[:=]", text) and {"-sd", "--store_dir"} & set(cmd):
+                problems.append(f"nats: {v['source']} sets store_dir and the command gives -sd: "
+                                "nats-server exits at start (Duplicate 'store_dir' configuration)")
 
     # The Compose schema types `restart` as any string; the engine rejects
     # anything else only at `up`.

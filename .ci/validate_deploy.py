@@ -12,7 +12,10 @@ The real tools do the validating (no hand-written YAML schema here):
               dashboard expressions
 On top of that, push0-specific assertions: every team has a gateway group,
 the services get the NATS URL, every service exports its traces to the
-collector compose runs, teams.toml agrees between compose and Helm, and so on. A last check feeds known-bad inputs to each validator to prove it bites.
+collector compose runs, teams.toml agrees between compose and Helm, TLS to NATS
+reaches every push0 container (the chart with tls.enabled, compose with
+deploy/compose.tls.yml), and so on. A last check feeds known-bad inputs to each
+validator to prove it bites.
 """
 
 from __future__ import annotations
@@ -43,11 +46,23 @@ MONITORING = ("prometheus", "grafana", "jaeger")
 BINARIES = ("push0", "push0-ingest", "push0-scheduler", "push0-prover-gateway", "push0-aggregator",
             "push0-reporter")
 EXTERNAL_NATS = "nats://nats-0.nats:4222,nats://nats-1.nats:4222,nats://nats-2.nats:4222"
+TLS_EXTERNAL_NATS = "tls://nats-0.nats:4222,tls://nats-1.nats:4222,tls://nats-2.nats:4222"
 # Binaries the deployment files run before their crate is in the workspace: push0-reporter
 # (services/reporter) is being written. While services/<name>/src/main.rs is absent, the
 # Dockerfile and flag checks pass over them; once it exists, both apply to them like to the
 # others (deploy/Dockerfile must then install it).
 PENDING_BINARIES = ("push0-reporter",)
+
+
+# TLS to NATS: the chart mounts tls.secretName here and names its files in these variables;
+# compose's TLS override (deploy/compose.tls.yml) mounts the certificates folder here too.
+TLS_DIR = "/etc/push0/tls"
+TLS_VARS = {"PUSH0_TLS_CA": "caKey", "PUSH0_TLS_CERT": "certKey", "PUSH0_TLS_KEY": "keyKey"}
+COMPOSE_TLS = Path("deploy") / "compose.tls.yml"
+# Flags the deployment files set before the binaries declare them: the TLS settings
+# (--tls-ca, --tls-cert, --tls-key) are being added to every binary. While no service's
+# sources declare one, the flag check passes over it; once declared, it applies as to any flag.
+PENDING_FLAGS = tuple(TLS_VARS)
 
 
 def pending_binaries(root: Path) -> set[str]:
@@ -116,7 +131,12 @@ class Compose:
 
     def config(self, file: Path, *extra: str) -> subprocess.CompletedProcess:
         """`config` with every profile on (tools: the CLI; ethproofs: the reporter)."""
-        return run_tool([str(self.binary), "-f", str(file), "--project-directory", str(file.parent),
+        return self.config_files([file], *extra)
+
+    def config_files(self, files: list[Path], *extra: str) -> subprocess.CompletedProcess:
+        """`config` of files merged in order, paths relative to the first one's folder."""
+        args = [a for f in files for a in ("-f", str(f))]
+        return run_tool([str(self.binary), *args, "--project-directory", str(files[0].parent),
                          "--profile", "tools", "--profile", "ethproofs", "config", *extra], self.root, self.env)
 
 
@@ -613,6 +633,102 @@ def check_compose_traces(compose: Compose) -> str:
                     if (s.get("environment") or {}).get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     return (f"{exporting} push0 services export OTLP/HTTP to {', '.join(collectors)} "
             f"({services[collectors[0]]['image']}), gateways tagged with their team, UI on loopback")
+
+
+def nats_conf_tls(text: str) -> dict[str, str]:
+    """The settings of the first `tls { … }` block of a nats-server config (comments dropped)."""
+    text = re.sub(r"(?m)#.*$", "", text)
+    block = re.search(r"(?m)^\s*tls\s*[:=]?\s*\{([^}]*)\}", text)
+    if not block:
+        return {}
+    pairs = re.findall(r"(\w+)\s*[:=]\s*(\"[^\"]*\"|'[^']*'|[^\s,]+)", block.group(1))
+    return {k: v.strip("\"'") for k, v in pairs}
+
+
+def compose_tls_problems(model: dict[str, Any], root: Path,
+                         read: Callable[[Path], str] = lambda p: p.read_text()) -> list[str]:
+    """docker-compose.yml merged with its TLS override: nats-server runs a config that includes
+    deploy/nats.conf and requires TLS with client certificates (verify) from a read-only mount
+    of the certificates folder, and every container running a push0 binary connects to
+    tls://nats:4222 with PUSH0_TLS_CA, PUSH0_TLS_CERT and PUSH0_TLS_KEY in a read-only mount of
+    the same folder, which is never created empty when missing."""
+    services = model.get("services", {})
+    problems: list[str] = []
+
+    def cert_mount(name: str, svc: dict[str, Any], path: str) -> Path | None:
+        """Source folder of the read-only bind mount holding path, or None with a problem."""
+        mount = next((v for v in svc.get("volumes", []) if v.get("type") == "bind"
+                      and path.startswith(v["target"].rstrip("/") + "/")), None)
+        if mount is None:
+            problems.append(f"{name}: {path} is in no bind mount")
+            return None
+        if mount.get("read_only") is not True:
+            problems.append(f"{name}: {mount['target']} is mounted writable")
+        if (mount.get("bind") or {}).get("create_host_path"):
+            problems.append(f"{name}: {mount['target']} would be created empty when the folder is missing "
+                            "(long syntax with bind.create_host_path: false)")
+        return Path(mount["source"]).resolve()
+
+    folders: dict[str, Path] = {}
+    nats = services.get("nats") or {}
+    cmd = [str(c) for c in nats.get("command") or []]
+    conf_target = cmd[cmd.index("--config") + 1] if "--config" in cmd[:-1] else ""
+    mounts = bind_mounts(nats)
+    conf = mounts.get(conf_target)
+    if conf is None:
+        problems.append(f"nats: its --config {conf_target!r} is not a mounted file")
+    else:
+        text = read(conf)
+        base = root / "deploy" / "nats.conf"
+        includes = [str(Path(conf_target).parent / inc.strip("\"'"))
+                    for inc in re.findall(r"(?m)^\s*include\s+(\S+)", text)]
+        if not any(mounts.get(inc) == base.resolve() for inc in includes):
+            problems.append(f"nats: {conf.name} does not include deploy/nats.conf mounted beside it "
+                            f"(includes {includes})")
+        tls = nats_conf_tls(text)
+        if str(tls.get("verify", "")).lower() != "true":
+            problems.append(f"nats: {conf.name} has no tls block with verify: true (client certificates)")
+        for key in ("cert_file", "key_file", "ca_file"):
+            if not tls.get(key):
+                problems.append(f"nats: {conf.name}'s tls block has no {key}")
+            elif (folder := cert_mount("nats", nats, tls[key])) is not None:
+                folders[f"nats {key}"] = folder
+    clients = 0
+    for name, svc in sorted(services.items()):
+        cmd = (svc.get("entrypoint") or []) + (svc.get("command") or [])
+        if not any(c in BINARIES for c in cmd):
+            continue
+        clients += 1
+        env = svc.get("environment") or {}
+        if env.get("PUSH0_NATS_URL") != "tls://nats:4222":
+            problems.append(f"{name}: PUSH0_NATS_URL {env.get('PUSH0_NATS_URL')!r} != 'tls://nats:4222'")
+        for var in TLS_VARS:
+            path = str(env.get(var) or "")
+            if not path:
+                problems.append(f"{name}: {var} not set")
+            elif (folder := cert_mount(name, svc, path)) is not None:
+                folders[f"{name} {var}"] = folder
+    if len(set(folders.values())) > 1:
+        problems.append("the certificates come from different folders: "
+                        + ", ".join(f"{k}={v}" for k, v in sorted(folders.items())))
+    if not clients:
+        problems.append("no service runs a push0 binary")
+    return problems
+
+
+def check_compose_tls(compose: Compose) -> str:
+    root = compose.root
+    files = [root / "docker-compose.yml", root / COMPOSE_TLS]
+    out = compose.config_files(files, "--format", "json")
+    expect(out.returncode == 0, f"docker-compose.yml with {COMPOSE_TLS} rejected by docker-compose config",
+           out.stderr + out.stdout)
+    model = json.loads(out.stdout)
+    problems = compose_tls_problems(model, root)
+    expect(not problems, f"{len(problems)} problem(s) in docker-compose.yml with {COMPOSE_TLS}", "\n".join(problems))
+    clients = sum(1 for s in model["services"].values()
+                  if any(c in BINARIES for c in (s.get("entrypoint") or []) + (s.get("command") or [])))
+    return (f"docker-compose.yml with {COMPOSE_TLS} valid: nats requires TLS with verified client "
+            f"certificates, {clients} push0 containers connect to tls://nats:4222 with theirs")
 
 
 def check_prometheus(root: Path, promtool: Path) -> str:
@@ -1120,6 +1236,7 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
             problems += reporter_problems(name, dep, merged["reporter"])
         problems += otlp_env_problems(name, container.get("env", []), merged,
                                       component.removeprefix("gateway-") if component.startswith("gateway-") else "")
+        problems += tls_problems(name, dep, merged["tls"])
         if component == "scheduler":
             if env.get("PUSH0_MAX_UNDELIVERED") != str(merged["scheduler"]["maxUndelivered"]):
                 problems.append(f"{name}: PUSH0_MAX_UNDELIVERED {env.get('PUSH0_MAX_UNDELIVERED')!r}")
@@ -1178,6 +1295,7 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
         for name, dep in deployments.items():
             if container_env(dep).get("PUSH0_REPLICAS") != job_env.get("PUSH0_REPLICAS"):
                 problems.append(f"{name}: PUSH0_REPLICAS differs from the topology Job's")
+        problems += tls_problems(f"Job {job['metadata']['name']}", job, merged["tls"])
     if merged["metrics"]["service"]["enabled"]:
         for name in expected:
             svc = services.get(name)
@@ -1195,6 +1313,48 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
     problems += service_monitor_problems(merged, deployments, services, docs)
     problems += prometheus_rule_problems(merged, docs, chart)
     problems += scaled_object_problems(merged, deployments, docs)
+    return problems
+
+
+def tls_problems(name: str, workload: dict[str, Any], tls: dict[str, Any]) -> list[str]:
+    """A workload's TLS to NATS as values.tls says: with tls.enabled, PUSH0_TLS_CA, _CERT and _KEY
+    name the files of keys caKey, certKey and keyKey of Secret tls.secretName, mounted read-only
+    at TLS_DIR in a folder no ConfigMap or Secret volume holds (the kubelet rewrites those);
+    without it, none of the three and no such mount."""
+    pod = workload["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container.get("env", [])}
+    mounts = container.get("volumeMounts", [])
+    mount = next((m for m in mounts if m["mountPath"].rstrip("/") == TLS_DIR), None)
+    if not tls["enabled"]:
+        found = sorted(v for v in TLS_VARS if v in env) + ([f"a mount at {TLS_DIR}"] if mount else [])
+        return [f"{name}: tls.enabled=false, yet {', '.join(found)}"] if found else []
+    problems = []
+    for var, key in TLS_VARS.items():
+        entry = env.get(var) or {}
+        if entry.get("value") != f"{TLS_DIR}/{tls[key]}":
+            problems.append(f"{name}: {var} {entry.get('value', entry.get('valueFrom'))!r} "
+                            f"!= {TLS_DIR}/{tls[key]} (tls.{key})")
+    if mount is None:
+        return problems + [f"{name}: nothing mounted at {TLS_DIR}"]
+    if mount.get("readOnly") is not True or mount.get("subPath"):
+        problems.append(f"{name}: {TLS_DIR} must be a read-only mount of the whole volume")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    source = (volumes.get(mount["name"]) or {}).get("secret")
+    if source is None or source.get("secretName") != tls["secretName"]:
+        problems.append(f"{name}: {TLS_DIR} is not Secret {tls['secretName']} ({source or volumes.get(mount['name'])})")
+    elif source.get("items") is not None:
+        projected = {i["key"]: i["path"] for i in source["items"]}
+        for key in ("caKey", "certKey", "keyKey"):
+            if projected.get(tls[key]) != tls[key]:
+                problems.append(f"{name}: key {tls[key]} (tls.{key}) of Secret {tls['secretName']} is not "
+                                f"projected as {TLS_DIR}/{tls[key]} (items {source['items']})")
+    for other in mounts:
+        parent = other["mountPath"].rstrip("/")
+        kind = next((k for k in ("configMap", "secret", "projected")
+                     if k in (volumes.get(other["name"]) or {})), None)
+        if other is not mount and kind and TLS_DIR.startswith(parent + "/"):
+            problems.append(f"{name}: {TLS_DIR} lies inside the {kind} volume mounted at {parent}")
     return problems
 
 
@@ -1216,7 +1376,9 @@ def reporter_problems(name: str, dep: dict[str, Any], reporter: dict[str, Any]) 
     path = (env.get("PUSH0_ETHPROOFS_KEY_FILE") or {}).get("value")
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     if not secret["name"]:
-        if path or any("secret" in v for v in volumes.values()):
+        tls_volumes = {m["name"] for m in container.get("volumeMounts", [])
+                       if m["mountPath"].rstrip("/") == TLS_DIR}
+        if path or any("secret" in v for n, v in volumes.items() if n not in tls_volumes):
             problems.append(f"{name}: a key file or Secret volume without reporter.apiKeySecret.name")
         if not reporter["dryRun"]:
             problems.append(f"{name}: sends without an API key (no apiKeySecret.name, dryRun false)")
@@ -1601,6 +1763,8 @@ def check_flag_parity(helm, chart: Path, root: Path) -> str:
     no rendered PUSH0_ variable is one its binary does not read."""
     flags = service_flags(root)
     pending = pending_binaries(root)
+    declared = set().union(*flags.values())
+    pending_flags = {f for f in PENDING_FLAGS if f not in declared}
     expect(set(flags) | pending == set(BINARIES[1:]) | set(PENDING_BINARIES),
            f"services/*/src/main.rs give binaries {sorted(flags)}")
     seen: dict[str, set[str]] = {b: set() for b in flags}
@@ -1613,7 +1777,7 @@ def check_flag_parity(helm, chart: Path, root: Path) -> str:
                 continue
             names = {n for n in container_env(dep) if n.startswith("PUSH0_")}
             seen[binary] |= names
-            unknown = names - flags.get(binary, set())
+            unknown = names - flags.get(binary, set()) - pending_flags
             if unknown:
                 problems.append(f"{label}: {dep['metadata']['name']} sets {sorted(unknown)}, "
                                 f"which {binary} does not read")
@@ -1623,7 +1787,8 @@ def check_flag_parity(helm, chart: Path, root: Path) -> str:
     expect(not problems, "service flags and chart values differ", "\n".join(problems))
     return (f"every flag of the {len(flags)} service binaries ({sum(map(len, flags.values()))} in all) is "
             f"set from values in some combination, and no other PUSH0_ variable"
-            + (f"; not {', '.join(sorted(pending))}, whose crate is not in the workspace yet" if pending else ""))
+            + (f"; not {', '.join(sorted(pending))}, whose crate is not in the workspace yet" if pending else "")
+            + (f"; {', '.join(sorted(pending_flags))} set though no binary declares them yet" if pending_flags else ""))
 
 
 def disruption_budget_problems(merged: dict[str, Any], deployments: dict[str, Any],
@@ -1717,6 +1882,19 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
             "podAnnotations": {"team.example/owner": "ops"},
             "metrics": {"service": {"enabled": False}}, "podDisruptionBudget": {"enabled": False},
         }, "nats://nats.infra:4222"),
+        ("mutual TLS to the bundled NATS, reporter dry run", {
+            "tls": {"enabled": True, "secretName": "push0-nats-client"},
+            "reporter": {"enabled": True, "dryRun": True},
+            "nats": {"enabled": True, "tlsCA": {"enabled": True, "secretName": "push0-nats-server"},
+                     "config": {"nats": {"tls": {"enabled": True, "secretName": "push0-nats-server",
+                                                 "merge": {"verify": True}}}},
+                     "natsBox": {"contexts": {"default": {"tls": {"secretName": "push0-nats-client"}}}}},
+        }, f"tls://{RELEASE}-nats.{NAMESPACE}.svc:4222"),
+        ("TLS to an external NATS, Secret keys of its own", {
+            "nats": {"enabled": False}, "natsUrl": TLS_EXTERNAL_NATS,
+            "tls": {"enabled": True, "secretName": "nats-client", "caKey": "ca.pem",
+                    "certKey": "client.pem", "keyKey": "client-key.pem"},
+        }, TLS_EXTERNAL_NATS),
     ]
 
 
@@ -1859,6 +2037,47 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             expect(bool(compose_reporter_problems(bad)), f"compose reporter check accepted a bad model ({label})")
             rejected.append(f"compose-reporter:{label}")
 
+        # The TLS override, on mutated copies of the merged model and of its nats config.
+        root = compose.root
+        out = compose.config_files([root / "docker-compose.yml", root / COMPOSE_TLS], "--format", "json")
+        expect(out.returncode == 0, "docker-compose config of the TLS override failed", out.stderr)
+        tls_model = json.loads(out.stdout)
+        expect(not compose_tls_problems(tls_model, root), "the compose TLS override is wrong before any mutation")
+
+        def tls_mount(m: dict[str, Any], name: str) -> dict[str, Any]:
+            return next(v for v in m["services"][name]["volumes"] if v["target"] == TLS_DIR)
+
+        compose_tls_breaks: dict[str, Callable[[dict[str, Any]], None]] = {
+            "gateway on nats://": lambda m: env_of(m["services"], "gateway-alpha").__setitem__(
+                "PUSH0_NATS_URL", "nats://nats:4222"),
+            "topology without a client key": lambda m: env_of(m["services"], "topology").pop("PUSH0_TLS_KEY"),
+            "certificates mounted writable": lambda m: tls_mount(m, "scheduler").__setitem__("read_only", False),
+            "folder created when missing": lambda m: tls_mount(m, "ingest").__setitem__(
+                "bind", {"create_host_path": True}),
+            "reporter's certificates from another folder": lambda m: tls_mount(m, "reporter").__setitem__(
+                "source", "/srv/other-certs"),
+            "nats on its plain config": lambda m: m["services"]["nats"].__setitem__(
+                "command", ["--config", "/etc/nats/nats.conf", "-js", "-m", "8222"]),
+        }
+        for label, mutate in compose_tls_breaks.items():
+            bad = copy.deepcopy(tls_model)
+            mutate(bad)
+            expect(bool(compose_tls_problems(bad, root)), f"compose TLS check accepted a bad model ({label})")
+            rejected.append(f"compose-tls:{label}")
+        real_conf = (root / "deploy" / "nats-tls.conf").read_text()
+        conf_breaks = {
+            "no verify": real_conf.replace("verify: true", "verify: false"),
+            "no ca_file": re.sub(r"(?m)^\s*ca_file:.*$", "", real_conf),
+            "deploy/nats.conf not included": re.sub(r"(?m)^include .*$", "", real_conf),
+            "key outside the mount": real_conf.replace("/etc/nats/tls/server.key", "/etc/nats/server.key"),
+        }
+        for label, text in conf_breaks.items():
+            expect(text != real_conf, f"compose TLS self-test: {label} left deploy/nats-tls.conf unchanged")
+            problems = compose_tls_problems(
+                tls_model, root, lambda p, text=text: text if p.name == "nats-tls.conf" else p.read_text())
+            expect(bool(problems), f"compose TLS check accepted a bad nats-tls.conf ({label})")
+            rejected.append(f"compose-tls:{label}")
+
         bad_dockerfile = tmpdir / "Dockerfile"
         bad_dockerfile.write_text("FROM debian:bookworm-slim AS a\nCOPY --from=a /x /y\nCMD [\"a\"\n")
         out = run_tool(hadolint_cmd(hadolint, bad_dockerfile), tmpdir)
@@ -1908,6 +2127,11 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         "reporter.rate without a window": {"reporter": {"rate": "60"}},
         "unknown reporter key": {"reporter": {"dryrun": True}},
         "reporter.rate with a zero window": {"reporter": {"rate": "60/0s"}},
+        "tls enabled without secretName": {"tls": {"enabled": True}},
+        "unknown tls key": {"tls": {"verify": True}},
+        "tls.caKey a path": {"tls": {"caKey": "certs/ca.crt"}},
+        "tls.keyKey with ..": {"tls": {"keyKey": "tls..key"}},
+        "mistyped tls.enabled": {"tls": {"enabled": "yes", "secretName": "c"}},
     }
     with helm.Chart.load(str(chart)) as loaded:
         for label, values in bad_values.items():
@@ -1928,6 +2152,11 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             "keda without serverAddress": {"keda": {"enabled": True}},
             "keda minReplicas above maxReplicas": {
                 "keda": {"enabled": True, "serverAddress": "http://p:9090", "minReplicas": 5, "maxReplicas": 2}},
+            "push0 TLS, the bundled NATS without": {"tls": {"enabled": True, "secretName": "c"}},
+            "push0 TLS, the bundled NATS's without a Secret": {
+                "tls": {"enabled": True, "secretName": "c"}, "nats": {"config": {"nats": {"tls": {"enabled": True}}}}},
+            "the bundled NATS's TLS, push0 without": {
+                "nats": {"config": {"nats": {"tls": {"enabled": True, "secretName": "s"}}}}},
         }
         for label, values in bad_renders.items():
             try:
@@ -1995,7 +2224,8 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         return d["spec"]["template"]["spec"]["containers"][0]
 
     def key_volume(d: dict[str, Any]) -> dict[str, Any]:
-        return next(v for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v)
+        mount = next(m for m in container(d)["volumeMounts"] if m["mountPath"] == "/etc/push0/ethproofs")
+        return next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
 
     reporter_breaks: dict[str, Callable[[dict[str, Any]], None]] = {
         "API key inline": lambda d: container(d)["env"].append({"name": "ETHPROOFS_API_KEY", "value": "k"}),
@@ -2014,6 +2244,45 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
                f"reporter check accepted a bad reporter ({label})")
         rejected.append(f"reporter:{label}")
 
+    # The TLS check, on mutated renderings of a scheduler and topology Job with TLS, and of a
+    # scheduler without.
+    label, values, _ = next(sc for sc in helm_scenarios() if sc[1].get("tls", {}).get("enabled"))
+    merged, docs, _ = render(helm, chart, values)
+    scheduler = next(d for d in docs if d["kind"] == "Deployment"
+                     and container(d)["command"] == ["push0-scheduler"])
+    job = next(d for d in docs if d["kind"] == "Job")
+    expect(not tls_problems("scheduler", scheduler, merged["tls"]) and not tls_problems("job", job, merged["tls"]),
+           f"{label}: TLS is wrong before any mutation")
+
+    def tls_volume(d: dict[str, Any]) -> dict[str, Any]:
+        mount = next(m for m in container(d)["volumeMounts"] if m["mountPath"] == TLS_DIR)
+        return next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+
+    def mount_at(d: dict[str, Any], path: str) -> dict[str, Any]:
+        return next(m for m in container(d)["volumeMounts"] if m["mountPath"] == path)
+
+    tls_breaks: dict[str, tuple[dict[str, Any], Callable[[dict[str, Any]], None]]] = {
+        "CA outside the mount": (scheduler, lambda d: set_var(container(d)["env"], "PUSH0_TLS_CA", value="/tmp/ca.crt")),
+        "client key dropped": (scheduler, lambda d: container(d)["env"].pop(
+            [e["name"] for e in container(d)["env"]].index("PUSH0_TLS_KEY"))),
+        "mount writable": (scheduler, lambda d: mount_at(d, TLS_DIR).pop("readOnly")),
+        "Secret of another name": (scheduler, lambda d: tls_volume(d)["secret"].__setitem__("secretName", "other")),
+        "client certificate not projected": (scheduler, lambda d: tls_volume(d)["secret"]["items"].pop(1)),
+        "inside the teams ConfigMap": (scheduler, lambda d: mount_at(d, "/etc/push0/teams").__setitem__(
+            "mountPath", "/etc/push0")),
+        "topology Job without the Secret": (job, lambda d: d["spec"]["template"]["spec"].pop("volumes")),
+    }
+    for label, (workload, mutate) in tls_breaks.items():
+        bad = copy.deepcopy(workload)
+        mutate(bad)
+        expect(bool(tls_problems("bad", bad, merged["tls"])), f"TLS check accepted a bad workload ({label})")
+        rejected.append(f"tls:{label}")
+    merged, docs, _ = render(helm, chart, {})
+    plain = copy.deepcopy(next(d for d in docs if d["kind"] == "Deployment"))
+    container(plain)["env"].append({"name": "PUSH0_TLS_CA", "value": f"{TLS_DIR}/ca.crt"})
+    expect(bool(tls_problems("plain", plain, merged["tls"])), "TLS check accepted PUSH0_TLS_CA without tls.enabled")
+    rejected.append("tls:CA without tls.enabled")
+
     # The custom resources' structural schemas, on mutated renderings of the real ones.
     _, docs, _ = render(helm, chart, CUSTOM_RESOURCES_ON)
     custom = {d["kind"]: {k: v for k, v in d.items() if k != "__source__"}
@@ -2025,7 +2294,7 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         mutate(bad)
         expect(bool(crd_problems(bad)), f"structural schema accepted a bad {kind} ({label})")
         rejected.append(f"crd:{label}")
-    return (f"{len(rejected)} known-bad inputs rejected by compose, the trace wiring and reporter checks, "
+    return (f"{len(rejected)} known-bad inputs rejected by compose, the trace wiring, reporter and TLS checks, "
             "hadolint, helm, kubernetes-validate and the custom resources' structural schemas")
 
 
@@ -2069,6 +2338,7 @@ def main() -> int:
     report.run("compose", lambda: check_compose_model(compose))
     report.run("compose", lambda: check_compose_monitoring(compose))
     report.run("compose", lambda: check_compose_traces(compose))
+    report.run("compose", lambda: check_compose_tls(compose))
     report.run("prometheus", lambda: check_prometheus(root, args.promtool))
     report.run("prometheus", lambda: check_alert_annotations(root))
     report.run("prometheus", lambda: check_alerts_copy(root))

@@ -157,10 +157,22 @@ its monitoring is off or served over TLS.
 {{- end }}
 {{- end }}
 
-{{/* NATS URL(s) the services connect to: the bundled server, or natsUrl. */}}
+{{/*
+NATS URL(s) the services connect to: the bundled server (tls:// with tls.enabled), or natsUrl.
+With the bundled server, push0's TLS (tls.enabled) and the server's (nats.config.nats.tls) must
+be on together: a client without TLS cannot talk to a server that requires it, and a tls://
+client refuses a server without it.
+*/}}
 {{- define "push0.natsUrl" -}}
 {{- if .Values.nats.enabled }}
-{{- printf "nats://%s.%s.svc:4222" (include "push0.natsServiceName" .) .Release.Namespace }}
+{{- $serverTls := dig "config" "nats" "tls" (dict) .Values.nats }}
+{{- if and .Values.tls.enabled (not (and (dig "enabled" false $serverTls) (dig "secretName" "" $serverTls))) }}
+{{- fail "tls.enabled=true with the bundled NATS needs its TLS too: nats.config.nats.tls.enabled=true and nats.config.nats.tls.secretName (values.yaml, above nats)" }}
+{{- end }}
+{{- if and (dig "enabled" false $serverTls) (not .Values.tls.enabled) }}
+{{- fail "nats.config.nats.tls.enabled=true needs tls.enabled=true and tls.secretName: the services would connect without TLS" }}
+{{- end }}
+{{- printf "%s://%s.%s.svc:4222" (ternary "tls" "nats" .Values.tls.enabled) (include "push0.natsServiceName" .) .Release.Namespace }}
 {{- else }}
 {{- required "natsUrl is required when nats.enabled=false" .Values.natsUrl }}
 {{- end }}
@@ -182,6 +194,49 @@ its monitoring is off or served over TLS.
   value: {{ .Values.topology.serviceWait | quote }}
 - name: PUSH0_TRACES
   value: {{ .Values.traces | quote }}
+{{- with include "push0.tlsEnv" . }}
+{{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Client TLS of every push0 container (tls.enabled): the Secret tls.secretName mounted read-only
+at /etc/push0/tls (push0.tlsVolumeMount, push0.tlsVolume), and PUSH0_TLS_CA, PUSH0_TLS_CERT and
+PUSH0_TLS_KEY naming its files: the CA that signed the server's certificate, and the client
+certificate and key a server with `verify: true` asks for. Each renders nothing while
+tls.enabled is false.
+*/}}
+{{- define "push0.tlsEnv" -}}
+{{- if .Values.tls.enabled -}}
+- name: PUSH0_TLS_CA
+  value: {{ printf "/etc/push0/tls/%s" .Values.tls.caKey | quote }}
+- name: PUSH0_TLS_CERT
+  value: {{ printf "/etc/push0/tls/%s" .Values.tls.certKey | quote }}
+- name: PUSH0_TLS_KEY
+  value: {{ printf "/etc/push0/tls/%s" .Values.tls.keyKey | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "push0.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled -}}
+- name: nats-tls
+  mountPath: /etc/push0/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Only the three keys are projected: a Secret lacking one fails the pod's start, by name. */}}
+{{- define "push0.tlsVolume" -}}
+{{- if .Values.tls.enabled -}}
+- name: nats-tls
+  secret:
+    secretName: {{ required "tls.secretName is required when tls.enabled=true" .Values.tls.secretName | quote }}
+    items:
+      {{- range $key := uniq (list .Values.tls.caKey .Values.tls.certKey .Values.tls.keyKey) }}
+      - key: {{ $key | quote }}
+        path: {{ $key | quote }}
+      {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -35,6 +35,8 @@ pub struct ClusterSpec {
     pub grace: Duration,
     /// Report the teams' blocks to an Ethproofs-compatible API.
     pub reporter: Option<push0_reporter::Config>,
+    /// TLS to the server, for every connection of the cluster.
+    pub tls: push0_runtime::TlsArgs,
 }
 
 impl ClusterSpec {
@@ -49,6 +51,7 @@ impl ClusterSpec {
             alerts: Default::default(),
             grace: Duration::from_secs(5),
             reporter: None,
+            tls: Default::default(),
         }
     }
 
@@ -93,13 +96,15 @@ pub struct LocalCluster {
     services: Vec<Service>,
     nats_url: String,
     prefix: String,
+    tls: push0_runtime::TlsArgs,
     grace: Duration,
     started_gateways: usize,
 }
 
 impl LocalCluster {
     pub async fn start(spec: ClusterSpec) -> Result<Self> {
-        let connect = |name: &'static str| Bus::connect(&spec.nats_url, &spec.prefix, name);
+        let connect =
+            |name: &'static str| Bus::connect_with(&spec.nats_url, &spec.prefix, name, &spec.tls);
         let bus = connect("push0-dev").await.context("connecting to nats")?;
         // In-process services do not check the topology; this harness owns it, as
         // `push0 topology apply` does in a deployment.
@@ -158,6 +163,7 @@ impl LocalCluster {
             services,
             nats_url: spec.nats_url.clone(),
             prefix: spec.prefix.clone(),
+            tls: spec.tls.clone(),
             grace: spec.grace,
             started_gateways: 0,
         };
@@ -172,7 +178,8 @@ impl LocalCluster {
         for _ in 0..g.count {
             let i = self.started_gateways;
             self.started_gateways += 1;
-            let bus = Bus::connect(&self.nats_url, &self.prefix, "prover-gateway").await?;
+            let bus = Bus::connect_with(&self.nats_url, &self.prefix, "prover-gateway", &self.tls)
+                .await?;
             let config = push0_prover_gateway::Config {
                 team: g.team.clone(),
                 classes: Vec::new(),

@@ -29,13 +29,24 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let _telemetry = telemetry::init_with_filter("dev", LogFormat::Text, false, "warn")
         .map_err(anyhow::Error::msg)?;
     let shutdown = shutdown_on_signal();
-    let (_server, url) = match &args.nats_url {
-        Some(url) => (None, url.clone()),
+    let (_server, url, tls) = match &args.nats_url {
+        Some(url) => (None, url.clone(), args.server_tls.clone()),
         None => {
-            let server = NatsServer::start().context("starting nats-server")?;
+            let server = match args.tls {
+                true => NatsServer::start_tls(None),
+                false => NatsServer::start(),
+            }
+            .context("starting nats-server")?;
             let url = server.url();
-            eprintln!("nats-server listening on {url} (data in a temporary folder)");
-            (Some(server), url)
+            let tls = server.tls().map(|t| t.client()).unwrap_or_default();
+            match server.tls() {
+                Some(t) => eprintln!(
+                    "nats-server listening on {url}, TLS required and client certificates verified (CA {})",
+                    t.ca.display()
+                ),
+                None => eprintln!("nats-server listening on {url} (data in a temporary folder)"),
+            }
+            (Some(server), url, tls)
         }
     };
     let teams = match &args.teams {
@@ -68,6 +79,7 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     });
     let mut spec = ClusterSpec::new(&url, &args.prefix, Vec::new());
     spec.reporter = reporter;
+    spec.tls = tls;
     let mut described = Vec::new();
     for team in &teams {
         let system = team
@@ -351,7 +363,7 @@ async fn open_dashboard(
 pub async fn dashboard(args: DashboardArgs) -> Result<()> {
     let _telemetry = telemetry::init_with_filter("dashboard", LogFormat::Text, false, "warn")
         .map_err(anyhow::Error::msg)?;
-    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-dashboard").await?;
+    let bus = args.conn.bus("push0-dashboard").await?;
     let shutdown = shutdown_on_signal();
     let page = dashboard::start(bus, args.listen, shutdown.clone()).await?;
     eprintln!(
@@ -492,7 +504,7 @@ impl Progress {
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<()> {
-    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
+    let bus = args.conn.bus("push0-cli").await?;
     let mut block = make_block(&args.chain, args.number, args.payload_size);
     if let Some(path) = &args.payload_file {
         block.payload =
@@ -532,7 +544,7 @@ fn parse_hash(h: &str) -> Result<Vec<u8>> {
 }
 
 pub async fn status(args: StatusArgs) -> Result<()> {
-    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
+    let bus = args.conn.bus("push0-cli").await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let registry = Registry::watch(&bus, stop.clone())
         .await
@@ -692,7 +704,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
 /// `push0 verify`: true when the proof is valid.
 pub async fn verify(args: VerifyArgs) -> Result<bool> {
     let bus = match &args.nats_url {
-        Some(url) => Some(Bus::connect(url, &args.prefix, "push0-cli").await?),
+        Some(url) => Some(Bus::connect_with(url, &args.prefix, "push0-cli", &args.tls).await?),
         None => None,
     };
     let message = match (&args.file, &args.team, &args.chain, args.number, &bus) {
@@ -746,7 +758,7 @@ fn block_label(d: &push0_protocol::DeadLetter) -> String {
 }
 
 pub async fn dlq(args: DlqArgs) -> Result<()> {
-    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
+    let bus = args.conn.bus("push0-cli").await?;
     match args.command {
         DlqCommand::List { reason } => {
             let stream = bus.js.get_stream(bus.subjects.stream_dlq()).await?;

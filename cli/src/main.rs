@@ -102,6 +102,8 @@ pub struct VerifyArgs {
     /// Subject prefix
     #[arg(long, env = "PUSH0_PREFIX", default_value = "push0")]
     prefix: String,
+    #[command(flatten)]
+    tls: push0_runtime::TlsArgs,
     /// Team whose proof to fetch
     #[arg(long, requires = "nats_url")]
     team: Option<String>,
@@ -125,6 +127,15 @@ pub struct Connection {
     /// Subject prefix
     #[arg(long, env = "PUSH0_PREFIX", default_value = "push0")]
     prefix: String,
+    #[command(flatten)]
+    tls: push0_runtime::TlsArgs,
+}
+
+impl Connection {
+    /// A connection to the bus, under `name`.
+    async fn bus(&self, name: &str) -> anyhow::Result<push0_runtime::Bus> {
+        Ok(push0_runtime::Bus::connect_with(&self.nats_url, &self.prefix, name, &self.tls).await?)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -172,6 +183,13 @@ pub struct DevArgs {
     /// Give up waiting for proofs after this long
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Run nats-server with TLS required and client certificates verified, under a
+    /// throw-away CA made for this run; every connection of the cluster uses TLS
+    #[arg(long, conflicts_with = "nats_url")]
+    tls: bool,
+    /// TLS settings for a server given with --nats-url
+    #[command(flatten)]
+    server_tls: push0_runtime::TlsArgs,
     /// Address of the live dashboard (port 0: any free port; taken: any free port)
     #[arg(long, default_value = "127.0.0.1:8420")]
     dashboard: std::net::SocketAddr,

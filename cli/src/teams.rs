@@ -128,7 +128,7 @@ fn team_from_flags(a: &AddArgs, name: &str) -> Result<TeamConfig> {
 }
 
 pub async fn team(args: TeamArgs) -> Result<()> {
-    let bus = Bus::connect(&args.conn.nats_url, &args.conn.prefix, "push0-cli").await?;
+    let bus = args.conn.bus("push0-cli").await?;
     match args.command {
         TeamCommand::Add(a) => {
             let teams = match (&a.file, &a.name) {

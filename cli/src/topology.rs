@@ -47,8 +47,7 @@ pub enum TopologyCommand {
 }
 
 async fn connect(target: &Target) -> Result<Bus> {
-    let mut bus =
-        Bus::connect(&target.conn.nats_url, &target.conn.prefix, "push0-topology").await?;
+    let mut bus = target.conn.bus("push0-topology").await?;
     bus.replicas = usize::from(target.replicas);
     Ok(bus)
 }

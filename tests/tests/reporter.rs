@@ -262,7 +262,7 @@ async fn push0_dev_reports_every_proved_block_before_it_exits() -> anyhow::Resul
             .with_state(api.clone());
         let url = serve_http(app).await?;
         let teams = logs.dir.join("teams.toml");
-        std::fs::write(&teams, TEAMS)?;
+        std::fs::write(&teams, SYSTEM_TEAMS_REPORTED)?;
         let rate = format!("{RATE}/{}s", WINDOW.as_secs());
         let blocks = 4;
         let mut command = std::process::Command::new(binary("push0"));

@@ -150,6 +150,92 @@ pub struct NatsServer {
     log: PathBuf,
     pub port: u16,
     pub monitor_port: u16,
+    /// With TLS: the files of a throw-away CA, the server's certificate and a client's.
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files of a CA made for one server, the server's certificate (for 127.0.0.1 and
+/// localhost) and one client certificate, each signed by that CA.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a CA and the two certificates into `dir`. The keys are written readable by the
+    /// owner only.
+    pub fn generate(dir: &Path) -> Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(dir)?;
+        let write_key = |name: &str, key: &KeyPair| -> Result<PathBuf> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join(name);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::io::Write::write_all(&mut file, key.serialize_pem().as_bytes())?;
+            Ok(path)
+        };
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "push0 throw-away CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(names)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &issuer)?;
+            anyhow::Ok((cert, key))
+        };
+        let (server, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "push0 nats-server",
+        )?;
+        let (client, client_key) = leaf(
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "push0 client",
+        )?;
+        let files = Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: write_key("server-key.pem", &server_key)?,
+            client_cert: dir.join("client.pem"),
+            client_key: write_key("client-key.pem", &client_key)?,
+        };
+        std::fs::write(&files.ca, ca_cert.pem())?;
+        std::fs::write(&files.server_cert, server.pem())?;
+        std::fs::write(&files.client_cert, client.pem())?;
+        Ok(files)
+    }
+
+    /// What a client of the server needs: the CA and the client certificate.
+    pub fn client(&self) -> push0_runtime::TlsArgs {
+        push0_runtime::TlsArgs {
+            tls_ca: Some(self.ca.clone()),
+            tls_cert: Some(self.client_cert.clone()),
+            tls_key: Some(self.client_key.clone()),
+        }
+    }
 }
 
 impl NatsServer {
@@ -161,9 +247,23 @@ impl NatsServer {
     /// As [`NatsServer::start`], its log written to `log` (kept after the server is gone)
     /// instead of its temporary folder.
     pub fn start_logged(log: Option<PathBuf>) -> Result<Self> {
+        Self::start_with(log, false)
+    }
+
+    /// A server that requires TLS and verifies its clients' certificates, with a CA and
+    /// certificates made for it ([`NatsServer::tls`]).
+    pub fn start_tls(log: Option<PathBuf>) -> Result<Self> {
+        Self::start_with(log, true)
+    }
+
+    fn start_with(log: Option<PathBuf>, tls: bool) -> Result<Self> {
         let binary = nats_server_binary()?;
         let dir = tempfile::Builder::new().prefix("push0-nats-").tempdir()?;
         let log = log.unwrap_or_else(|| dir.path().join("server.log"));
+        let tls = match tls {
+            true => Some(TlsFiles::generate(&dir.path().join("tls"))?),
+            false => None,
+        };
         let mut server = Self {
             child: None,
             binary,
@@ -171,13 +271,20 @@ impl NatsServer {
             dir,
             port: free_port()?,
             monitor_port: free_port()?,
+            tls,
         };
         server.spawn()?;
         Ok(server)
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The certificates of a server started with TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     pub fn store_dir(&self) -> PathBuf {
@@ -195,12 +302,20 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let config = format!(
+        let mut config = format!(
             "listen: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
             self.port,
             self.monitor_port,
             self.store_dir()
         );
+        if let Some(t) = &self.tls {
+            // TLS required on the client port, and a certificate from the same CA required of
+            // every client.
+            config.push_str(&format!(
+                "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
+                t.server_cert, t.server_key, t.ca
+            ));
+        }
         let child = spawn_server(&self.binary, self.dir.path(), &config, &self.log)?;
         self.child = Some(child);
         Ok(())

@@ -1,6 +1,7 @@
 //! Flags every service binary accepts, each with an environment fallback.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -38,8 +39,9 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 
     /// Record OpenTelemetry spans and carry the W3C trace context (`traceparent`) in the
-    /// headers of the messages sent. Off by default: no span exporter is wired yet, and
-    /// recording costs CPU on every message handled (docs/operating.md has the figures)
+    /// headers of the messages sent, without exporting them (an OTLP endpoint in
+    /// OTEL_EXPORTER_OTLP_ENDPOINT records and exports). Off by default: recording costs CPU
+    /// on every message handled (docs/operating.md has the figures)
     #[arg(long, env = "PUSH0_TRACES", default_value_t = false)]
     pub traces: bool,
 
@@ -48,4 +50,25 @@ pub struct CommonArgs {
     /// threads (loadtest/results/history/2026-12-01.md); raise it where one service must use several cores
     #[arg(long, env = "PUSH0_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: u16,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS to the NATS servers. None set and a `nats://` URL: plain TCP. A `tls://` URL or a CA
+/// requires TLS; a client certificate answers a server that verifies its clients.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM file of the CA (or CAs) that signed the NATS servers' certificates; TLS is then
+    /// required
+    #[arg(long, env = "PUSH0_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for servers that verify their clients; with --tls-key
+    #[arg(long, env = "PUSH0_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM)
+    #[arg(long, env = "PUSH0_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }

@@ -9,6 +9,7 @@ use std::hint::black_box;
 use libfuzzer_sys::fuzz_target;
 use push0_fuzz::{blob, block_ref, decode_as, workflow_node, workflow_tree};
 use push0_protocol::bundle::bundled_system;
+use push0_protocol::workflow::leaf_slice;
 use push0_protocol::{Cancel, ChildProof, Ready, Redo, Task, TaskInput, TaskOutcome, TaskResult};
 
 fn children(w: push0_protocol::Workflow, children: &[ChildProof]) {
@@ -26,10 +27,18 @@ fuzz_target!(|data: &[u8]| {
         match &t.input {
             // The gateway reads the payload (a stored one must have the declared size), hands
             // the prover this leaf's bytes and every leaf's range (`fetch_input`).
-            TaskInput::Leaf { payload, .. } => {
+            TaskInput::Leaf {
+                payload,
+                offset,
+                len,
+            } => {
                 blob(payload);
                 workflow_node(t.workflow, t.node, payload.len());
                 workflow_tree(t.workflow, payload.len());
+                // The prover's own bytes (`ProverInput::slice`), from the fetched payload.
+                if let push0_protocol::Blob::Inline(bytes) = payload {
+                    black_box(leaf_slice(bytes, (*offset, *len)));
+                }
             }
             TaskInput::Aggregate { children: c } => {
                 workflow_node(t.workflow, t.node, 0);

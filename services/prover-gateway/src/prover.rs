@@ -30,11 +30,10 @@ pub enum ProverInput {
 }
 
 impl ProverInput {
-    /// A leaf's own bytes.
-    pub fn slice(payload: &[u8], (offset, len): (u64, u64)) -> &[u8] {
-        let start = (offset as usize).min(payload.len());
-        let end = (start + len as usize).min(payload.len());
-        &payload[start..end]
+    /// A leaf's own bytes: the task's range, clipped to the payload (fuzzed with the decoders,
+    /// see fuzz/README.md).
+    pub fn slice(payload: &[u8], range: (u64, u64)) -> &[u8] {
+        push0_protocol::workflow::leaf_slice(payload, range)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{validate_chain, validate_token};
-use crate::workflow::Workflow;
+use crate::workflow::{MAX_ARITY, MAX_PARTS, Workflow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -200,7 +200,7 @@ impl TeamConfig {
     ) -> Option<u64> {
         match (block_deadline_ms, self.mode) {
             (Some(d), _) => Some(d),
-            (None, Mode::Realtime) => Some(submitted_at_ms + self.slot_ms),
+            (None, Mode::Realtime) => Some(submitted_at_ms.saturating_add(self.slot_ms)),
             (None, Mode::Sequential) => None,
         }
     }
@@ -214,12 +214,16 @@ impl TeamConfig {
         }
     }
 
+    /// The team's workflow, within the bounds a workflow message may carry. A team that
+    /// passed [`TeamConfig::problems`] gets its own settings; a registry record that never did
+    /// (the bucket takes any write) gets at most [`MAX_PARTS`] leaves and arity [`MAX_ARITY`]
+    /// rather than a tree no service could plan or decode.
     pub fn workflow(&self) -> Workflow {
         match self.shape {
             Shape::Single => Workflow::SINGLE,
             Shape::Split => Workflow {
-                parts: self.parts.unwrap_or(1),
-                arity: self.arity,
+                parts: self.parts.unwrap_or(1).min(MAX_PARTS),
+                arity: self.arity.min(MAX_ARITY),
             },
         }
     }
@@ -285,17 +289,17 @@ impl TeamConfig {
         }
         match (self.shape, self.parts) {
             (Shape::Split, None) => problems.push(format!("team {name}: split needs `parts`")),
-            (Shape::Split, Some(p)) if !(1..=1024).contains(&p) => {
-                problems.push(format!("team {name}: parts must be 1 to 1024, got {p}"))
-            }
+            (Shape::Split, Some(p)) if !(1..=MAX_PARTS).contains(&p) => problems.push(format!(
+                "team {name}: parts must be 1 to {MAX_PARTS}, got {p}"
+            )),
             (Shape::Single, Some(_)) => {
                 problems.push(format!("team {name}: `parts` only applies to shape split"))
             }
             _ => {}
         }
-        if !(2..=64).contains(&self.arity) {
+        if !(2..=MAX_ARITY).contains(&self.arity) {
             problems.push(format!(
-                "team {name}: arity must be 2 to 64, got {}",
+                "team {name}: arity must be 2 to {MAX_ARITY}, got {}",
                 self.arity
             ));
         }
@@ -485,6 +489,30 @@ mod tests {
             err.iter()
                 .any(|e| e.contains("class other, which the team does not use")),
             "{err:?}"
+        );
+    }
+
+    /// fuzz/corpus/team/record-split-realtime, a realtime team, planned a block submitted at
+    /// u64::MAX: the slot's end overflowed.
+    #[test]
+    fn hostile_times_and_shapes_stay_in_range() {
+        let t = TeamConfig::single("rt").realtime(u64::MAX);
+        assert_eq!(t.deadline_for(u64::MAX, None), Some(u64::MAX));
+        assert_eq!(t.deadline_for(1, None), Some(u64::MAX));
+        // A registry record is decoded without `problems`: its tree stays within what a
+        // workflow message may carry.
+        let huge = TeamConfig::split("s", u32::MAX, u32::MAX);
+        assert!(!huge.problems().is_empty());
+        assert_eq!(
+            huge.workflow(),
+            Workflow {
+                parts: MAX_PARTS,
+                arity: MAX_ARITY
+            }
+        );
+        assert_eq!(
+            TeamConfig::split("s", 7, 3).workflow(),
+            Workflow { parts: 7, arity: 3 }
         );
     }
 

@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
             .leaves()
             .filter(|n| !p.released.contains(n))
             .map(|n| p.workflow.leaf_range(a.payload.len(), n.index))
-            .count();
+            .collect::<Vec<_>>();
         black_box(unreleased);
         for node in p.workflow.nodes() {
             if node.level > 0 && !p.released.contains(&node) {
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         black_box(c.slots.saturating_sub(c.busy));
     }
     if let Some(s) = decode_as::<TeamStatus>(data) {
-        black_box(s.alerts.iter().map(|a| a.as_str()).count());
+        black_box(s.alerts.iter().map(|a| a.as_str()).collect::<Vec<_>>());
         black_box(s.window_hit_rate.map(|r| format!("{:.0}%", r * 100.0)));
     }
 });

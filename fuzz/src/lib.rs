@@ -66,18 +66,18 @@ pub fn blob(b: &Blob) {
 pub fn workflow_node(w: Workflow, node: NodeId, payload_len: u64) {
     black_box(w.steps_to_root(node));
     black_box(w.is_root(node));
-    if w.contains(node) {
-        if let Some(parent) = w.parent(node) {
-            assert!(
-                w.contains(parent),
-                "{w:?}: parent of {node} is outside the tree"
-            );
-            let siblings = w.children(parent);
-            assert!(
-                siblings.contains(&node),
-                "{w:?}: {node} is not a child of its parent"
-            );
-        }
+    if w.contains(node)
+        && let Some(parent) = w.parent(node)
+    {
+        assert!(
+            w.contains(parent),
+            "{w:?}: parent of {node} is outside the tree"
+        );
+        let siblings = w.children(parent);
+        assert!(
+            siblings.contains(&node),
+            "{w:?}: {node} is not a child of its parent"
+        );
     }
     if node.level == 0 {
         black_box(w.leaf_range(payload_len, node.index));

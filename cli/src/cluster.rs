@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use push0_protocol::TeamConfig;
+use push0_protocol::auth::team_identity;
 use push0_prover_gateway::prover::Prover;
 use push0_runtime::Bus;
+use push0_runtime::auth::Keys;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,8 +37,11 @@ pub struct ClusterSpec {
     pub grace: Duration,
     /// Report the teams' blocks to an Ethproofs-compatible API.
     pub reporter: Option<push0_reporter::Config>,
-    /// TLS to the server, for every connection of the cluster.
-    pub tls: push0_runtime::TlsArgs,
+    /// TLS and credentials to the server, for every connection of the cluster.
+    pub access: push0_runtime::BusAccess,
+    /// With keys: each connection signs in as its own identity with its key from here (the
+    /// server admits them by the authorization block rendered from the same keys).
+    pub keys: Option<Keys>,
 }
 
 impl ClusterSpec {
@@ -51,7 +56,8 @@ impl ClusterSpec {
             alerts: Default::default(),
             grace: Duration::from_secs(5),
             reporter: None,
-            tls: Default::default(),
+            access: Default::default(),
+            keys: None,
         }
     }
 
@@ -96,16 +102,26 @@ pub struct LocalCluster {
     services: Vec<Service>,
     nats_url: String,
     prefix: String,
-    tls: push0_runtime::TlsArgs,
+    access: push0_runtime::BusAccess,
+    keys: Option<Keys>,
     grace: Duration,
     started_gateways: usize,
 }
 
 impl LocalCluster {
     pub async fn start(spec: ClusterSpec) -> Result<Self> {
-        let connect =
-            |name: &'static str| Bus::connect_with(&spec.nats_url, &spec.prefix, name, &spec.tls);
-        let bus = connect("push0-dev").await.context("connecting to nats")?;
+        let access = |identity: &str| match &spec.keys {
+            Some(keys) => spec.access.with_creds(Some(keys.file(identity))),
+            None => spec.access.clone(),
+        };
+        let (url, prefix) = (&spec.nats_url, &spec.prefix);
+        let connect = |name: &'static str| {
+            let access = access(name);
+            async move { Bus::connect_with(url, prefix, name, &access).await }
+        };
+        let bus = Bus::connect_with(&spec.nats_url, &spec.prefix, "push0-dev", &access("admin"))
+            .await
+            .context("connecting to nats")?;
         // In-process services do not check the topology; this harness owns it, as
         // `push0 topology apply` does in a deployment.
         push0_runtime::topology::apply(&bus, bus.replicas, Duration::from_secs(120))
@@ -163,7 +179,8 @@ impl LocalCluster {
             services,
             nats_url: spec.nats_url.clone(),
             prefix: spec.prefix.clone(),
-            tls: spec.tls.clone(),
+            access: spec.access.clone(),
+            keys: spec.keys.clone(),
             grace: spec.grace,
             started_gateways: 0,
         };
@@ -173,12 +190,25 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// A new connection to the cluster's server called `name`, signed in as the identity
+    /// `identity` when the cluster has keys.
+    pub async fn connect_as(&self, identity: &str, name: &str) -> Result<Bus> {
+        let access = match &self.keys {
+            Some(keys) => self.access.with_creds(Some(keys.file(identity))),
+            None => self.access.clone(),
+        };
+        Bus::connect_with(&self.nats_url, &self.prefix, name, &access)
+            .await
+            .with_context(|| format!("connecting to nats as {identity}"))
+    }
+
     /// Starts `g.count` more gateways (for example a fleet coming back after an outage).
     pub async fn add_gateways(&mut self, g: &GatewaySpec) -> Result<()> {
         for _ in 0..g.count {
             let i = self.started_gateways;
             self.started_gateways += 1;
-            let bus = Bus::connect_with(&self.nats_url, &self.prefix, "prover-gateway", &self.tls)
+            let bus = self
+                .connect_as(&team_identity(&g.team), "prover-gateway")
                 .await?;
             let config = push0_prover_gateway::Config {
                 team: g.team.clone(),

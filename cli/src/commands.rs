@@ -29,26 +29,6 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let _telemetry = telemetry::init_with_filter("dev", LogFormat::Text, false, "warn")
         .map_err(anyhow::Error::msg)?;
     let shutdown = shutdown_on_signal();
-    let (_server, url, tls) = match &args.nats_url {
-        Some(url) => (None, url.clone(), args.server_tls.clone()),
-        None => {
-            let server = match args.tls {
-                true => NatsServer::start_tls(None),
-                false => NatsServer::start(),
-            }
-            .context("starting nats-server")?;
-            let url = server.url();
-            let tls = server.tls().map(|t| t.client()).unwrap_or_default();
-            match server.tls() {
-                Some(t) => eprintln!(
-                    "nats-server listening on {url}, TLS required and client certificates verified (CA {})",
-                    t.ca.display()
-                ),
-                None => eprintln!("nats-server listening on {url} (data in a temporary folder)"),
-            }
-            (Some(server), url, tls)
-        }
-    };
     let teams = match &args.teams {
         None if args.sim => TeamsFile::default_teams(),
         None => vec![
@@ -68,6 +48,44 @@ pub async fn dev(args: DevArgs) -> Result<()> {
                 .map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
         }
     };
+    // Every identity signs in with its own key unless auth is off or the server is not ours.
+    let keys_dir = tempfile::Builder::new().prefix("push0-keys-").tempdir()?;
+    let keys = match (&args.nats_url, args.no_auth) {
+        (None, false) => Some(push0_runtime::auth::Keys::open(
+            &keys_dir.path().join("keys"),
+        )?),
+        _ => None,
+    };
+    let (_server, url, tls) = match &args.nats_url {
+        Some(url) => (None, url.clone(), args.server_access.clone()),
+        None => {
+            let authorization = match &keys {
+                Some(keys) => {
+                    let subjects = push0_protocol::Subjects::new(&args.prefix)?;
+                    Some(keys.authorization(&subjects, &teams)?)
+                }
+                None => None,
+            };
+            let server = NatsServer::start_secured(None, args.tls, authorization.as_deref())
+                .context("starting nats-server")?;
+            let url = server.url();
+            let tls = server.tls().map(|t| t.client()).unwrap_or_default();
+            match server.tls() {
+                Some(t) => eprintln!(
+                    "nats-server listening on {url}, TLS required and client certificates verified (CA {})",
+                    t.ca.display()
+                ),
+                None => eprintln!("nats-server listening on {url} (data in a temporary folder)"),
+            }
+            if let Some(keys) = &keys {
+                eprintln!(
+                    "authorization on: every service, team, the block source and the dashboard sign in with their own nkey, confined to their subjects (keys in {})",
+                    keys.dir().display()
+                );
+            }
+            (Some(server), url, tls)
+        }
+    };
     let mut teams = teams;
     let reporter = match &args.ethproofs_url {
         None => None,
@@ -79,7 +97,8 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     });
     let mut spec = ClusterSpec::new(&url, &args.prefix, Vec::new());
     spec.reporter = reporter;
-    spec.tls = tls;
+    spec.access = tls;
+    spec.keys = keys;
     let mut described = Vec::new();
     for team in &teams {
         let system = team
@@ -128,12 +147,16 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     let page_stop = shutdown.child_token();
     let page = match args.no_dashboard {
         true => None,
-        false => Some(open_dashboard(&cluster.bus, args.dashboard, &page_stop).await?),
+        false => {
+            let reader = cluster.connect_as("reader", "push0-dashboard").await?;
+            Some(open_dashboard(&reader, args.dashboard, &page_stop).await?)
+        }
     };
     let mut feed = ProofFeed::open(&cluster.bus).await?;
 
+    let source_bus = cluster.connect_as("source", "push0-source").await?;
     let source = (args.blocks > 0).then(|| {
-        let bus = cluster.bus.clone();
+        let bus = source_bus;
         let (chain, first, count, rate, size) = (
             args.chain.clone(),
             args.first,
@@ -704,7 +727,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
 /// `push0 verify`: true when the proof is valid.
 pub async fn verify(args: VerifyArgs) -> Result<bool> {
     let bus = match &args.nats_url {
-        Some(url) => Some(Bus::connect_with(url, &args.prefix, "push0-cli", &args.tls).await?),
+        Some(url) => Some(Bus::connect_with(url, &args.prefix, "push0-cli", &args.access).await?),
         None => None,
     };
     let message = match (&args.file, &args.team, &args.chain, args.number, &bus) {

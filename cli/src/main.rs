@@ -1,6 +1,7 @@
 //! `push0`: the operator tool. `push0 dev` runs a whole local cluster and proves blocks;
 //! `push0 submit` publishes a block; `push0 status` shows what happened to blocks.
 
+mod auth;
 mod commands;
 mod teams;
 mod topology;
@@ -37,6 +38,9 @@ enum Command {
     Dlq(DlqArgs),
     /// Add, remove or list proving teams at runtime
     Team(teams::TeamArgs),
+    /// Make the identities' nkeys and render the nats-server authorization block that confines
+    /// each to the subjects its work needs
+    Auth(auth::AuthArgs),
     /// Declare the streams, buckets and object store (the only step that creates or changes
     /// them), or check them
     Topology(topology::TopologyArgs),
@@ -103,7 +107,7 @@ pub struct VerifyArgs {
     #[arg(long, env = "PUSH0_PREFIX", default_value = "push0")]
     prefix: String,
     #[command(flatten)]
-    tls: push0_runtime::TlsArgs,
+    access: push0_runtime::BusAccess,
     /// Team whose proof to fetch
     #[arg(long, requires = "nats_url")]
     team: Option<String>,
@@ -128,13 +132,16 @@ pub struct Connection {
     #[arg(long, env = "PUSH0_PREFIX", default_value = "push0")]
     prefix: String,
     #[command(flatten)]
-    tls: push0_runtime::TlsArgs,
+    access: push0_runtime::BusAccess,
 }
 
 impl Connection {
     /// A connection to the bus, under `name`.
     async fn bus(&self, name: &str) -> anyhow::Result<push0_runtime::Bus> {
-        Ok(push0_runtime::Bus::connect_with(&self.nats_url, &self.prefix, name, &self.tls).await?)
+        Ok(
+            push0_runtime::Bus::connect_with(&self.nats_url, &self.prefix, name, &self.access)
+                .await?,
+        )
     }
 }
 
@@ -187,9 +194,13 @@ pub struct DevArgs {
     /// throw-away CA made for this run; every connection of the cluster uses TLS
     #[arg(long, conflicts_with = "nats_url")]
     tls: bool,
-    /// TLS settings for a server given with --nats-url
+    /// Run nats-server admitting anyone (by default it admits only the cluster's
+    /// identities, each with its own nkey and confined to the subjects its work needs)
+    #[arg(long, conflicts_with = "nats_url")]
+    no_auth: bool,
+    /// TLS and credentials for a server given with --nats-url
     #[command(flatten)]
-    server_tls: push0_runtime::TlsArgs,
+    server_access: push0_runtime::BusAccess,
     /// Address of the live dashboard (port 0: any free port; taken: any free port)
     #[arg(long, default_value = "127.0.0.1:8420")]
     dashboard: std::net::SocketAddr,
@@ -260,6 +271,7 @@ async fn main() {
         Command::Dashboard(args) => commands::dashboard(args).await,
         Command::Dlq(args) => commands::dlq(args).await,
         Command::Team(args) => teams::team(args).await,
+        Command::Auth(args) => auth::auth(args).await,
         Command::Topology(args) => topology::topology(args).await,
         Command::Probe(args) => match push0_runtime::http::get(&args.url, args.timeout) {
             Ok((status, _)) if (200..300).contains(&status) => Ok(()),

@@ -7,11 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use push0::report::table;
+use push0_protocol::auth::Identity;
 use push0_protocol::topology::CAPACITY_TTL;
 use push0_protocol::{
     Capacity, LatePolicy, Mode, Shape, TeamConfig, TeamStatus, TeamsFile, WireMessage, decode,
     now_ms,
 };
+use push0_runtime::auth::Keys;
 use push0_runtime::{Bus, register_team, remove_team};
 
 use crate::Connection;
@@ -20,6 +22,14 @@ use crate::Connection;
 pub struct TeamArgs {
     #[command(flatten)]
     conn: Connection,
+    /// Keys folder of the cluster's identities (`push0 auth --keys`): `add` makes each added
+    /// team's credentials there, `remove` deletes the team's
+    #[arg(long, env = "PUSH0_KEYS", requires = "authorization")]
+    keys: Option<PathBuf>,
+    /// The authorization file nats-server includes: rewritten from the registered teams after
+    /// the change (then reload the server)
+    #[arg(long, env = "PUSH0_AUTHORIZATION", requires = "keys")]
+    authorization: Option<PathBuf>,
     #[command(subcommand)]
     command: TeamCommand,
 }
@@ -129,6 +139,8 @@ fn team_from_flags(a: &AddArgs, name: &str) -> Result<TeamConfig> {
 
 pub async fn team(args: TeamArgs) -> Result<()> {
     let bus = args.conn.bus("push0-cli").await?;
+    let keys = args.keys.as_deref().map(Keys::open).transpose()?;
+    let changes = !matches!(args.command, TeamCommand::List);
     match args.command {
         TeamCommand::Add(a) => {
             let teams = match (&a.file, &a.name) {
@@ -153,6 +165,13 @@ pub async fn team(args: TeamArgs) -> Result<()> {
                 register_team(&bus, t).await?;
                 println!("team {} registered ({})", t.name, describe(t));
             }
+            if let Some(keys) = &keys {
+                for t in &teams {
+                    let path = keys.path(&Identity::team(t));
+                    keys.ensure(&Identity::team(t))?;
+                    println!("team {} signs in with {}", t.name, path.display());
+                }
+            }
         }
         TeamCommand::Remove { name } => {
             let kv = bus.kv(&bus.subjects.bucket_teams()).await?;
@@ -161,6 +180,12 @@ pub async fn team(args: TeamArgs) -> Result<()> {
             }
             remove_team(&bus, &name).await?;
             println!("team {name} removed; the scheduler withdraws its queued work");
+            if let Some(keys) = &keys {
+                keys.remove(&Identity::Team {
+                    name: name.clone(),
+                    classes: Vec::new(),
+                })?;
+            }
         }
         TeamCommand::List => {
             let teams = registered(&bus).await?;
@@ -193,6 +218,13 @@ pub async fn team(args: TeamArgs) -> Result<()> {
             print!("{}", table(&rows));
         }
     }
+    if let (Some(keys), Some(out)) = (&keys, &args.authorization)
+        && changes
+    {
+        let teams = registered(&bus).await?;
+        crate::auth::write(keys, &bus.subjects, &teams, out)?;
+        println!("reload nats-server to apply it: nats-server --signal reload");
+    }
     Ok(())
 }
 
@@ -224,7 +256,7 @@ pub fn workflow_name(t: &TeamConfig) -> String {
 }
 
 /// Every registered team, sorted by name.
-async fn registered(bus: &Bus) -> Result<Vec<TeamConfig>> {
+pub async fn registered(bus: &Bus) -> Result<Vec<TeamConfig>> {
     let kv = bus.kv(&bus.subjects.bucket_teams()).await?;
     let mut keys = kv.keys().await?;
     let mut teams = Vec::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use push0::source::run_source;
 use push0_natsd::NatsServer;
 use push0_protocol::TeamConfig;
-use push0_runtime::{Bus, TlsArgs};
+use push0_runtime::{Bus, BusAccess};
 use push0_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,9 +26,9 @@ async fn only_clients_with_the_ca_and_a_certificate_get_in() -> anyhow::Result<(
         Bus::connect(&plain_url, &prefix, "plain").await.is_err(),
         "a plain-TCP client got in"
     );
-    let ca_only = TlsArgs {
+    let ca_only = BusAccess {
         tls_ca: Some(files.ca.clone()),
-        ..TlsArgs::default()
+        ..BusAccess::default()
     };
     assert!(
         Bus::connect_with(&url, &prefix, "ca-only", &ca_only)
@@ -38,10 +38,11 @@ async fn only_clients_with_the_ca_and_a_certificate_get_in() -> anyhow::Result<(
     );
     // A certificate from another CA is refused too.
     let other = push0_natsd::TlsFiles::generate(&temp_dir("tls-other")?)?;
-    let strangers = TlsArgs {
+    let strangers = BusAccess {
         tls_ca: Some(files.ca.clone()),
         tls_cert: Some(other.client_cert.clone()),
         tls_key: Some(other.client_key.clone()),
+        ..BusAccess::default()
     };
     assert!(
         Bus::connect_with(&url, &prefix, "stranger", &strangers)
@@ -62,7 +63,7 @@ async fn the_pipeline_proves_blocks_over_tls() -> anyhow::Result<()> {
     let prefix = random_prefix();
     let teams = vec![TeamConfig::single("alpha"), TeamConfig::split("beta", 2, 2)];
     let mut spec = push0::cluster::ClusterSpec::new(&server.url(), &prefix, teams.clone());
-    spec.tls = tls.clone();
+    spec.access = tls.clone();
     for t in &teams {
         spec = spec.gateways(&t.name, 1, 2, sim("fixed:5ms"));
     }

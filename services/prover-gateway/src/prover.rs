@@ -137,6 +137,17 @@ impl SimProver {
     }
 }
 
+/// The gateway's own secrets, kept from the prover's environment: the prover is a program of
+/// the team's choosing and needs none of them.
+const SECRET_ENV: [&str; 6] = [
+    "PUSH0_NATS_CREDS",
+    "PUSH0_TLS_KEY",
+    "PUSH0_TLS_CERT",
+    "ETHPROOFS_API_KEY",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+];
+
 /// Runs `<program> <args…> --task <manifest.json>` per task.
 #[derive(Debug, Clone)]
 pub struct ExecProver {
@@ -259,6 +270,9 @@ impl ExecProver {
             .kill_on_drop(true);
         if let Some(n) = self.threads {
             cmd.env("RAYON_NUM_THREADS", n.to_string());
+        }
+        for name in SECRET_ENV {
+            cmd.env_remove(name);
         }
         let mut child = cmd.spawn().map_err(|e| {
             ProveError::Retryable(format!("cannot start {}: {e}", self.program.display()))

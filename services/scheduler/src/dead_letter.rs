@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use push0_protocol::subjects::plan_key;
 use push0_protocol::{DlqReason, Plan, Task};
 use push0_runtime::{
@@ -10,6 +11,9 @@ use push0_runtime::{
 };
 
 use crate::{SERVICE, Scheduler};
+
+/// Failed deliveries of a poison task read back into its dead letter, the latest ones.
+const MAX_HISTORY: u64 = 32;
 
 /// Poison tasks: a task that ran out of deliveries stays in the work queue (the server only sends an advisory)
 /// and is reported on the advisories stream — by the team's gateways, which keep the delivery
@@ -41,9 +45,18 @@ impl Handler for PoisonHandler {
                 "advisory without stream_seq or deliveries",
             ));
         };
-        let consumer = advisory["consumer"].as_str().unwrap_or("?").to_string();
+        // The consumer is read from the subject, not the body: a team's gateways may publish the
+        // advisory of their own consumer only (the server enforces it), so a task of another
+        // consumer named in the body is refused below.
+        let consumer = delivery
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         match self.dead_letter_task(sequence, deliveries, &consumer).await {
-            Ok(()) => Outcome::Ack,
+            Ok(None) => Outcome::Ack,
+            Ok(Some(refused)) => Outcome::Reject(Rejection::new(DlqReason::Malformed, refused)),
             Err(e) => retry_after_error(
                 SERVICE,
                 "dead-lettering a poison task",
@@ -62,7 +75,9 @@ impl PoisonHandler {
             return Vec::new();
         };
         let mut history = Vec::new();
-        for delivery in 1..=deliveries {
+        // The advisory's count comes from the bus: read no more than the latest records.
+        let first = deliveries.saturating_sub(MAX_HISTORY - 1).max(1);
+        for delivery in first..=deliveries {
             let key = push0_protocol::subjects::attempt_key(task_id, delivery);
             if let Ok(Some((a, _))) =
                 push0_runtime::kv_get::<push0_protocol::Attempt>(&kv, &key).await
@@ -78,7 +93,7 @@ impl PoisonHandler {
         sequence: u64,
         deliveries: u64,
         consumer: &str,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Option<String>, RuntimeError> {
         let bus = &self.scheduler.bus;
         let stream = bus
             .js
@@ -87,13 +102,32 @@ impl PoisonHandler {
             .map_err(|e| RuntimeError::nats("get task stream", e))?;
         let Ok(message) = stream.get_raw_message(sequence).await else {
             // Gone already: handled before a crash, or acked late by a slow gateway.
-            return Ok(());
+            return Ok(None);
         };
         let schema = message
             .headers
             .get(push0_protocol::SCHEMA_HEADER)
             .map(|v| v.as_str().to_string());
         let task = push0_protocol::decode::<Task>(schema.as_deref(), &message.payload).ok();
+        // Only a task of the advisory's own consumer: its filter subject is the task's subject.
+        let filter = match stream.consumer_info(consumer).await {
+            Ok(info) => Some(info.config.filter_subject.clone()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::InvalidName
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(RuntimeError::nats("read the advisory's consumer", e)),
+        };
+        if filter.as_deref() != Some(message.subject.as_str()) {
+            return Ok(Some(format!(
+                "advisory of consumer {consumer} names stream sequence {sequence}, a message on {} outside that consumer",
+                message.subject
+            )));
+        }
         let detail = format!("gave up after {deliveries} deliveries to consumer {consumer}");
         let mut rejection = Rejection::new(DlqReason::MaxDeliveries, detail.clone());
         if let Some(t) = &task {
@@ -129,6 +163,6 @@ impl PoisonHandler {
             .delete_message(sequence)
             .await
             .map_err(|e| RuntimeError::nats("delete poison task", e))?;
-        Ok(())
+        Ok(None)
     }
 }

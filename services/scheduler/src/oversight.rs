@@ -306,7 +306,8 @@ impl Scheduler {
             match entry.operation {
                 async_nats::jetstream::kv::Operation::Put => {
                     if let Ok(c) = decode::<Capacity>(Some(Capacity::SCHEMA), &entry.value) {
-                        view.put(entry.key.clone(), c);
+                        let written_ms = (entry.created.unix_timestamp_nanos() / 1_000_000) as u64;
+                        view.put(entry.key.clone(), c, written_ms);
                     }
                 }
                 _ => view.remove(&entry.key),

@@ -267,15 +267,29 @@ impl Tracker {
     }
 }
 
-/// The gateways' capacity records as last seen, by key `<team>.<gateway>`.
+/// The gateways' capacity records as last seen, by key `<team>.<gateway>`, each with the
+/// server's time of its last write. The bucket expires a record its gateway stopped renewing
+/// without telling a watch, so records unwritten for [`CapacityView::FORGET_AFTER_MS`] are
+/// dropped here: the view holds the gateways of the last minute, not every gateway ever seen.
 #[derive(Debug, Default)]
 pub struct CapacityView {
-    records: HashMap<String, Capacity>,
+    records: HashMap<String, (Capacity, u64)>,
+    /// Prune when the view grows past this many records (twice the size after the last prune).
+    prune_at: usize,
 }
 
 impl CapacityView {
-    pub fn put(&mut self, key: String, record: Capacity) {
-        self.records.insert(key, record);
+    /// Ten times the capacity records' time to live.
+    pub const FORGET_AFTER_MS: u64 = 60_000;
+
+    /// Records `record`, written by the server at `written_ms`.
+    pub fn put(&mut self, key: String, record: Capacity, written_ms: u64) {
+        self.records.insert(key, (record, written_ms));
+        if self.records.len() > self.prune_at {
+            self.records
+                .retain(|_, (_, at)| written_ms.saturating_sub(*at) < Self::FORGET_AFTER_MS);
+            self.prune_at = (self.records.len() * 2).max(64);
+        }
     }
 
     pub fn remove(&mut self, key: &str) {
@@ -288,6 +302,7 @@ impl CapacityView {
         let ttl = ttl.as_millis() as u64;
         self.records
             .values()
+            .map(|(c, _)| c)
             .filter(|c| c.team == team && now_ms.saturating_sub(c.updated_at_ms) < ttl)
             .fold((0, 0), |(g, s), c| {
                 (g + 1, s + c.slots * c.classes.len() as u32)
@@ -306,6 +321,29 @@ mod tests {
             submitted_at_ms: 0,
             first_release_ms: None,
         }
+    }
+
+    #[test]
+    fn capacity_records_nobody_renews_are_forgotten() {
+        let record = |team: &str| Capacity {
+            team: team.into(),
+            gateway: "gw".into(),
+            slots: 1,
+            busy: 0,
+            classes: vec!["prove".into()],
+            priority: 0,
+            started_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let mut view = CapacityView::default();
+        for i in 0..1_000u64 {
+            view.put(format!("alpha.gw-{i}"), record("alpha"), i * 1_000);
+        }
+        // A gateway per second for 1,000 s, each written once: the last minute's stay.
+        let kept = view.records.len();
+        assert!(kept <= 2 * 64, "{kept} records kept");
+        view.put("beta.gw".into(), record("beta"), 1_000_000);
+        assert!(view.records.contains_key("beta.gw"));
     }
 
     #[test]

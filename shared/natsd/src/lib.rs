@@ -152,6 +152,8 @@ pub struct NatsServer {
     pub monitor_port: u16,
     /// With TLS: the files of a throw-away CA, the server's certificate and a client's.
     tls: Option<TlsFiles>,
+    /// With an authorization block: the file the server includes it from.
+    authorization: Option<PathBuf>,
 }
 
 /// PEM files of a CA made for one server, the server's certificate (for 127.0.0.1 and
@@ -229,11 +231,12 @@ impl TlsFiles {
     }
 
     /// What a client of the server needs: the CA and the client certificate.
-    pub fn client(&self) -> push0_runtime::TlsArgs {
-        push0_runtime::TlsArgs {
+    pub fn client(&self) -> push0_runtime::BusAccess {
+        push0_runtime::BusAccess {
             tls_ca: Some(self.ca.clone()),
             tls_cert: Some(self.client_cert.clone()),
             tls_key: Some(self.client_key.clone()),
+            creds: None,
         }
     }
 }
@@ -257,12 +260,32 @@ impl NatsServer {
     }
 
     fn start_with(log: Option<PathBuf>, tls: bool) -> Result<Self> {
+        Self::start_secured(log, tls, None)
+    }
+
+    /// A server that admits only the users of `authorization` (a block as
+    /// `push0 auth` renders it), with TLS as [`NatsServer::start_tls`] if `tls`. The block is
+    /// kept in its own file ([`NatsServer::authorization_path`]); rewrite it and
+    /// [`NatsServer::reload`] to change who may sign in.
+    pub fn start_secured(
+        log: Option<PathBuf>,
+        tls: bool,
+        authorization: Option<&str>,
+    ) -> Result<Self> {
         let binary = nats_server_binary()?;
         let dir = tempfile::Builder::new().prefix("push0-nats-").tempdir()?;
         let log = log.unwrap_or_else(|| dir.path().join("server.log"));
         let tls = match tls {
             true => Some(TlsFiles::generate(&dir.path().join("tls"))?),
             false => None,
+        };
+        let authorization = match authorization {
+            Some(text) => {
+                let path = dir.path().join("authorization.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
         };
         let mut server = Self {
             child: None,
@@ -272,6 +295,7 @@ impl NatsServer {
             port: free_port()?,
             monitor_port: free_port()?,
             tls,
+            authorization,
         };
         server.spawn()?;
         Ok(server)
@@ -285,6 +309,27 @@ impl NatsServer {
     /// The certificates of a server started with TLS.
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
+    }
+
+    /// The file the server reads its authorization block from, if it has one.
+    pub fn authorization_path(&self) -> Option<&Path> {
+        self.authorization.as_deref()
+    }
+
+    /// Makes the server read its configuration again (as `nats-server --signal reload`):
+    /// users no longer in the authorization block are refused from their next connection.
+    pub fn reload(&self) -> Result<()> {
+        let pid = self.pid().context("the server is not running")?;
+        let status = Command::new(&self.binary)
+            .arg("--signal")
+            .arg(format!("reload={pid}"))
+            .stdout(Stdio::null())
+            .status()
+            .context("signalling nats-server")?;
+        if !status.success() {
+            bail!("nats-server --signal reload={pid} exited with {status}");
+        }
+        Ok(())
     }
 
     pub fn store_dir(&self) -> PathBuf {
@@ -314,6 +359,12 @@ impl NatsServer {
             config.push_str(&format!(
                 "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 2\n}}\n",
                 t.server_cert, t.server_key, t.ca
+            ));
+        }
+        if let Some(path) = &self.authorization {
+            config.push_str(&format!(
+                "include {:?}\n",
+                path.file_name().unwrap_or_default()
             ));
         }
         let child = spawn_server(&self.binary, self.dir.path(), &config, &self.log)?;

@@ -2,6 +2,7 @@
 //! and the team registry format. Pure data and pure functions: nothing here does I/O, so every
 //! service, the CLI and foreign-language clients agree on one definition.
 
+pub mod auth;
 pub mod bundle;
 pub mod names;
 pub mod subjects;

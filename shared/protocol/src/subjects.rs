@@ -157,7 +157,7 @@ impl Subjects {
     pub fn bucket_leases(&self) -> String {
         self.bucket("leases")
     }
-    /// Failed task deliveries as gateways reported them, key `<task id>.<delivery>`.
+    /// Failed task deliveries as gateways reported them, key [`attempt_key`].
     pub fn bucket_attempts(&self) -> String {
         self.bucket("attempts")
     }
@@ -215,9 +215,10 @@ pub fn short_hash(hash: &[u8]) -> String {
     hex::encode(&hash[..hash.len().min(8)])
 }
 
-/// KV key of one failed delivery of a task.
+/// KV key of one failed delivery of a task: the task id's `/` become `.`, so the key starts
+/// with the team's token and the server can confine a team's gateways to their own records.
 pub fn attempt_key(task_id: &str, delivery: u64) -> String {
-    format!("{task_id}.{delivery}")
+    format!("{}.{delivery}", task_id.replace('/', "."))
 }
 
 /// KV key of a (team, chain) publication cursor.

@@ -12,6 +12,9 @@ use crate::bus::{Bus, RuntimeError};
 /// proofs (100-200 KB) ride in the message itself.
 pub const DEFAULT_INLINE_THRESHOLD: usize = 256 * 1024;
 
+/// Largest buffer reserved up front for a stored blob; bigger ones grow as they are read.
+const PREALLOCATE_MAX: usize = 8 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct BlobStore {
     store: ObjectStore,
@@ -70,7 +73,8 @@ impl BlobStore {
             .get(&r.key)
             .await
             .map_err(|e| err(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(r.size as usize);
+        // The declared size comes off the bus: reserve no more than a message can carry.
+        let mut bytes = Vec::with_capacity((r.size as usize).min(PREALLOCATE_MAX));
         object
             .read_to_end(&mut bytes)
             .await

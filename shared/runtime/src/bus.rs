@@ -11,7 +11,7 @@ use push0_protocol::wire::{WireMessage, decode, encode};
 use push0_protocol::{ConsumerSpec, MSG_ID_HEADER, SCHEMA_HEADER, Subjects, Topology};
 
 use crate::backoff::{Backoff, doubling};
-use crate::config::TlsArgs;
+use crate::config::BusAccess;
 use crate::{metrics, telemetry};
 
 /// How long `ensure_consumer` keeps trying (a leader election takes 5-8 s; a restarted node
@@ -41,6 +41,42 @@ pub struct Bus {
     pub replicas: usize,
 }
 
+/// The options of a connection called `name` with `access`'s TLS and credentials.
+pub async fn connect_options(
+    name: &str,
+    access: &BusAccess,
+) -> Result<async_nats::ConnectOptions, RuntimeError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5));
+    for file in [
+        &access.tls_ca,
+        &access.tls_cert,
+        &access.tls_key,
+        &access.creds,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !file.is_file() {
+            return Err(RuntimeError::Config(format!(
+                "{} does not exist",
+                file.display()
+            )));
+        }
+    }
+    if let Some(ca) = &access.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&access.tls_cert, &access.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if let Some(creds) = &access.creds {
+        options = crate::auth::Creds::read(creds)?.apply(options).await?;
+    }
+    Ok(options)
+}
+
 /// Splits a comma-separated URL list into addresses (async-nats does not parse the list).
 pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, RuntimeError> {
     let addrs: Result<Vec<ServerAddr>, _> = urls
@@ -62,40 +98,22 @@ pub fn parse_urls(urls: &str) -> Result<Vec<ServerAddr>, RuntimeError> {
 impl Bus {
     /// Connects to the server(s) in `urls` as `name`, for subjects under `prefix`.
     pub async fn connect(urls: &str, prefix: &str, name: &str) -> Result<Self, RuntimeError> {
-        Self::connect_with(urls, prefix, name, &TlsArgs::default()).await
+        Self::connect_with(urls, prefix, name, &BusAccess::default()).await
     }
 
-    /// [`Bus::connect`] with TLS settings: a CA makes TLS required and verifies the servers'
-    /// certificates against it; a client certificate is presented to servers that ask.
+    /// [`Bus::connect`] with TLS and credentials: a CA makes TLS required and verifies the
+    /// servers' certificates against it; a client certificate is presented to servers that ask;
+    /// credentials sign in as one identity.
     pub async fn connect_with(
         urls: &str,
         prefix: &str,
         name: &str,
-        tls: &TlsArgs,
+        access: &BusAccess,
     ) -> Result<Self, RuntimeError> {
         let subjects = Subjects::new(prefix).map_err(|e| RuntimeError::Config(e.to_string()))?;
         let addrs = parse_urls(urls)?;
-        let mut options = async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(Duration::from_secs(5));
-        for file in [&tls.tls_ca, &tls.tls_cert, &tls.tls_key]
-            .into_iter()
-            .flatten()
-        {
-            if !file.is_file() {
-                return Err(RuntimeError::Config(format!(
-                    "TLS file {} does not exist",
-                    file.display()
-                )));
-            }
-        }
-        if let Some(ca) = &tls.tls_ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let (Some(cert), Some(key)) = (&tls.tls_cert, &tls.tls_key) {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-        let client = options
+        let client = connect_options(name, access)
+            .await?
             .connect(addrs)
             .await
             .map_err(|e| RuntimeError::Connect {

@@ -52,13 +52,14 @@ pub struct CommonArgs {
     pub worker_threads: u16,
 
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub access: BusAccess,
 }
 
-/// TLS to the NATS servers. None set and a `nats://` URL: plain TCP. A `tls://` URL or a CA
-/// requires TLS; a client certificate answers a server that verifies its clients.
+/// TLS and credentials to the NATS servers. None set and a `nats://` URL: plain TCP, no
+/// credentials. A `tls://` URL or a CA requires TLS; a client certificate answers a server that
+/// verifies its clients; a credentials file signs in as one identity.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
+pub struct BusAccess {
     /// PEM file of the CA (or CAs) that signed the NATS servers' certificates; TLS is then
     /// required
     #[arg(long, env = "PUSH0_TLS_CA")]
@@ -71,4 +72,19 @@ pub struct TlsArgs {
     /// The client certificate's private key (PEM)
     #[arg(long, env = "PUSH0_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// Credentials to sign in with: an nkey seed file as `push0 auth` writes them
+    /// (`<identity>.nk`), or a NATS user credentials file (JWT and seed)
+    #[arg(long, env = "PUSH0_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+}
+
+impl BusAccess {
+    /// The same TLS settings, signing in with the credentials in `creds`.
+    pub fn with_creds(&self, creds: Option<PathBuf>) -> Self {
+        Self {
+            creds,
+            ..self.clone()
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! one consume loop that turns handler outcomes into ack kinds, publishing with schema, msg-id
 //! and trace headers, blobs, dead letters, metrics, telemetry and graceful shutdown.
 
+pub mod auth;
 pub mod backoff;
 pub mod blobs;
 pub mod bus;
@@ -23,7 +24,7 @@ pub mod verifier;
 
 pub use blobs::BlobStore;
 pub use bus::{Bus, RuntimeError, kv_create, kv_get, kv_update, kv_update_at, kv_write};
-pub use config::{CommonArgs, LogFormat, TlsArgs};
+pub use config::{BusAccess, CommonArgs, LogFormat};
 pub use consume::{Delivery, Handler, Order, Outcome, Rejection, consume, retry_after_error};
 pub use error::ErrorKind;
 pub use metrics::{Metrics, metrics, serve_metrics};

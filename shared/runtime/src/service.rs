@@ -43,7 +43,8 @@ async fn start(service: &'static str, common: &CommonArgs) -> Result<Started, Ru
         .map_err(|e| {
             RuntimeError::Config(format!("metrics address {}: {e}", common.metrics_addr))
         })?;
-    let mut bus = Bus::connect_with(&common.nats_url, &common.prefix, service, &common.tls).await?;
+    let mut bus =
+        Bus::connect_with(&common.nats_url, &common.prefix, service, &common.access).await?;
     bus.replicas = usize::from(common.replicas);
     // Services never declare the topology (its owner is `push0 topology apply`): they wait
     // for it, read-only, and exit naming what is wrong if it does not come.

@@ -57,6 +57,8 @@ PENDING_BINARIES = ("push0-reporter",)
 # TLS to NATS: the chart mounts tls.secretName here and names its files in these variables;
 # compose's TLS override (deploy/compose.tls.yml) mounts the certificates folder here too.
 TLS_DIR = "/etc/push0/tls"
+# Credentials to NATS: the chart mounts each pod's own key of auth.secretName here.
+CREDS_DIR = "/etc/push0/creds"
 TLS_VARS = {"PUSH0_TLS_CA": "caKey", "PUSH0_TLS_CERT": "certKey", "PUSH0_TLS_KEY": "keyKey"}
 COMPOSE_TLS = Path("deploy") / "compose.tls.yml"
 # Flags the deployment files set before the binaries declare them: the TLS settings
@@ -1377,7 +1379,7 @@ def reporter_problems(name: str, dep: dict[str, Any], reporter: dict[str, Any]) 
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     if not secret["name"]:
         tls_volumes = {m["name"] for m in container.get("volumeMounts", [])
-                       if m["mountPath"].rstrip("/") == TLS_DIR}
+                       if m["mountPath"].rstrip("/") in (TLS_DIR, CREDS_DIR)}
         if path or any("secret" in v for n, v in volumes.items() if n not in tls_volumes):
             problems.append(f"{name}: a key file or Secret volume without reporter.apiKeySecret.name")
         if not reporter["dryRun"]:
@@ -1841,6 +1843,7 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
         ("external NATS cluster, reporter dry run", {
             "nats": {"enabled": False}, "natsUrl": EXTERNAL_NATS,
             "reporter": {"enabled": True, "dryRun": True},
+            "auth": {"enabled": True, "secretName": "push0-creds"},
             "podDisruptionBudget": {"maxUnavailable": "50%", "unhealthyPodEvictionPolicy": "IfHealthyBudget"},
             "serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
                                "labels": {"release": "kube-prometheus-stack"}},

@@ -240,6 +240,39 @@ tls.enabled is false.
 {{- end }}
 
 {{/*
+Credentials of one push0 container (auth.enabled): the seed file `<identity>.nk` of Secret
+auth.secretName (made from the folder `push0 auth --keys` writes) mounted read-only at
+/etc/push0/creds, only that one key per pod, and PUSH0_NATS_CREDS naming it. Identities:
+admin (the topology Job), ingest, scheduler, aggregator, reporter, team-<name> (a team's
+gateways). Each renders nothing while auth.enabled is false.
+*/}}
+{{- define "push0.credsEnv" -}}
+{{- if .root.Values.auth.enabled -}}
+- name: PUSH0_NATS_CREDS
+  value: {{ printf "/etc/push0/creds/%s.nk" .identity | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "push0.credsVolumeMount" -}}
+{{- if .root.Values.auth.enabled -}}
+- name: nats-creds
+  mountPath: /etc/push0/creds
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "push0.credsVolume" -}}
+{{- if .root.Values.auth.enabled -}}
+- name: nats-creds
+  secret:
+    secretName: {{ required "auth.secretName is required when auth.enabled=true" .root.Values.auth.secretName | quote }}
+    items:
+      - key: {{ printf "%s.nk" .identity | quote }}
+        path: {{ printf "%s.nk" .identity | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 OpenTelemetry environment of a service container, as a YAML list (empty when there is none):
 the sampler whenever values set one (it also governs spans recorded with `traces` alone), and
 with otlp.endpoint the OTLP exporter, its headers from a Secret, and resource attributes naming

@@ -110,10 +110,7 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     pub async fn start(spec: ClusterSpec) -> Result<Self> {
-        let access = |identity: &str| match &spec.keys {
-            Some(keys) => spec.access.with_creds(Some(keys.file(identity))),
-            None => spec.access.clone(),
-        };
+        let access = |identity: &str| access_of(&spec.access, spec.keys.as_ref(), identity);
         let (url, prefix) = (&spec.nats_url, &spec.prefix);
         let connect = |name: &'static str| {
             let access = access(name);
@@ -193,10 +190,7 @@ impl LocalCluster {
     /// A new connection to the cluster's server called `name`, signed in as the identity
     /// `identity` when the cluster has keys.
     pub async fn connect_as(&self, identity: &str, name: &str) -> Result<Bus> {
-        let access = match &self.keys {
-            Some(keys) => self.access.with_creds(Some(keys.file(identity))),
-            None => self.access.clone(),
-        };
+        let access = access_of(&self.access, self.keys.as_ref(), identity);
         Bus::connect_with(&self.nats_url, &self.prefix, name, &access)
             .await
             .with_context(|| format!("connecting to nats as {identity}"))
@@ -283,6 +277,19 @@ impl LocalCluster {
             .iter()
             .find(|(_, _, h)| h.is_finished())
             .map(|(name, _, _)| name.clone())
+    }
+}
+
+/// How the connection of `identity` signs in: with its own key when the cluster has keys,
+/// else as `access` says.
+fn access_of(
+    access: &push0_runtime::BusAccess,
+    keys: Option<&Keys>,
+    identity: &str,
+) -> push0_runtime::BusAccess {
+    match keys {
+        Some(keys) => access.with_creds(Some(keys.file(identity))),
+        None => access.clone(),
     }
 }
 

@@ -14,7 +14,8 @@ On top of that, push0-specific assertions: every team has a gateway group,
 the services get the NATS URL, every service exports its traces to the
 collector compose runs, teams.toml agrees between compose and Helm, TLS to NATS
 reaches every push0 container (the chart with tls.enabled, compose with
-deploy/compose.tls.yml), and so on. A last check feeds known-bad inputs to each
+deploy/compose.tls.yml), each compose container signs in with its own key only
+(deploy/compose.auth.yml), and so on. A last check feeds known-bad inputs to each
 validator to prove it bites.
 """
 
@@ -135,11 +136,14 @@ class Compose:
         """`config` with every profile on (tools: the CLI; ethproofs: the reporter)."""
         return self.config_files([file], *extra)
 
-    def config_files(self, files: list[Path], *extra: str) -> subprocess.CompletedProcess:
-        """`config` of files merged in order, paths relative to the first one's folder."""
+    def config_files(self, files: list[Path], *extra: str,
+                     env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`config` of files merged in order, paths relative to the first one's folder; `env`
+        adds variables to the interpolation's environment."""
         args = [a for f in files for a in ("-f", str(f))]
         return run_tool([str(self.binary), *args, "--project-directory", str(files[0].parent),
-                         "--profile", "tools", "--profile", "ethproofs", "config", *extra], self.root, self.env)
+                         "--profile", "tools", "--profile", "ethproofs", "config", *extra], self.root,
+                        {**self.env, **(env or {})})
 
 
 def check_compose_valid(compose: Compose) -> str:
@@ -647,6 +651,21 @@ def nats_conf_tls(text: str) -> dict[str, str]:
     return {k: v.strip("\"'") for k, v in pairs}
 
 
+def nats_config(nats: dict[str, Any]) -> tuple[str, dict[str, Path], Path | None]:
+    """The nats service's --config path in the container, its bind mounts (target -> host
+    source) and the host file mounted at that path (None if none is)."""
+    cmd = [str(c) for c in nats.get("command") or []]
+    conf_target = cmd[cmd.index("--config") + 1] if "--config" in cmd[:-1] else ""
+    mounts = bind_mounts(nats)
+    return conf_target, mounts, mounts.get(conf_target)
+
+
+def included_targets(conf_target: str, text: str) -> list[str]:
+    """The container paths a nats-server config at `conf_target` includes."""
+    return [str(Path(conf_target).parent / inc.strip("\"'"))
+            for inc in re.findall(r"(?m)^\s*include\s+(\S+)", text)]
+
+
 def compose_tls_problems(model: dict[str, Any], root: Path,
                          read: Callable[[Path], str] = lambda p: p.read_text()) -> list[str]:
     """docker-compose.yml merged with its TLS override: nats-server runs a config that includes
@@ -673,17 +692,13 @@ def compose_tls_problems(model: dict[str, Any], root: Path,
 
     folders: dict[str, Path] = {}
     nats = services.get("nats") or {}
-    cmd = [str(c) for c in nats.get("command") or []]
-    conf_target = cmd[cmd.index("--config") + 1] if "--config" in cmd[:-1] else ""
-    mounts = bind_mounts(nats)
-    conf = mounts.get(conf_target)
+    conf_target, mounts, conf = nats_config(nats)
     if conf is None:
         problems.append(f"nats: its --config {conf_target!r} is not a mounted file")
     else:
         text = read(conf)
         base = root / "deploy" / "nats.conf"
-        includes = [str(Path(conf_target).parent / inc.strip("\"'"))
-                    for inc in re.findall(r"(?m)^\s*include\s+(\S+)", text)]
+        includes = included_targets(conf_target, text)
         if not any(mounts.get(inc) == base.resolve() for inc in includes):
             problems.append(f"nats: {conf.name} does not include deploy/nats.conf mounted beside it "
                             f"(includes {includes})")
@@ -731,6 +746,120 @@ def check_compose_tls(compose: Compose) -> str:
                   if any(c in BINARIES for c in (s.get("entrypoint") or []) + (s.get("command") or [])))
     return (f"docker-compose.yml with {COMPOSE_TLS} valid: nats requires TLS with verified client "
             f"certificates, {clients} push0 containers connect to tls://nats:4222 with theirs")
+
+
+COMPOSE_AUTH = Path("deploy") / "compose.auth.yml"
+
+
+def expected_identity(svc: dict[str, Any]) -> str | None:
+    """The push0 identity a compose service's binary signs in as, or None if it runs none."""
+    cmd = (svc.get("entrypoint") or []) + (svc.get("command") or [])
+    env = svc.get("environment") or {}
+    for binary, identity in (("push0-ingest", "ingest"), ("push0-scheduler", "scheduler"),
+                             ("push0-aggregator", "aggregator"), ("push0-reporter", "reporter")):
+        if binary in cmd:
+            return identity
+    if "push0-prover-gateway" in cmd:
+        return f"team-{env.get('PUSH0_TEAM')}"
+    # The push0 CLI: the topology step and the operator's commands need admin's rights.
+    return "admin" if "push0" in cmd else None
+
+
+def compose_auth_problems(model: dict[str, Any], root: Path, server_conf: Path) -> list[str]:
+    """docker-compose.yml merged with its authorization override: nats-server runs a config
+    that includes `server_conf` and the users block from the keys folder, each mounted beside
+    it; every container running a push0 binary names in PUSH0_NATS_CREDS the one seed file of
+    its own identity, mounted read-only from the keys folder (never created empty), and sees
+    no other key."""
+    services = model.get("services", {})
+    problems: list[str] = []
+    keys = root / "deploy" / "keys"
+    conf_target, mounts, conf = nats_config(services.get("nats") or {})
+    if conf is None:
+        problems.append(f"nats: its --config {conf_target!r} is not a mounted file")
+    else:
+        sources = {mounts.get(target) for target in included_targets(conf_target, conf.read_text())}
+        if server_conf.resolve() not in sources:
+            problems.append(f"nats: {conf.name} does not include {server_conf.name} mounted beside it")
+        if (keys / "authorization.conf").resolve() not in sources:
+            problems.append(f"nats: {conf.name} does not include the keys folder's authorization.conf")
+        if server_conf.name == "nats-tls.conf" and (root / "deploy" / "nats.conf").resolve() \
+                not in mounts.values():
+            problems.append("nats: nats-tls.conf includes ./nats.conf, which is not mounted beside it")
+    clients = 0
+    for name, svc in sorted(services.items()):
+        identity = expected_identity(svc)
+        if identity is None:
+            continue
+        clients += 1
+        path = str((svc.get("environment") or {}).get("PUSH0_NATS_CREDS") or "")
+        key_mounts = [v for v in svc.get("volumes", []) if v.get("type") == "bind"
+                      and Path(v["source"]).resolve().is_relative_to(keys.resolve())]
+        if not path:
+            problems.append(f"{name}: PUSH0_NATS_CREDS not set")
+            continue
+        own = [v for v in key_mounts if v["target"] == path]
+        if len(own) != 1:
+            problems.append(f"{name}: PUSH0_NATS_CREDS {path} is not a file mounted from the keys folder")
+            continue
+        mount = own[0]
+        if Path(mount["source"]).resolve() != (keys / f"{identity}.nk").resolve():
+            problems.append(f"{name}: signs in with {Path(mount['source']).name}, not {identity}.nk")
+        if mount.get("read_only") is not True:
+            problems.append(f"{name}: {path} is mounted writable")
+        if (mount.get("bind") or {}).get("create_host_path"):
+            problems.append(f"{name}: {path} would be created empty when missing "
+                            "(long syntax with bind.create_host_path: false)")
+        if len(key_mounts) > 1:
+            problems.append(f"{name}: sees more of the keys folder than its own key: "
+                            + ", ".join(v["target"] for v in key_mounts))
+    if not clients:
+        problems.append("no service runs a push0 binary")
+    return problems
+
+
+def check_compose_auth(compose: Compose) -> str:
+    """The authorization override, alone and after the TLS one, structurally; then the server
+    configuration it assembles, with keys `push0 auth` writes for deploy/teams.toml, is what
+    nats-server itself accepts (`nats-server -t`)."""
+    root = compose.root
+    counts = []
+    for files, server_conf, env in (
+            ([COMPOSE_AUTH], "nats.conf", {}),
+            ([COMPOSE_TLS, COMPOSE_AUTH], "nats-tls.conf", {"PUSH0_NATS_CONF": "./deploy/nats-tls.conf"})):
+        paths = [root / "docker-compose.yml", *(root / f for f in files)]
+        out = compose.config_files(paths, "--format", "json", env=env)
+        label = " + ".join(str(f) for f in files)
+        expect(out.returncode == 0, f"docker-compose.yml with {label} rejected by docker-compose config",
+               out.stderr + out.stdout)
+        model = json.loads(out.stdout)
+        problems = compose_auth_problems(model, root, root / "deploy" / server_conf)
+        expect(not problems, f"{len(problems)} problem(s) in docker-compose.yml with {label}",
+               "\n".join(problems))
+        counts.append(sum(1 for s in model["services"].values() if expected_identity(s)))
+    push0 = next((p for p in (root / "target" / "release" / "push0", root / "target" / "debug" / "push0")
+                  if p.is_file()), None)
+    expect(push0 is not None, "no push0 binary to write keys with: cargo build --release --workspace --bins")
+    nats_server = root / ".tools" / "nats" / "bin" / "nats-server"
+    expect(nats_server.is_file(), f"{nats_server} missing: run .ci/install-tools")
+    with tempfile.TemporaryDirectory() as tmp:
+        keys, etc = Path(tmp) / "keys", Path(tmp) / "etc"
+        out = run_tool([str(push0), "auth", "--keys", str(keys), "--teams", "deploy/teams.toml",
+                        "--out", str(keys / "authorization.conf")], root)
+        expect(out.returncode == 0, "push0 auth failed", out.stderr)
+        etc.mkdir()
+        for target, source in (("nats-auth.conf", root / "deploy" / "nats-auth.conf"),
+                               ("server.conf", root / "deploy" / "nats.conf"),
+                               ("nats.conf", root / "deploy" / "nats.conf"),
+                               ("authorization.conf", keys / "authorization.conf")):
+            shutil.copy(source, etc / target)
+        out = run_tool([str(nats_server), "-t", "-c", str(etc / "nats-auth.conf")], root)
+        expect(out.returncode == 0, "nats-server refuses the assembled configuration",
+               out.stderr + out.stdout)
+        users = len(re.findall(r"nkey\s*[:=]", (keys / "authorization.conf").read_text()))
+    return (f"docker-compose.yml with {COMPOSE_AUTH} valid (alone and after {COMPOSE_TLS}): "
+            f"{counts[0]} push0 containers each sign in with their own key; nats-server accepts "
+            f"the assembled configuration with {users} users")
 
 
 def check_prometheus(root: Path, promtool: Path) -> str:
@@ -2081,6 +2210,38 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
             expect(bool(problems), f"compose TLS check accepted a bad nats-tls.conf ({label})")
             rejected.append(f"compose-tls:{label}")
 
+        # The authorization override, on mutated copies of the merged model.
+        out = compose.config_files([root / "docker-compose.yml", root / COMPOSE_AUTH], "--format", "json")
+        expect(out.returncode == 0, "docker-compose config of the authorization override failed", out.stderr)
+        auth_model = json.loads(out.stdout)
+        plain = root / "deploy" / "nats.conf"
+        expect(not compose_auth_problems(auth_model, root, plain),
+               "the compose authorization override is wrong before any mutation")
+
+        def key_mount(m: dict[str, Any], name: str) -> dict[str, Any]:
+            return next(v for v in m["services"][name]["volumes"] if v["target"].startswith(CREDS_DIR))
+
+        keys = root / "deploy" / "keys"
+        compose_auth_breaks: dict[str, Callable[[dict[str, Any]], None]] = {
+            "gateway with another team's key": lambda m: key_mount(m, "gateway-alpha").__setitem__(
+                "source", str(keys / "team-beta.nk")),
+            "ingest as admin": lambda m: key_mount(m, "ingest").__setitem__("source", str(keys / "admin.nk")),
+            "scheduler without credentials": lambda m: env_of(m["services"], "scheduler").pop("PUSH0_NATS_CREDS"),
+            "key mounted writable": lambda m: key_mount(m, "aggregator").__setitem__("read_only", False),
+            "key created when missing": lambda m: key_mount(m, "reporter").__setitem__(
+                "bind", {"create_host_path": True}),
+            "the whole keys folder": lambda m: m["services"]["cli"]["volumes"].append(
+                {"type": "bind", "source": str(keys), "target": "/keys", "read_only": True}),
+            "nats without the users": lambda m: m["services"]["nats"].__setitem__(
+                "command", ["--config", "/etc/nats/nats.conf", "-js", "-m", "8222"]),
+        }
+        for label, mutate in compose_auth_breaks.items():
+            bad = copy.deepcopy(auth_model)
+            mutate(bad)
+            expect(bool(compose_auth_problems(bad, root, plain)),
+                   f"compose authorization check accepted a bad model ({label})")
+            rejected.append(f"compose-auth:{label}")
+
         bad_dockerfile = tmpdir / "Dockerfile"
         bad_dockerfile.write_text("FROM debian:bookworm-slim AS a\nCOPY --from=a /x /y\nCMD [\"a\"\n")
         out = run_tool(hadolint_cmd(hadolint, bad_dockerfile), tmpdir)
@@ -2297,7 +2458,7 @@ def check_validators_reject(compose: Compose, hadolint: Path, helm, chart: Path)
         mutate(bad)
         expect(bool(crd_problems(bad)), f"structural schema accepted a bad {kind} ({label})")
         rejected.append(f"crd:{label}")
-    return (f"{len(rejected)} known-bad inputs rejected by compose, the trace wiring, reporter and TLS checks, "
+    return (f"{len(rejected)} known-bad inputs rejected by compose, the trace wiring, reporter, TLS and authorization checks, "
             "hadolint, helm, kubernetes-validate and the custom resources' structural schemas")
 
 
@@ -2342,6 +2503,7 @@ def main() -> int:
     report.run("compose", lambda: check_compose_monitoring(compose))
     report.run("compose", lambda: check_compose_traces(compose))
     report.run("compose", lambda: check_compose_tls(compose))
+    report.run("compose", lambda: check_compose_auth(compose))
     report.run("prometheus", lambda: check_prometheus(root, args.promtool))
     report.run("prometheus", lambda: check_alert_annotations(root))
     report.run("prometheus", lambda: check_alerts_copy(root))

@@ -196,6 +196,13 @@ impl Drop for Turn {
         let mut chains = self.turns.0.lock().expect("turns lock");
         if let Some(chain) = chains.get_mut(&self.chain) {
             chain.running.remove(&self.ticket);
+            // The last running block of its chain is gone: every block has told the next what
+            // it did, so the next one to start has nothing to wait for, as on a chain never
+            // seen. Forgetting the chain keeps the map to the chains with blocks in flight,
+            // whatever chain names sources use.
+            if chain.running.is_empty() {
+                chains.remove(&self.chain);
+            }
         }
     }
 }
@@ -338,5 +345,34 @@ mod tests {
             "ended blocks leave the running ones"
         );
         drop(last);
+    }
+
+    #[tokio::test]
+    async fn a_chain_is_forgotten_when_its_last_block_ends() {
+        let turns = Turns::default();
+        let chains = |t: &Turns| t.0.lock().expect("turns lock").len();
+        let mut first = turns.take(&block(7));
+        let mut second = turns.take(&block(8));
+        assert_eq!(chains(&turns), 1);
+        first.done(Some(&status(7)));
+        drop(first);
+        assert_eq!(chains(&turns), 1, "a block of the chain still runs");
+        assert!(second.reads_stand(8, &mut None).await);
+        second.done(Some(&status(8)));
+        drop(second);
+        assert_eq!(chains(&turns), 0, "nothing of the chain runs");
+        let mut third = turns.take(&block(9));
+        assert!(
+            third.reads_stand(9, &mut None).await,
+            "the next block waits for nothing, as on a new chain"
+        );
+        for n in 0..100u64 {
+            let mut t = turns.take(&BlockRef {
+                chain: format!("chain-{n}"),
+                ..block(1)
+            });
+            t.done(Some(&status(1)));
+        }
+        assert_eq!(chains(&turns), 1, "only the chain with a block in flight");
     }
 }

@@ -21,6 +21,9 @@ use crate::queue::{QueueKey, Queues};
 use crate::track::Tracked;
 use crate::{SERVICE, Scheduler};
 
+/// (team, chain)s remembered as past their first publication (see `Scheduler::start_cursor`).
+const PUBLISHED_FROM_MAX: usize = 4096;
+
 impl Scheduler {
     pub(crate) fn enqueue(&self, tasks: Vec<Task>) {
         if tasks.is_empty() {
@@ -35,14 +38,25 @@ impl Scheduler {
         self.wake.notify_one();
     }
 
-    /// The lock that orders `chain`'s reorg notices against the blocks planned around them.
-    fn chain_lock(&self, chain: &str) -> Arc<tokio::sync::RwLock<()>> {
-        self.chains
+    /// Holds the lock that orders `chain`'s reorg notices against the blocks planned around
+    /// them: shared while a block is planned, `alone` for a reorg notice.
+    async fn hold_chain(&self, chain: &str, alone: bool) -> ChainHold<'_> {
+        let lock = self
+            .chains
             .lock()
             .expect("chains lock")
             .entry(chain.to_string())
             .or_default()
-            .clone()
+            .clone();
+        let guard: Box<dyn Send> = match alone {
+            true => Box::new(lock.write_owned().await),
+            false => Box::new(lock.read_owned().await),
+        };
+        ChainHold {
+            scheduler: self,
+            chain: chain.to_string(),
+            guard: Some(guard),
+        }
     }
 
     /// The first, synchronous step of planning `accepted` for `team`, taken while the block
@@ -332,10 +346,12 @@ impl Scheduler {
         )
         .await?;
         if cursor.is_some_and(|c| c.published > 0) {
-            self.published_from
-                .lock()
-                .expect("cursor lock")
-                .insert(lane);
+            let mut known = self.published_from.lock().expect("cursor lock");
+            // A cache of settled cursors: emptied when full, it only costs reads again.
+            if known.len() >= PUBLISHED_FROM_MAX {
+                known.clear();
+            }
+            known.insert(lane);
         }
         Ok(())
     }
@@ -425,6 +441,30 @@ pub(crate) fn aggregate_task(team: &TeamConfig, ready: &Ready) -> Task {
     }
 }
 
+/// A hold on a chain's lock. When the last hold of a chain ends (no other held or awaited),
+/// the chain's lock is dropped: the map keeps the chains with a block being planned or a reorg
+/// being handled, whatever chain names sources use.
+struct ChainHold<'a> {
+    scheduler: &'a Scheduler,
+    chain: String,
+    /// The read or write guard.
+    guard: Option<Box<dyn Send>>,
+}
+
+impl Drop for ChainHold<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Every other holder or waiter keeps a clone of the lock: only the map's is left.
+        let mut chains = self.scheduler.chains.lock().expect("chains lock");
+        if chains
+            .get(&self.chain)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            chains.remove(&self.chain);
+        }
+    }
+}
+
 pub(crate) struct AcceptedHandler(pub(crate) Arc<Scheduler>);
 
 impl Handler for AcceptedHandler {
@@ -441,7 +481,7 @@ impl Handler for AcceptedHandler {
                 Ok(r) => r,
                 Err(e) => return Outcome::Reject(e.into()),
             };
-            let _alone = self.0.chain_lock(&reorg.block.chain).write_owned().await;
+            let _alone = self.0.hold_chain(&reorg.block.chain, true).await;
             return match self.0.reorg(&reorg).await {
                 Ok(()) => Outcome::Ack,
                 Err(e) => {
@@ -458,7 +498,7 @@ impl Handler for AcceptedHandler {
         let redelivered = delivery.delivered > 1;
         let teams = s.registry.all();
         // Never waits: a reorg notice holding the chain holds its lane too.
-        let _planning = s.chain_lock(&accepted.block.chain).read_owned().await;
+        let _planning = s.hold_chain(&accepted.block.chain, false).await;
         let arrivals: Vec<_> = teams
             .iter()
             .filter(|team| team.proves_chain(&accepted.block.chain))

@@ -104,7 +104,7 @@ impl Scheduler {
                 .undelivered
                 .filter(|u| q.open_to(&b.chain) && u + n <= bound);
             q.arrive(&b.chain, b.number);
-            room.map(|u| q.undelivered = Some(u + n)).is_some()
+            room.map(|_| q.count_released(n)).is_some()
         };
         let express = express.then(|| {
             fresh
@@ -616,7 +616,14 @@ impl Handler for ReadyHandler {
         if let Err(e) = s.ensure_queue(&team).await {
             return retry_after_error(SERVICE, "the queue", &e, Duration::from_millis(500));
         }
-        s.enqueue(vec![aggregate_task(&team, &ready)]);
-        Outcome::Ack
+        let task = aggregate_task(&team, &ready);
+        match s.express_join(&team, &task, current_context()).await {
+            Ok(true) => Outcome::Ack,
+            Ok(false) => {
+                s.enqueue(vec![task]);
+                Outcome::Ack
+            }
+            Err(e) => retry_after_error(SERVICE, "the join", &e, Duration::from_millis(500)),
+        }
     }
 }

@@ -70,9 +70,30 @@ pub struct Queue {
     arriving: BTreeMap<(String, u64), usize>,
     /// Release batches taken from the heap and not yet sent.
     pub sending: usize,
+    /// Tasks ever counted into `undelivered` by a release here: a reading of the bus taken
+    /// while releases go on adds those counted after it started.
+    counted: u64,
 }
 
 impl Queue {
+    /// Counts `n` tasks released onto the bus (if the count is known).
+    pub fn count_released(&mut self, n: u64) {
+        self.counted += n;
+        self.undelivered = self.undelivered.map(|u| u + n);
+    }
+
+    /// Where a reading of the bus starts: pass it to [`Queue::read`] with the reading.
+    pub fn reading(&self) -> u64 {
+        self.counted
+    }
+
+    /// The bus held `on_bus` undelivered tasks when asked (at `from`): releases counted since
+    /// may have reached the server before or after the reading, so they are added (a count too
+    /// high by those that were in it only delays the next release, never breaks the bound).
+    pub fn read(&mut self, on_bus: u64, from: u64) {
+        self.undelivered = Some(on_bus + (self.counted - from));
+    }
+
     /// Adds a ready task; false if it is already held or was released.
     pub fn push(&mut self, task: Task, trace: TraceContext) -> bool {
         if !self.known.insert(task.task_id.clone()) {
@@ -280,5 +301,26 @@ mod tests {
         assert!(q.push(task(1, 0, 0), TraceContext::default()));
         assert!(!q.push(task(1, 0, 0), TraceContext::default()));
         assert_eq!(q.held(), 1);
+    }
+
+    #[test]
+    fn a_reading_of_the_bus_adds_the_releases_counted_while_it_ran() {
+        let mut q = Queue::default();
+        q.count_released(3);
+        assert_eq!(q.undelivered, None, "no count without a reading");
+        let from = q.reading();
+        q.count_released(4);
+        // Delivered: all but 2 of the tasks the bus had when asked.
+        q.read(2, from);
+        assert_eq!(
+            q.undelivered,
+            Some(6),
+            "2 on the bus + 4 released meanwhile"
+        );
+        q.count_released(1);
+        assert_eq!(q.undelivered, Some(7));
+        let from = q.reading();
+        q.read(0, from);
+        assert_eq!(q.undelivered, Some(0));
     }
 }

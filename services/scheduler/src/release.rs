@@ -23,14 +23,20 @@ impl Scheduler {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.config.poll_interval) => {}
             }
-            let keys: Vec<QueueKey> = {
+            let (keys, stale): (Vec<QueueKey>, Vec<QueueKey>) = {
                 let queues = self.queues.lock().expect("queues lock");
-                queues
-                    .queues
-                    .iter()
-                    .filter(|(_, q)| q.held() > 0)
-                    .map(|(k, _)| k.clone())
-                    .collect()
+                let half = self.config.max_undelivered / 2;
+                let keys = queues.queues.iter().filter(|(_, q)| q.held() > 0);
+                // Blocks send their leaves themselves while the count leaves room; the count
+                // only grows with their releases, so it is read again here, off their path,
+                // once it passes half the bound (and nothing held will read it anyway).
+                let stale = queues.queues.iter().filter(|(_, q)| {
+                    q.held() == 0 && q.sending == 0 && q.undelivered.is_some_and(|u| u > half)
+                });
+                (
+                    keys.map(|(k, _)| k.clone()).collect(),
+                    stale.map(|(k, _)| k.clone()).collect(),
+                )
             };
             // Queues are independent: one team's slow publish does not hold up another's.
             let releases = keys.iter().map(|key| async move {
@@ -38,7 +44,16 @@ impl Scheduler {
                     tracing::warn!(team = %key.0, class = %key.1, error = %e, kind = e.kind().as_str(), "release failed, will retry");
                 }
             });
-            futures::future::join_all(releases).await;
+            let readings = stale.iter().map(|key| async move {
+                if let Err(e) = self.read_undelivered(key).await {
+                    tracing::debug!(team = %key.0, class = %key.1, error = %e, "reading the queue's undelivered tasks failed");
+                }
+            });
+            futures::future::join(
+                futures::future::join_all(releases),
+                futures::future::join_all(readings),
+            )
+            .await;
         }
     }
 
@@ -55,14 +70,7 @@ impl Scheduler {
             let queues = self.queues.lock().expect("queues lock");
             queues.queues.get(key).and_then(|q| q.undelivered)
         };
-        let read = || async {
-            let undelivered = self.undelivered_on_bus(key).await?;
-            let mut queues = self.queues.lock().expect("queues lock");
-            if let Some(q) = queues.queues.get_mut(key) {
-                q.undelivered = Some(undelivered);
-            }
-            Ok::<(), RuntimeError>(())
-        };
+        let read = || self.read_undelivered(key);
         let mut fresh = known.is_none_or(|n| n >= bound);
         if fresh {
             read().await?;
@@ -79,7 +87,7 @@ impl Scheduler {
                     let Some(popped) = q.pop_ready() else { break };
                     batch.push(popped);
                 }
-                q.undelivered = q.undelivered.map(|n| n + batch.len() as u64);
+                q.count_released(batch.len() as u64);
                 if !batch.is_empty() {
                     // Until sent, no block's leaves skip past them.
                     q.sending += 1;
@@ -168,6 +176,21 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Reads the queue's undelivered tasks from the bus, counting the releases made meanwhile.
+    async fn read_undelivered(&self, key: &QueueKey) -> Result<(), RuntimeError> {
+        let from = {
+            let queues = self.queues.lock().expect("queues lock");
+            queues.queues.get(key).map(|q| q.reading())
+        };
+        let Some(from) = from else { return Ok(()) };
+        let on_bus = self.undelivered_on_bus(key).await?;
+        let mut queues = self.queues.lock().expect("queues lock");
+        if let Some(q) = queues.queues.get_mut(key) {
+            q.read(on_bus, from);
+        }
+        Ok(())
+    }
+
     async fn undelivered_on_bus(&self, key: &QueueKey) -> Result<u64, RuntimeError> {
         // Not held across the request: other queues release meanwhile.
         let Some(consumer) = self.consumers.lock().await.get(key).cloned() else {
@@ -200,6 +223,78 @@ impl Scheduler {
             tracing::debug!(parent: &span, "task released");
             Ok(())
         }
+    }
+
+    /// Sends a join (an aggregation whose children are proved) at once, skipping the queue
+    /// and the plan read of a release, when that changes nothing: its queue holds no task (so
+    /// nothing more urgent waits), has room on the bus, and this scheduler tracks the block as
+    /// planned and unproven with this hash (not withdrawn, failed or replaced: each of those
+    /// ends the tracking here; one racing with this send leaves a task the gateway drops on
+    /// the cancellation, or whose proof the aggregator does not publish, as a release that
+    /// read the plan just before the withdrawal would). A join signalled twice is settled by
+    /// the task's msg-id. The plan records the release after the send, before the signal is
+    /// acked. False if the join must take the queue.
+    pub(crate) async fn express_join(
+        &self,
+        team: &TeamConfig,
+        task: &Task,
+        trace: TraceContext,
+    ) -> Result<bool, RuntimeError> {
+        if team.is_realtime() {
+            return Ok(false);
+        }
+        let b = &task.block;
+        let tracked = {
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            let track = tracker.team(&team.name);
+            track
+                .blocks
+                .get(&(b.chain.clone(), b.number))
+                .is_some_and(|t| t.hash == b.hash)
+        };
+        if !tracked {
+            return Ok(false);
+        }
+        let key: QueueKey = (team.name.clone(), task.class.clone());
+        let bound = self.config.max_undelivered;
+        let room = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            let q = queues.queues.entry(key.clone()).or_default();
+            let room = q
+                .undelivered
+                .is_some_and(|u| q.held() == 0 && q.sending == 0 && u < bound);
+            if room {
+                q.count_released(1);
+                q.sending += 1;
+            }
+            room
+        };
+        if !room {
+            return Ok(false);
+        }
+        let sending = Sending {
+            queues: &self.queues,
+            key: &key,
+        };
+        let acked = self.send_task(task, trace.clone()).await;
+        drop(sending);
+        if let Err(e) = acked.await {
+            // The count is not right any more; the queue sends it again.
+            tracing::debug!(task = %task.task_id, error = %e, "join not sent; queued");
+            let mut queues = self.queues.lock().expect("queues lock");
+            if let Some(q) = queues.queues.get_mut(&key) {
+                q.undelivered = None;
+                q.push(task.clone(), trace);
+            }
+            drop(queues);
+            self.wake.notify_one();
+            return Ok(true);
+        }
+        self.count_released(std::slice::from_ref(task));
+        let plan = plan_key(&team.name, &b.chain, b.number);
+        self.record_released(plan, b.hash.clone(), None, vec![task.node])
+            .await?;
+        Ok(true)
     }
 
     /// Publishes `batch` (taken from `key`'s queue) and records it as released in the blocks'

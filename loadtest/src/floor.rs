@@ -1,10 +1,14 @@
 //! The floor: one message at a time through a chain of k JetStream work-queue hops, each a
 //! durable pull consumer that republishes to the next subject (awaiting the publish ack) and
-//! acks — what push0's path from submission to proof costs with no work at any hop.
+//! acks — what push0's path from submission to proof costs with no work at any hop. Each hop
+//! pulls as push0's services do: requests of up to 64 messages, a 2 s expiry, the next one sent
+//! when one ends.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use async_nats::StatusCode;
+use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use futures::StreamExt;
 
@@ -36,28 +40,16 @@ pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> 
                 ..Default::default()
             })
             .await?;
-        let js = js.clone();
         let next = (hop < hops).then(|| format!("{prefix}.hop.{}", hop + 1));
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         finals.push(done_rx);
-        workers.push(tokio::spawn(async move {
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(64)
-                .expires(Duration::from_secs(2))
-                .messages()
-                .await?;
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| anyhow::anyhow!(e))?;
-                if let Some(next) = &next {
-                    js.publish(next.clone(), m.payload.clone()).await?.await?;
-                } else {
-                    let _ = done_tx.send(Instant::now());
-                }
-                m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-            }
-            anyhow::Ok(())
-        }));
+        workers.push(tokio::spawn(run_hop(
+            client.clone(),
+            js.clone(),
+            consumer,
+            next,
+            done_tx,
+        )));
     }
     let mut done = finals.pop().context("final hop")?;
     let warmup = 20;
@@ -83,4 +75,59 @@ pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> 
     js.delete_stream(&name).await?;
     out.sort_unstable();
     Ok(out)
+}
+
+/// One hop of the chain: pulls as push0's services do (requests of up to 64 messages with a
+/// 2 s expiry, read from their own inbox, one after another) and republishes each message to
+/// `next`, or tells `done` when it is the last hop. (The client's `stream()` sometimes stops
+/// receiving until its pull expires and more, which on the 3-node cluster held the chain for
+/// seconds.)
+async fn run_hop(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    consumer: PullConsumer,
+    next: Option<String>,
+    done: tokio::sync::mpsc::UnboundedSender<Instant>,
+) -> Result<()> {
+    loop {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await?;
+        let request = BatchConfig {
+            batch: 64,
+            expires: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        consumer.request_batch(request, inbox.into()).await?;
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(4);
+        let mut remaining = 64;
+        while remaining > 0 {
+            let Ok(Some(reply)) = tokio::time::timeout_at(give_up, replies.next()).await else {
+                break;
+            };
+            match reply.status.unwrap_or(StatusCode::OK) {
+                StatusCode::OK => {}
+                StatusCode::IDLE_HEARTBEAT => continue,
+                StatusCode::TIMEOUT | StatusCode::NOT_FOUND => break,
+                _ => {
+                    // A leader change or the like: pull again shortly.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+            }
+            remaining -= 1;
+            let m = jetstream::Message {
+                message: reply,
+                context: js.clone(),
+            };
+            match &next {
+                Some(next) => {
+                    js.publish(next.clone(), m.payload.clone()).await?.await?;
+                }
+                None => {
+                    let _ = done.send(Instant::now());
+                }
+            }
+            m.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
+    }
 }

@@ -6,6 +6,8 @@ mod order;
 mod publish;
 mod record;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -39,6 +41,7 @@ pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeErr
         bus: bus.clone(),
         registry,
         walks: Walks::default(),
+        gateway_labels: GatewayLabels::default(),
     };
     let spec = bus.topology.aggregator_consumer();
     consume(
@@ -62,6 +65,29 @@ pub(crate) struct Aggregator {
     cursors: kv::Store,
     plans: kv::Store,
     walks: Walks,
+    gateway_labels: GatewayLabels,
+}
+
+/// Gateway ids a team's results may name in `push0_invalid_proofs_total{team, gateway}`: a
+/// result names its gateway as the team's gateway wrote it, so the label's values are bounded
+/// here, not by the team. The first [`GatewayLabels::MAX`] ids seen per team are labelled as
+/// themselves, later ones as "other" (the gateway is in the log line and the dead letter).
+#[derive(Default)]
+pub(crate) struct GatewayLabels(Mutex<HashMap<String, HashSet<String>>>);
+
+impl GatewayLabels {
+    pub(crate) const MAX: usize = 64;
+
+    /// The label value for `gateway` of `team` (a registered team).
+    pub(crate) fn label(&self, team: &str, gateway: &str) -> String {
+        let mut teams = self.0.lock().expect("gateway labels lock");
+        let seen = teams.entry(team.to_string()).or_default();
+        if seen.contains(gateway) || seen.len() < Self::MAX && seen.insert(gateway.to_string()) {
+            gateway.to_string()
+        } else {
+            "other".to_string()
+        }
+    }
 }
 
 impl Handler for Aggregator {
@@ -102,5 +128,26 @@ impl Handler for Aggregator {
                 Duration::from_millis(500),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GatewayLabels;
+
+    #[test]
+    fn a_team_names_at_most_max_gateways_in_labels() {
+        let labels = GatewayLabels::default();
+        for i in 0..GatewayLabels::MAX {
+            assert_eq!(labels.label("a", &format!("g{i}")), format!("g{i}"));
+        }
+        assert_eq!(
+            labels.label("a", "g0"),
+            "g0",
+            "a gateway seen keeps its label"
+        );
+        assert_eq!(labels.label("a", "late"), "other");
+        assert_eq!(labels.label("a", "later"), "other");
+        assert_eq!(labels.label("b", "late"), "late", "each team has its own");
     }
 }

@@ -121,9 +121,10 @@ impl Aggregator {
         key: &str,
         reason: String,
     ) -> Result<Outcome, RuntimeError> {
+        let gateway = self.gateway_labels.label(&result.team, &result.gateway);
         metrics()
             .invalid_proofs
-            .with_label_values(&[&result.team, &result.gateway])
+            .with_label_values(&[&result.team, &gateway])
             .inc();
         // Results are handled concurrently: if a valid result of the node was recorded
         // meanwhile, it stands, and the node needs no new run.

@@ -357,6 +357,19 @@ impl Handler for ProofHandler {
 async fn count_stuck(reporter: Arc<Reporter>, shutdown: CancellationToken) {
     let mut teams: HashSet<String> = HashSet::new();
     loop {
+        // A team removed, or no longer reported at Ethproofs, sends no proof for its open
+        // blocks: they are forgotten here rather than kept for good.
+        let reported = |team: &str| {
+            reporter
+                .registry
+                .get(team)
+                .is_some_and(|t| t.ethproofs_cluster_id.is_some())
+        };
+        reporter
+            .open
+            .lock()
+            .expect("open")
+            .retain(|_, (team, _)| reported(team));
         let mut stuck: HashMap<String, i64> = HashMap::new();
         for (team, since) in reporter.open.lock().expect("open").values() {
             if since.elapsed() >= STUCK_AFTER {

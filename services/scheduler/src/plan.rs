@@ -100,11 +100,9 @@ impl Scheduler {
         let express = {
             let mut queues = self.queues.lock().expect("queues lock");
             let q = queues.queues.entry(key.clone()).or_default();
-            let room = q
-                .undelivered
-                .filter(|u| q.open_to(&b.chain) && u + n <= bound);
+            let room = q.take_room(n, bound, q.open_to(&b.chain));
             q.arrive(&b.chain, b.number);
-            room.map(|_| q.count_released(n)).is_some()
+            room
         };
         let express = express.then(|| {
             fresh

@@ -146,7 +146,22 @@ impl Queue {
     /// held (so nothing more urgent waits), no release is being sent and no block of the
     /// chain is still arriving (either would go out after it).
     pub fn open_to(&self, chain: &str) -> bool {
-        self.held() == 0 && self.sending == 0 && !self.arriving_below(chain, u64::MAX)
+        self.idle() && !self.arriving_below(chain, u64::MAX)
+    }
+
+    /// Nothing held and no release being sent.
+    pub fn idle(&self) -> bool {
+        self.held() == 0 && self.sending == 0
+    }
+
+    /// Takes room on the bus for `n` tasks sent around the queue, if `open` and the known
+    /// count leaves room under `bound`; they are counted as released.
+    pub fn take_room(&mut self, n: u64, bound: u64, open: bool) -> bool {
+        let room = open && self.undelivered.is_some_and(|u| u + n <= bound);
+        if room {
+            self.count_released(n);
+        }
+        room
     }
 
     pub fn arrive(&mut self, chain: &str, number: u64) {
@@ -322,5 +337,20 @@ mod tests {
         let from = q.reading();
         q.read(0, from);
         assert_eq!(q.undelivered, Some(0));
+    }
+
+    #[test]
+    fn room_is_taken_only_when_open_and_under_the_bound() {
+        let mut q = Queue::default();
+        assert!(
+            !q.take_room(1, 16, true),
+            "no room while the count is unknown"
+        );
+        let from = q.reading();
+        q.read(14, from);
+        assert!(!q.take_room(1, 16, false), "not while closed");
+        assert!(q.take_room(2, 16, true));
+        assert_eq!(q.undelivered, Some(16));
+        assert!(!q.take_room(1, 16, true), "the bound is reached");
     }
 }

@@ -30,9 +30,10 @@ impl Scheduler {
                 // Blocks send their leaves themselves while the count leaves room; the count
                 // only grows with their releases, so it is read again here, off their path,
                 // once it passes half the bound (and nothing held will read it anyway).
-                let stale = queues.queues.iter().filter(|(_, q)| {
-                    q.held() == 0 && q.sending == 0 && q.undelivered.is_some_and(|u| u > half)
-                });
+                let stale = queues
+                    .queues
+                    .iter()
+                    .filter(|(_, q)| q.idle() && q.undelivered.is_some_and(|u| u > half));
                 (
                     keys.map(|(k, _)| k.clone()).collect(),
                     stale.map(|(k, _)| k.clone()).collect(),
@@ -260,11 +261,8 @@ impl Scheduler {
         let room = {
             let mut queues = self.queues.lock().expect("queues lock");
             let q = queues.queues.entry(key.clone()).or_default();
-            let room = q
-                .undelivered
-                .is_some_and(|u| q.held() == 0 && q.sending == 0 && u < bound);
+            let room = q.take_room(1, bound, q.idle());
             if room {
-                q.count_released(1);
                 q.sending += 1;
             }
             room

@@ -330,6 +330,13 @@ def check_compose_model(compose: Compose) -> str:
         problems.append(f"topology: restart {topology.get('restart')!r}: a one-shot must not restart")
 
     teams = load_teams_toml(root / "deploy" / "teams.toml")
+    # The topology step creates each team's object store from the scheduler's teams file.
+    scheduler = services.get("scheduler") or {}
+    scheduler_teams = bind_mounts(scheduler).get((scheduler.get("environment") or {}).get("PUSH0_TEAMS", ""))
+    topology_teams = bind_mounts(topology).get((topology.get("environment") or {}).get("PUSH0_TEAMS", ""))
+    if topology_teams is None or topology_teams != scheduler_teams:
+        problems.append("topology: does not read the scheduler's teams file (PUSH0_TEAMS), so no "
+                        "team gets its own object store")
     gateway_teams: dict[str, str] = {}
     binaries_seen: set[str] = set()
     for name, svc in services.items():
@@ -1426,6 +1433,11 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
         for name, dep in deployments.items():
             if container_env(dep).get("PUSH0_REPLICAS") != job_env.get("PUSH0_REPLICAS"):
                 problems.append(f"{name}: PUSH0_REPLICAS differs from the topology Job's")
+        # Every team's gateways store their proofs in the team's own object store.
+        stores = [n for n in (job_env.get("PUSH0_TEAM_STORES") or "").split(",") if n]
+        if stores != [t["name"] for t in teams]:
+            problems.append(f"topology Job creates team stores {stores}, "
+                            f"expected {[t['name'] for t in teams]}")
         problems += tls_problems(f"Job {job['metadata']['name']}", job, merged["tls"])
     if merged["metrics"]["service"]["enabled"]:
         for name in expected:

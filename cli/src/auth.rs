@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use push0_protocol::{Subjects, TeamConfig, TeamsFile};
+use anyhow::Result;
+use push0_protocol::{Subjects, TeamConfig};
 use push0_runtime::auth::Keys;
 
 use crate::Connection;
@@ -29,12 +29,7 @@ pub struct AuthArgs {
 
 pub async fn auth(args: AuthArgs) -> Result<()> {
     let teams = match &args.teams {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            TeamsFile::parse(&text)
-                .map_err(|p| anyhow::anyhow!("{}:\n  {}", path.display(), p.join("\n  ")))?
-        }
+        Some(path) => crate::teams::read_teams_file(path)?,
         None => crate::teams::registered(&args.conn.bus("push0-cli").await?).await?,
     };
     let keys = Keys::open(&args.keys)?;

@@ -35,6 +35,8 @@ pub struct ClusterSpec {
     pub max_undelivered: u64,
     pub alerts: push0_scheduler::track::AlertConfig,
     pub grace: Duration,
+    /// Gateways store proofs larger than this in their team's object store.
+    pub gateway_inline_threshold: usize,
     /// Report the teams' blocks to an Ethproofs-compatible API.
     pub reporter: Option<push0_reporter::Config>,
     /// TLS and credentials to the server, for every connection of the cluster.
@@ -55,6 +57,7 @@ impl ClusterSpec {
             max_undelivered: 16,
             alerts: Default::default(),
             grace: Duration::from_secs(5),
+            gateway_inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
             reporter: None,
             access: Default::default(),
             keys: None,
@@ -105,6 +108,7 @@ pub struct LocalCluster {
     access: push0_runtime::BusAccess,
     keys: Option<Keys>,
     grace: Duration,
+    inline_threshold: usize,
     started_gateways: usize,
 }
 
@@ -124,6 +128,15 @@ impl LocalCluster {
         push0_runtime::topology::apply(&bus, bus.replicas, Duration::from_secs(120))
             .await
             .context("applying the topology")?;
+        let names: Vec<String> = spec.teams.iter().map(|t| t.name.clone()).collect();
+        push0_runtime::topology::apply_team_stores(
+            &bus,
+            &names,
+            bus.replicas,
+            Duration::from_secs(120),
+        )
+        .await
+        .context("creating the teams' object stores")?;
         let mut services: Vec<Service> = Vec::new();
         let mut spawn = |name: String,
                          f: Box<
@@ -179,6 +192,7 @@ impl LocalCluster {
             access: spec.access.clone(),
             keys: spec.keys.clone(),
             grace: spec.grace,
+            inline_threshold: spec.gateway_inline_threshold,
             started_gateways: 0,
         };
         for g in &spec.gateways {
@@ -212,7 +226,7 @@ impl LocalCluster {
                 bundler: g.bundler.clone(),
                 grace: self.grace,
                 id: format!("{}-gw{i}", g.team),
-                inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
+                inline_threshold: self.inline_threshold,
                 priority: g.priority,
             };
             let token = CancellationToken::new();

@@ -1,7 +1,7 @@
 //! `push0 team add|remove|list` and the per-team overview of `push0 status`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,9 +14,12 @@ use push0_protocol::{
     now_ms,
 };
 use push0_runtime::auth::Keys;
-use push0_runtime::{Bus, register_team, remove_team};
+use push0_runtime::{Bus, register_team, remove_team, topology};
 
 use crate::Connection;
+
+/// How long `push0 team add` waits for a new team's object store to be created and led.
+const TEAM_STORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug)]
 pub struct TeamArgs {
@@ -144,13 +147,7 @@ pub async fn team(args: TeamArgs) -> Result<()> {
     match args.command {
         TeamCommand::Add(a) => {
             let teams = match (&a.file, &a.name) {
-                (Some(path), _) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    TeamsFile::parse(&text).map_err(|problems| {
-                        anyhow::anyhow!("{}:\n  {}", path.display(), problems.join("\n  "))
-                    })?
-                }
+                (Some(path), _) => read_teams_file(path)?,
                 (None, Some(name)) => {
                     let team = team_from_flags(&a, name)?;
                     let problems = team.problems();
@@ -161,6 +158,14 @@ pub async fn team(args: TeamArgs) -> Result<()> {
                 }
                 (None, None) => bail!("give a team name or --file"),
             };
+            // The stores first: a gateway that finds its team registered opens its store.
+            let names: Vec<String> = teams.iter().map(|t| t.name.clone()).collect();
+            let replicas = topology::replicas_in_use(&bus).await?;
+            for applied in
+                topology::apply_team_stores(&bus, &names, replicas, TEAM_STORE_TIMEOUT).await?
+            {
+                println!("{applied}");
+            }
             for t in &teams {
                 register_team(&bus, t).await?;
                 println!("team {} registered ({})", t.name, describe(t));
@@ -180,6 +185,12 @@ pub async fn team(args: TeamArgs) -> Result<()> {
             }
             remove_team(&bus, &name).await?;
             println!("team {name} removed; the scheduler withdraws its queued work");
+            if topology::delete_team_store(&bus, &name).await? {
+                println!(
+                    "object store {} deleted",
+                    bus.subjects.team_object_store(&name)
+                );
+            }
             if let Some(keys) = &keys {
                 keys.remove(&Identity::Team {
                     name: name.clone(),
@@ -256,6 +267,14 @@ pub fn workflow_name(t: &TeamConfig) -> String {
 }
 
 /// Every registered team, sorted by name.
+/// The teams of the teams file at `path`, every problem named.
+pub fn read_teams_file(path: &Path) -> Result<Vec<TeamConfig>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    TeamsFile::parse(&text)
+        .map_err(|problems| anyhow::anyhow!("{}:\n  {}", path.display(), problems.join("\n  ")))
+}
+
 pub async fn registered(bus: &Bus) -> Result<Vec<TeamConfig>> {
     let kv = bus.kv(&bus.subjects.bucket_teams()).await?;
     let mut keys = kv.keys().await?;

@@ -1,6 +1,8 @@
 //! `push0 topology apply|check`: the one step that declares the JetStream topology, and a
 //! read-only look at it (what every service does at start).
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -29,21 +31,33 @@ pub struct Target {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum TopologyCommand {
-    /// Create every stream, bucket and the object store, or bring each to its declared
-    /// settings (saying what changed); returns once all are led and their replicas current.
-    /// Idempotent; safe to run from several places at once
+    /// Create every stream, bucket and object store (the shared one and each team's), or
+    /// bring each to its declared settings (saying what changed); returns once all are led
+    /// and their replicas current. Idempotent; safe to run from several places at once
     Apply {
         #[command(flatten)]
         target: Target,
         /// Give up after this long (a cluster electing leaders or a node catching up)
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Teams file whose teams get their own object store, as every registered team does
+        #[arg(long, env = "PUSH0_TEAMS")]
+        teams: Option<PathBuf>,
+        /// More teams, by name, that get their own object store (comma-separated)
+        #[arg(long, env = "PUSH0_TEAM_STORES", value_delimiter = ',', value_parser = team_name)]
+        team_stores: Vec<String>,
     },
     /// Check the topology without changing it: present, as declared, led. Exits 1 if not
     Check {
         #[command(flatten)]
         target: Target,
     },
+}
+
+fn team_name(name: &str) -> Result<String, String> {
+    push0_protocol::names::validate_token("team", name)
+        .map(|()| name.to_string())
+        .map_err(|e| e.to_string())
 }
 
 async fn connect(target: &Target) -> Result<Bus> {
@@ -54,9 +68,29 @@ async fn connect(target: &Target) -> Result<Bus> {
 
 pub async fn topology(args: TopologyArgs) -> Result<()> {
     match args.command {
-        TopologyCommand::Apply { target, timeout } => {
+        TopologyCommand::Apply {
+            target,
+            timeout,
+            teams,
+            team_stores,
+        } => {
             let bus = connect(&target).await?;
-            let applied = topology::apply(&bus, bus.replicas, timeout).await?;
+            let mut applied = topology::apply(&bus, bus.replicas, timeout).await?;
+            let mut names: BTreeSet<String> = crate::teams::registered(&bus)
+                .await?
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            names.extend(team_stores);
+            if let Some(path) = &teams {
+                names.extend(
+                    crate::teams::read_teams_file(path)?
+                        .into_iter()
+                        .map(|t| t.name),
+                );
+            }
+            let names: Vec<String> = names.into_iter().collect();
+            applied.extend(topology::apply_team_stores(&bus, &names, bus.replicas, timeout).await?);
             let mut rows = vec![vec!["kind".into(), "name".into(), "action".into()]];
             for a in &applied {
                 let action = match &a.action {

@@ -2,7 +2,8 @@
 //! renders, every connection signs in with its identity's nkey, and the pipeline proves blocks
 //! through it; then team alpha's credentials try each thing a team must not do to another and
 //! the server refuses every one (a permissions violation seen by the client) with nothing
-//! changed on the bus. Without credentials, or with a removed team's, nobody gets in.
+//! changed on the bus. Each team's proofs are stored in its own object store, out of the
+//! other team's reach. Without credentials, or with a removed team's, nobody gets in.
 
 use std::process::Command;
 use std::time::Duration;
@@ -81,6 +82,8 @@ impl Secured {
     fn cluster_spec(&self, teams: Vec<TeamConfig>) -> ClusterSpec {
         let mut spec = ClusterSpec::new(&self.server.url(), &self.prefix, teams.clone());
         spec.keys = Some(self.keys.clone());
+        // Every proof (32 bytes from the simulated prover) goes through the team's own store.
+        spec.gateway_inline_threshold = 16;
         for t in &teams {
             spec = spec.gateways(&t.name, 1, 2, sim("fixed:5ms"));
         }
@@ -92,16 +95,26 @@ fn teams() -> Vec<TeamConfig> {
     vec![TeamConfig::single("alpha"), TeamConfig::split("beta", 2, 2)]
 }
 
-/// What the test compares before and after the refused attempts: every stream's message count
-/// and last sequence, the consumers of the task stream, and beta's task consumer's state.
+/// The object stores of the cluster's streams: the shared one and each team's.
+fn object_streams(s: &Subjects) -> Vec<String> {
+    let mut stores = vec![s.object_store()];
+    stores.extend(teams().iter().map(|t| s.team_object_store(&t.name)));
+    stores.into_iter().map(|b| format!("OBJ_{b}")).collect()
+}
+
+/// What the test compares before and after the refused attempts: every stream's and object
+/// store's message count and last sequence, the consumers of the task stream, and beta's task
+/// consumer's state.
 async fn bus_state(bus: &Bus) -> anyhow::Result<Vec<String>> {
     let mut state = Vec::new();
-    for spec in bus.topology.streams() {
-        let mut stream = bus.js.get_stream(&spec.name).await?;
+    let mut names: Vec<String> = bus.topology.streams().into_iter().map(|s| s.name).collect();
+    names.extend(object_streams(&bus.subjects));
+    for name in names {
+        let mut stream = bus.js.get_stream(&name).await?;
         let info = stream.info().await?;
         state.push(format!(
-            "{} messages={} last={}",
-            spec.name, info.state.messages, info.state.last_sequence
+            "{name} messages={} last={}",
+            info.state.messages, info.state.last_sequence
         ));
     }
     let tasks = bus.js.get_stream(bus.subjects.stream_tasks()).await?;
@@ -146,9 +159,23 @@ async fn each_identity_does_its_work_and_a_team_cannot_touch_another() -> anyhow
             let mut cluster = LocalCluster::start(env.cluster_spec(teams())).await?;
             let source = env.bus("source").await?;
             let reader = env.bus("reader").await?;
-            // Above the inline size: the gateways read these payloads from the object store.
+            // Above the inline size: the gateways read these payloads from the shared store.
             run_source(&source, "eth", 1, 2, 0.0, 300_000).await?;
-            collect_proofs(&reader, 4, Duration::from_secs(30)).await?;
+            let proofs = collect_proofs(&reader, 4, Duration::from_secs(30)).await?;
+            // Each team's proofs are in its own store, where a reader can fetch them.
+            let blobs = push0_runtime::BlobStore::open(&reader, 0).await?;
+            for proof in &proofs {
+                let stored = proof.proof_ref.clone().expect("a stored proof");
+                assert_eq!(
+                    stored.bucket,
+                    reader.subjects.team_object_store(&proof.team),
+                    "{}'s proof of block {}",
+                    proof.team,
+                    proof.number
+                );
+                let bytes = blobs.get(&push0_protocol::Blob::Stored(stored)).await?;
+                assert_eq!(bytes.len(), 32);
+            }
 
             // Beta's fleet goes away; block 3 leaves a task in beta's queue.
             cluster.stop_gateways("beta").await?;
@@ -231,6 +258,32 @@ async fn each_identity_does_its_work_and_a_team_cannot_touch_another() -> anyhow
                     "change the team registry",
                     format!("$KV.{}.beta", s.bucket_teams()),
                     "x",
+                ),
+                (
+                    "write the shared object store",
+                    format!("$O.{}.C.spy", s.object_store()),
+                    "x",
+                ),
+                (
+                    "write beta's object store",
+                    format!("$O.{}.M.spy", s.team_object_store("beta")),
+                    "x",
+                ),
+                (
+                    "read beta's stored proofs",
+                    format!(
+                        "$JS.API.CONSUMER.CREATE.OBJ_{}",
+                        s.team_object_store("beta")
+                    ),
+                    "{}",
+                ),
+                (
+                    "look up beta's stored proofs",
+                    format!(
+                        "$JS.API.DIRECT.GET.OBJ_{0}.$O.{0}.M.x",
+                        s.team_object_store("beta")
+                    ),
+                    "",
                 ),
             ];
             for (what, subject, body) in &publishes {

@@ -5,7 +5,8 @@
 use push0_protocol::bundle::bundled_system;
 use push0_protocol::subjects::{cursor_key, final_key, part_key, short_hash};
 use push0_protocol::{
-    DlqReason, InvalidCount, PartRecord, Ready, Redo, TaskOutcome, TaskResult, TeamConfig, now_ms,
+    Blob, DlqReason, InvalidCount, PartRecord, Ready, Redo, Subjects, TaskOutcome, TaskResult,
+    TeamConfig, now_ms,
 };
 use push0_runtime::parts::recorded_children;
 use push0_runtime::verifier::{run_verifier, verify_bundle};
@@ -84,13 +85,16 @@ impl Aggregator {
         Ok(Outcome::Ack)
     }
 
-    /// Why a proof is not acceptable, or None if it is: the team's proof system, then the
-    /// team's verifier (when one is configured).
+    /// Why a proof is not acceptable, or None if it is: where it is stored, the team's proof
+    /// system, then the team's verifier (when one is configured).
     async fn check_proof(
         &self,
         team: &TeamConfig,
         record: &PartRecord,
     ) -> Result<Option<String>, RuntimeError> {
+        if let Some(reason) = foreign_store(&self.bus.subjects, &team.name, &record.proof) {
+            return Ok(Some(reason));
+        }
         let bundle = bundled_system(&record.proof_system);
         if let Some(expected) = &team.proof_system
             && *expected != record.proof_system
@@ -219,6 +223,24 @@ impl Aggregator {
 
 /// The record of a proved result, or the dead letter of a failed one: a task that failed for
 /// good leaves its block unprovable for the team. (Boxed: a rejection is the rare case.)
+/// Why a proof stored where `team`'s gateways do not store cannot be `team`'s, or None. A
+/// team's gateways store in the team's own object store (in the shared one where the team
+/// has none yet, which a server that confines teams refuses them); another team's store
+/// holds that team's proofs, and a reference to one would pass another team's proof off as
+/// this team's.
+fn foreign_store(subjects: &Subjects, team: &str, proof: &Blob) -> Option<String> {
+    let Blob::Stored(r) = proof else {
+        return None;
+    };
+    let own = subjects.team_object_store(team);
+    (r.bucket != own && r.bucket != subjects.object_store()).then(|| {
+        format!(
+            "proof stored in object store {}, where team {team} stores in {own}",
+            r.bucket
+        )
+    })
+}
+
 fn part_record(result: &TaskResult) -> Result<PartRecord, Box<Rejection>> {
     let (proof, proof_system) = match &result.outcome {
         TaskOutcome::Proved {
@@ -248,4 +270,38 @@ fn part_record(result: &TaskResult) -> Result<PartRecord, Box<Rejection>> {
         submitted_at_ms: result.submitted_at_ms,
         recorded_at_ms: now_ms(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use push0_protocol::{Blob, ObjectRef, Subjects};
+
+    use super::foreign_store;
+
+    fn stored(bucket: String) -> Blob {
+        Blob::Stored(ObjectRef {
+            bucket,
+            key: "ab".into(),
+            size: 1,
+            sha256: vec![0; 32],
+        })
+    }
+
+    #[test]
+    fn a_proof_stored_in_another_teams_store_is_not_the_teams() {
+        let s = Subjects::new("p0").unwrap();
+        assert_eq!(foreign_store(&s, "alpha", &Blob::Inline(vec![1])), None);
+        assert_eq!(
+            foreign_store(&s, "alpha", &stored(s.team_object_store("alpha"))),
+            None
+        );
+        assert_eq!(foreign_store(&s, "alpha", &stored(s.object_store())), None);
+        for other in [s.team_object_store("beta"), "p0_parts".into()] {
+            let reason = foreign_store(&s, "alpha", &stored(other.clone()));
+            assert!(
+                reason.is_some_and(|r| r.contains(&other)),
+                "{other} passed as alpha's store"
+            );
+        }
+    }
 }

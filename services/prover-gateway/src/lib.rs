@@ -50,7 +50,7 @@ pub async fn run(
     let Some(team) = wait_for_team(&registry, &config.team, &shutdown).await else {
         return Ok(());
     };
-    let blobs = BlobStore::open(&bus, config.inline_threshold).await?;
+    let blobs = BlobStore::open_team(&bus, &config.team, config.inline_threshold).await?;
     let classes = if config.classes.is_empty() {
         team.classes()
     } else {

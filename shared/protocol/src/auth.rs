@@ -6,9 +6,10 @@
 //!   push0's subjects and buckets and keep their own consumers; none may create, change or
 //!   delete a stream (the scheduler alone may purge, to withdraw a removed team's tasks).
 //! - `team-<name>`: one team's gateways. They fetch and ack only from their team's task
-//!   consumers, publish only their team's results, heartbeats and attempt records, and read
-//!   the team registry and payload objects. They cannot publish a block or a block proof,
-//!   read another team's tasks or replies, or touch a stream.
+//!   consumers, publish only their team's results, heartbeats and attempt records, read the
+//!   team registry and block payloads, and read and write their team's own object store. They
+//!   cannot publish a block or a block proof, write the shared object store, read another
+//!   team's tasks, replies or stored proofs, or touch a stream.
 //! - `source`: block sources; publish blocks, nothing else.
 //! - `reader`: status, dashboard and verify; read streams and buckets, no writes, no
 //!   consumers on the work queues.
@@ -37,7 +38,10 @@ pub enum Identity {
         classes: Vec<String>,
     },
     Source,
-    Reader,
+    /// Readers, who may also read every team's stored proofs.
+    Reader {
+        teams: Vec<String>,
+    },
 }
 
 impl Identity {
@@ -59,7 +63,10 @@ impl Identity {
 
     /// Every identity of a cluster with `teams`.
     pub fn all(teams: &[TeamConfig]) -> Vec<Self> {
-        let mut all = vec![Identity::Admin, Identity::Source, Identity::Reader];
+        let reader = Identity::Reader {
+            teams: teams.iter().map(|t| t.name.clone()).collect(),
+        };
+        let mut all = vec![Identity::Admin, Identity::Source, reader];
         all.extend(SERVICES.iter().copied().map(Identity::Service));
         all.extend(teams.iter().map(Identity::team));
         all
@@ -73,7 +80,7 @@ impl Identity {
             Identity::Service(s) => (*s).into(),
             Identity::Team { name, .. } => team_identity(name),
             Identity::Source => "source".into(),
-            Identity::Reader => "reader".into(),
+            Identity::Reader { .. } => "reader".into(),
         }
     }
 }
@@ -138,18 +145,25 @@ pub fn permissions(s: &Subjects, who: &Identity, inbox: &str) -> Permissions {
                 format!("{api}.CONSUMER.CREATE.{teams}.>"),
                 format!("{api}.DIRECT.GET.{teams}.>"),
                 format!("$JS.FC.{teams}.>"),
-                // Payloads: read blocks and sub-proofs, store proofs above the inline size.
-                format!("{api}.STREAM.INFO.{obj}"),
-                format!("{api}.STREAM.MSG.GET.{obj}"),
-                format!("{api}.DIRECT.GET.{obj}.>"),
-                format!("{api}.CONSUMER.CREATE.{obj}"),
-                format!("{api}.CONSUMER.CREATE.{obj}.>"),
-                format!("$JS.FC.{obj}.>"),
-                format!("$O.{objects}.C.>"),
-                format!("$O.{objects}.M.>"),
                 s.results(name),
                 format!("{}.dlq.prover-gateway.>", s.prefix()),
             ];
+            // Payloads: read blocks from the shared store, which only services write; read
+            // sub-proofs from the team's own store and write proofs above the inline size
+            // there. Another team's store is out of reach.
+            let own = s.team_object_store(name);
+            for store in [&objects, &own] {
+                let stream = format!("OBJ_{store}");
+                publish.extend([
+                    format!("{api}.STREAM.INFO.{stream}"),
+                    format!("{api}.STREAM.MSG.GET.{stream}"),
+                    format!("{api}.DIRECT.GET.{stream}.>"),
+                    format!("{api}.CONSUMER.CREATE.{stream}"),
+                    format!("{api}.CONSUMER.CREATE.{stream}.>"),
+                    format!("$JS.FC.{stream}.>"),
+                ]);
+            }
+            publish.extend([format!("$O.{own}.C.>"), format!("$O.{own}.M.>")]);
             for bucket in [s.bucket_capacity(), s.bucket_attempts()] {
                 publish.push(format!("{api}.STREAM.INFO.{}", kv(bucket.clone())));
                 publish.push(format!("$KV.{bucket}.{name}.>"));
@@ -178,7 +192,7 @@ pub fn permissions(s: &Subjects, who: &Identity, inbox: &str) -> Permissions {
             publish_deny: Vec::new(),
             subscribe: vec![own_inbox],
         },
-        Identity::Reader => {
+        Identity::Reader { teams } => {
             let mut publish: Vec<String> = [
                 "INFO",
                 "STREAM.INFO.*",
@@ -204,6 +218,11 @@ pub fn permissions(s: &Subjects, who: &Identity, inbox: &str) -> Permissions {
                 s.stream_dlq(),
                 obj,
             ];
+            readable.extend(
+                teams
+                    .iter()
+                    .map(|t| format!("OBJ_{}", s.team_object_store(t))),
+            );
             readable.extend(
                 [
                     s.bucket_blocks(),
@@ -363,8 +382,24 @@ mod tests {
             "$JS.API.STREAM.DELETE.P0_TASKS",
             "$JS.API.STREAM.PURGE.P0_TASKS",
             "$KV.p0_teams.alpha",
+            // The shared store is read-only to teams; another team's store is out of reach.
+            "$O.p0_objects.C.x",
+            "$O.p0_objects.M.x",
+            "$JS.API.CONSUMER.CREATE.OBJ_p0_objects-beta",
+            "$JS.API.DIRECT.GET.OBJ_p0_objects-beta.$O.p0_objects-beta.M.x",
+            "$JS.API.STREAM.MSG.GET.OBJ_p0_objects-beta",
+            "$O.p0_objects-beta.C.x",
         ] {
             assert!(!allowed(&p, refused), "{refused} allowed to a team");
+        }
+        for own in [
+            "$JS.API.CONSUMER.CREATE.OBJ_p0_objects",
+            "$JS.API.DIRECT.GET.OBJ_p0_objects.$O.p0_objects.M.x",
+            "$JS.API.CONSUMER.CREATE.OBJ_p0_objects-alpha",
+            "$O.p0_objects-alpha.C.x",
+            "$O.p0_objects-alpha.M.x",
+        ] {
+            assert!(allowed(&p, own), "{own} refused to its team");
         }
         assert_eq!(p.subscribe, vec!["_INBOX.UALPHA.>", "p0.control.cancel"]);
     }
@@ -378,7 +413,14 @@ mod tests {
         assert!(!allowed(&ingest, "$JS.API.STREAM.PURGE.P0_TASKS"));
         let scheduler = permissions(&s, &Identity::Service("scheduler"), "_INBOX.U2");
         assert!(allowed(&scheduler, "$JS.API.STREAM.PURGE.P0_TASKS"));
-        let reader = permissions(&s, &Identity::Reader, "_INBOX.U3");
+        let reader = Identity::Reader {
+            teams: vec!["alpha".into()],
+        };
+        let reader = permissions(&s, &reader, "_INBOX.U3");
+        assert!(allowed(
+            &reader,
+            "$JS.API.CONSUMER.CREATE.OBJ_p0_objects-alpha"
+        ));
         assert!(allowed(&reader, "$JS.API.STREAM.INFO.P0_PROOFS"));
         assert!(allowed(
             &reader,
@@ -392,6 +434,7 @@ mod tests {
             "p0.blocks.eth",
             "$KV.p0_teams.alpha",
             "$JS.API.STREAM.DELETE.P0_PROOFS",
+            "$O.p0_objects-alpha.C.x",
         ] {
             assert!(!allowed(&reader, refused), "{refused} allowed to a reader");
         }

@@ -169,9 +169,27 @@ impl Subjects {
     pub fn bucket_reports(&self) -> String {
         self.bucket("reports")
     }
-    /// Blobs above the inline threshold.
+    /// Blobs above the inline threshold that push0's services store: block payloads and
+    /// dead-lettered messages. Teams read it and cannot write it.
     pub fn object_store(&self) -> String {
         self.bucket("objects")
+    }
+    /// One team's blobs above the inline threshold: its gateways' proofs (and the messages
+    /// they dead-letter). Only that team's gateways and push0's services can read it, so a
+    /// team that learns another's proof digest still cannot fetch the proof.
+    ///
+    /// Team names have no `_`, so the last `_objects-` of the name splits it unambiguously
+    /// and no team's store can share a name with the shared store of another prefix.
+    pub fn team_object_store(&self, team: &str) -> String {
+        self.bucket(&format!("objects-{team}"))
+    }
+    /// Whether `bucket` is the shared object store or a team's: the only stores a reference
+    /// taken off the bus may name.
+    pub fn is_object_store(&self, bucket: &str) -> bool {
+        bucket == self.object_store()
+            || bucket
+                .strip_prefix(&self.bucket("objects-"))
+                .is_some_and(|team| crate::names::validate_token("team", team).is_ok())
     }
 }
 
@@ -275,6 +293,24 @@ mod tests {
         assert_eq!(s.proofs("sp1", "eth"), "t-1.proofs.sp1.eth");
         assert_eq!(s.stream_tasks(), "T_1_TASKS");
         assert_eq!(s.bucket_parts(), "t-1_parts");
+        assert_eq!(s.team_object_store("sp1"), "t-1_objects-sp1");
+    }
+
+    #[test]
+    fn only_push0_object_stores_may_be_named() {
+        let s = Subjects::new("t_1").unwrap();
+        assert!(s.is_object_store(&s.object_store()));
+        assert!(s.is_object_store(&s.team_object_store("risc-zero")));
+        for other in [
+            "t_1_parts",
+            "t_1_objects-",
+            "t_1_objects-Bad",
+            "t_1_objects-a.b",
+            "t_2_objects",
+            "t_1_objects-a_b",
+        ] {
+            assert!(!s.is_object_store(other), "{other} accepted");
+        }
         let block = BlockRef {
             chain: "eth".into(),
             number: 7,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use backon::{BackoffBuilder, Retryable};
 use push0_protocol::topology::MAX_MESSAGE_BYTES;
-use push0_protocol::{Retention, Topology};
+use push0_protocol::{Retention, Subjects, Topology};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::doubling;
@@ -111,24 +111,41 @@ pub fn declared(topology: &Topology, replicas: usize) -> Vec<Declared> {
             },
         });
     }
-    let objects = topology.subjects.object_store();
-    all.push(Declared {
+    all.push(object_store(&topology.subjects.object_store(), replicas));
+    all
+}
+
+/// The object store called `bucket`, as a stream (direct gets only unreplicated, as above).
+fn object_store(bucket: &str, replicas: usize) -> Declared {
+    Declared {
         kind: Kind::ObjectStore,
         config: stream::Config {
-            name: format!("OBJ_{objects}"),
-            subjects: vec![format!("$O.{objects}.C.>"), format!("$O.{objects}.M.>")],
+            name: format!("OBJ_{bucket}"),
+            subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
             max_age: OBJECT_MAX_AGE,
             max_messages_per_subject: -1,
             max_message_size: -1,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             allow_rollup: true,
-            allow_direct: direct,
+            allow_direct: replicas == 1,
             discard: stream::DiscardPolicy::New,
             ..Default::default()
         },
-    });
-    all
+    }
+}
+
+/// The object store of each of `teams`, where the team's gateways keep their proofs above the
+/// inline size: a store per team, so the server can keep one team out of another's proofs.
+pub fn declared_team_stores(
+    subjects: &Subjects,
+    teams: &[String],
+    replicas: usize,
+) -> Vec<Declared> {
+    teams
+        .iter()
+        .map(|team| object_store(&subjects.team_object_store(team), replicas))
+        .collect()
 }
 
 /// Applies `$each` to every field push0 sets on a stream but `subjects` (compared as a set)
@@ -439,10 +456,64 @@ pub async fn apply(
     replicas: usize,
     timeout: Duration,
 ) -> Result<Vec<Applied>, RuntimeError> {
+    apply_all(bus, declared(&bus.topology, replicas), timeout).await
+}
+
+/// As [`apply`], the object stores of `teams` ([`declared_team_stores`]): run by
+/// `push0 team add` and by `push0 topology apply` for the teams it is given.
+pub async fn apply_team_stores(
+    bus: &Bus,
+    teams: &[String],
+    replicas: usize,
+    timeout: Duration,
+) -> Result<Vec<Applied>, RuntimeError> {
+    apply_all(
+        bus,
+        declared_team_stores(&bus.subjects, teams, replicas),
+        timeout,
+    )
+    .await
+}
+
+/// Deletes the object store of `team` (`push0 team remove`); a store already gone is no
+/// error. Returns whether there was one.
+pub async fn delete_team_store(bus: &Bus, team: &str) -> Result<bool, RuntimeError> {
+    let name = format!("OBJ_{}", bus.subjects.team_object_store(team));
+    match context(bus).delete_stream(&name).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e.kind()) => Ok(false),
+        Err(e) => Err(RuntimeError::nats(format!("delete {name}"), e)),
+    }
+}
+
+/// The replicas of the applied topology, read off the shared object store: what a team's
+/// store added later is created with.
+pub async fn replicas_in_use(bus: &Bus) -> Result<usize, RuntimeError> {
+    let name = format!("OBJ_{}", bus.subjects.object_store());
+    let what = format!("read {name}");
+    let js = context(bus);
+    let stream = crate::bus::through_election(&what, || js.get_stream(&name)).await?;
+    Ok(stream.cached_info().config.num_replicas.max(1))
+}
+
+/// Whether the object store of `team` exists, read-only; `None` when the server did not say.
+pub async fn team_store_exists(bus: &Bus, team: &str) -> Option<bool> {
+    let declared = object_store(&bus.subjects.team_object_store(team), bus.replicas);
+    match inspect(&context(bus), &declared).await {
+        Ok(_) => Some(true),
+        Err(Problem::Missing { .. }) => Some(false),
+        Err(_) => None,
+    }
+}
+
+async fn apply_all(
+    bus: &Bus,
+    all: Vec<Declared>,
+    timeout: Duration,
+) -> Result<Vec<Applied>, RuntimeError> {
     let js = context(bus);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut applied = Vec::new();
-    let all = declared(&bus.topology, replicas);
     for declared in &all {
         applied.push(apply_one(&js, declared, deadline).await?);
     }

@@ -1990,6 +1990,7 @@ def helm_scenarios() -> list[tuple[str, dict[str, Any], str]]:
                                "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "scheduler": {"natsMonitorUrls": [f"http://nats-{i}.nats:8222" for i in range(3)]},
+            "ingest": {"chains": ["eth-mainnet", "op-1"]},
             "otlp": {"endpoint": "https://otlp.example.com"},
         }, EXTERNAL_NATS),
         ("bundled 3-node NATS, traces sampled and exported", {

@@ -26,6 +26,7 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
     let teams = TeamsFile::default_teams();
     let mut spec = env.spec(teams.clone());
     spec.ingest.max_payload = 64 * 1024;
+    spec.ingest.chains = vec!["eth".into()];
     for t in &teams {
         spec = spec.gateways(&t.name, 1, 2, sim("fixed:2ms"));
     }
@@ -108,6 +109,15 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
         b,
         "ingest",
         DlqReason::ChainMismatch,
+    ));
+    let (h, b) = raw(Some("block/v1"), encode(&make_block("spam-1", 1, 10)));
+    cases.push((
+        "chain not served",
+        bus.subjects.blocks("spam-1"),
+        h,
+        b,
+        "ingest",
+        DlqReason::InvalidField,
     ));
     let mut short_hash = make_block("eth", 904, 10);
     short_hash.hash.truncate(20);

@@ -26,6 +26,10 @@ pub struct Config {
     pub max_payload: usize,
     /// Payloads above this go to the object store.
     pub inline_threshold: usize,
+    /// The chains served; a block of any other is dead-lettered. Empty serves every chain,
+    /// and then a block source can add chains, each with its own state and metric series
+    /// downstream.
+    pub chains: Vec<String>,
 }
 
 impl Default for Config {
@@ -33,6 +37,7 @@ impl Default for Config {
         Self {
             max_payload: 4 * 1024 * 1024,
             inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
+            chains: Vec::new(),
         }
     }
 }
@@ -68,7 +73,7 @@ pub(crate) struct Ingest {
 pub fn validate(
     submission: &BlockSubmission,
     subject: &str,
-    max_payload: usize,
+    config: &Config,
 ) -> Result<(), Box<Rejection>> {
     let token = subject.rsplit('.').next().unwrap_or_default();
     if submission.chain != token {
@@ -86,6 +91,16 @@ pub fn validate(
             e.to_string(),
         )));
     }
+    if !config.chains.is_empty() && !config.chains.contains(&submission.chain) {
+        return Err(Box::new(Rejection::new(
+            DlqReason::InvalidField,
+            format!(
+                "chain {:?} is not served here (served: {})",
+                submission.chain,
+                config.chains.join(", ")
+            ),
+        )));
+    }
     for (field, value) in [
         ("hash", &submission.hash),
         ("parent_hash", &submission.parent_hash),
@@ -97,12 +112,13 @@ pub fn validate(
             )));
         }
     }
-    if submission.payload.len() > max_payload {
+    if submission.payload.len() > config.max_payload {
         return Err(Box::new(Rejection::new(
             DlqReason::Oversize,
             format!(
-                "payload of {} bytes exceeds the limit of {max_payload}",
-                submission.payload.len()
+                "payload of {} bytes exceeds the limit of {}",
+                submission.payload.len(),
+                config.max_payload
             ),
         )));
     }
@@ -123,7 +139,7 @@ impl Handler for Ingest {
             number: submission.number,
             hash: submission.hash.clone(),
         };
-        if let Err(rejection) = validate(&submission, &delivery.subject, self.config.max_payload) {
+        if let Err(rejection) = validate(&submission, &delivery.subject, &self.config) {
             return Outcome::Reject(rejection.block(&block));
         }
         match self.accept(submission, block, delivery).await {
@@ -161,15 +177,42 @@ mod tests {
         }
     }
 
+    fn limit(max_payload: usize) -> Config {
+        Config {
+            max_payload,
+            ..Config::default()
+        }
+    }
+
     #[test]
     fn accepts_a_valid_block() {
-        assert!(validate(&submission(), "push0.blocks.eth", 1000).is_ok());
+        assert!(validate(&submission(), "push0.blocks.eth", &limit(1000)).is_ok());
+    }
+
+    #[test]
+    fn only_the_chains_served_when_they_are_named() {
+        let served = Config {
+            chains: vec!["eth".into(), "op".into()],
+            ..Config::default()
+        };
+        assert!(validate(&submission(), "push0.blocks.eth", &served).is_ok());
+        let mut s = submission();
+        s.chain = "spam-1".into();
+        let rejection = validate(&s, "push0.blocks.spam-1", &served).unwrap_err();
+        assert_eq!(rejection.reason, DlqReason::InvalidField);
+        assert!(
+            rejection.detail.contains("not served"),
+            "{}",
+            rejection.detail
+        );
+        assert!(validate(&s, "push0.blocks.spam-1", &Config::default()).is_ok());
     }
 
     #[test]
     fn rejects_each_bad_field() {
-        let reason =
-            |s: &BlockSubmission, subject: &str, max| validate(s, subject, max).unwrap_err().reason;
+        let reason = |s: &BlockSubmission, subject: &str, max| {
+            validate(s, subject, &limit(max)).unwrap_err().reason
+        };
         assert_eq!(
             reason(&submission(), "push0.blocks.op", 1000),
             DlqReason::ChainMismatch

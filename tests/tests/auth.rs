@@ -355,6 +355,9 @@ async fn no_credentials_and_a_removed_teams_credentials_are_refused() -> anyhow:
             );
             let admin = env.bus("admin").await?;
             push0_runtime::topology::apply(&admin, 1, Duration::from_secs(60)).await?;
+            let names: Vec<String> = teams().into_iter().map(|t| t.name).collect();
+            push0_runtime::topology::apply_team_stores(&admin, &names, 1, Duration::from_secs(60))
+                .await?;
             for t in teams() {
                 push0_runtime::register_team(&admin, &t).await?;
             }
@@ -389,6 +392,12 @@ async fn no_credentials_and_a_removed_teams_credentials_are_refused() -> anyhow:
             team(&["remove", "beta"])?;
             team(&["add", "gamma"])?;
             assert!(!env.keys.file("team-beta").exists(), "beta's key was kept");
+            // Removing a team deletes its object store; adding one creates it.
+            let store =
+                |team: &'static str| push0_runtime::topology::team_store_exists(&admin, team);
+            assert_eq!(store("beta").await, Some(false), "beta's store was kept");
+            assert_eq!(store("gamma").await, Some(true), "gamma has no store");
+            assert_eq!(store("alpha").await, Some(true));
             env.server.reload()?;
 
             let beta = BusAccess::default().with_creds(Some(kept));

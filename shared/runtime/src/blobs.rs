@@ -79,11 +79,6 @@ impl BlobStore {
         })
     }
 
-    /// The bucket [`BlobStore::put`] stores in.
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     /// The store called `bucket`, opened on first use.
     async fn reader(&self, bucket: &str) -> Result<ObjectStore, RuntimeError> {
         if let Some(store) = self.opened.lock().expect("blob stores").get(bucket) {

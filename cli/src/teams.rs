@@ -266,7 +266,6 @@ pub fn workflow_name(t: &TeamConfig) -> String {
     }
 }
 
-/// Every registered team, sorted by name.
 /// The teams of the teams file at `path`, every problem named.
 pub fn read_teams_file(path: &Path) -> Result<Vec<TeamConfig>> {
     let text =
@@ -275,6 +274,7 @@ pub fn read_teams_file(path: &Path) -> Result<Vec<TeamConfig>> {
         .map_err(|problems| anyhow::anyhow!("{}:\n  {}", path.display(), problems.join("\n  ")))
 }
 
+/// Every registered team, sorted by name.
 pub async fn registered(bus: &Bus) -> Result<Vec<TeamConfig>> {
     let kv = bus.kv(&bus.subjects.bucket_teams()).await?;
     let mut keys = kv.keys().await?;

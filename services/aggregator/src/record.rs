@@ -221,8 +221,6 @@ impl Aggregator {
     }
 }
 
-/// The record of a proved result, or the dead letter of a failed one: a task that failed for
-/// good leaves its block unprovable for the team. (Boxed: a rejection is the rare case.)
 /// Why a proof stored where `team`'s gateways do not store cannot be `team`'s, or None. A
 /// team's gateways store in the team's own object store (in the shared one where the team
 /// has none yet, which a server that confines teams refuses them); another team's store
@@ -241,6 +239,8 @@ fn foreign_store(subjects: &Subjects, team: &str, proof: &Blob) -> Option<String
     })
 }
 
+/// The record of a proved result, or the dead letter of a failed one: a task that failed for
+/// good leaves its block unprovable for the team. (Boxed: a rejection is the rare case.)
 fn part_record(result: &TaskResult) -> Result<PartRecord, Box<Rejection>> {
     let (proof, proof_system) = match &result.outcome {
         TaskOutcome::Proved {

@@ -825,6 +825,17 @@ def compose_auth_problems(model: dict[str, Any], root: Path, server_conf: Path) 
     return problems
 
 
+def push0_and_nats_server(root: Path) -> tuple[Path, Path]:
+    """The built push0 CLI (to write keys with) and the project's nats-server (to test a
+    configuration with)."""
+    push0 = next((p for p in (root / "target" / "release" / "push0", root / "target" / "debug" / "push0")
+                  if p.is_file()), None)
+    expect(push0 is not None, "no push0 binary to write keys with: cargo build --release --workspace --bins")
+    nats_server = root / ".tools" / "nats" / "bin" / "nats-server"
+    expect(nats_server.is_file(), f"{nats_server} missing: run .ci/install-tools")
+    return push0, nats_server
+
+
 def check_compose_auth(compose: Compose) -> str:
     """The authorization override, alone and after the TLS one, structurally; then the server
     configuration it assembles, with keys `push0 auth` writes for deploy/teams.toml, is what
@@ -844,11 +855,7 @@ def check_compose_auth(compose: Compose) -> str:
         expect(not problems, f"{len(problems)} problem(s) in docker-compose.yml with {label}",
                "\n".join(problems))
         counts.append(sum(1 for s in model["services"].values() if expected_identity(s)))
-    push0 = next((p for p in (root / "target" / "release" / "push0", root / "target" / "debug" / "push0")
-                  if p.is_file()), None)
-    expect(push0 is not None, "no push0 binary to write keys with: cargo build --release --workspace --bins")
-    nats_server = root / ".tools" / "nats" / "bin" / "nats-server"
-    expect(nats_server.is_file(), f"{nats_server} missing: run .ci/install-tools")
+    push0, nats_server = push0_and_nats_server(root)
     with tempfile.TemporaryDirectory() as tmp:
         keys, etc = Path(tmp) / "keys", Path(tmp) / "etc"
         out = run_tool([str(push0), "auth", "--keys", str(keys), "--teams", "deploy/teams.toml",
@@ -1376,8 +1383,9 @@ def check_manifests(merged: dict[str, Any], docs: list[dict[str, Any]], nats_url
                                       component.removeprefix("gateway-") if component.startswith("gateway-") else "")
         problems += tls_problems(name, dep, merged["tls"])
         if component == "scheduler":
-            if env.get("PUSH0_MAX_UNDELIVERED") != str(merged["scheduler"]["maxUndelivered"]):
-                problems.append(f"{name}: PUSH0_MAX_UNDELIVERED {env.get('PUSH0_MAX_UNDELIVERED')!r}")
+            for var, key in (("PUSH0_MAX_UNDELIVERED", "maxUndelivered"), ("PUSH0_MAX_HELD", "maxHeld")):
+                if env.get(var) != str(merged["scheduler"][key]):
+                    problems.append(f"{name}: {var} {env.get(var)!r}")
             mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
             teams_path = env.get("PUSH0_TEAMS", "")
             volume = mounts.get(str(Path(teams_path).parent))
@@ -1603,15 +1611,15 @@ def scaled_object_problems(merged: dict[str, Any], deployments: dict[str, Any],
             if not same:
                 problems.append(f"ScaledObject {name}: {key} {meta.get(key)!r} != {keda[key]!r}")
         query = meta.get("query", "")
-        for gauge in ("push0_tasks_held", "push0_tasks_queued"):
+        for gauge in ("push0_tasks_held", "push0_tasks_queued", "push0_tasks_deferred"):
             if f'{gauge}{{team="{team}"' not in query:
                 problems.append(f"ScaledObject {name}: query {query!r} does not read {gauge} of team {team}")
     return problems
 
 
 def promtool_check_scaler_queries(promtool: Path, merged: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
-    """Each ScaledObject's query, evaluated by promtool on made-up series: the team's held and
-    queued tasks over every class add up, other teams (and, with extraMatchers, other
+    """Each ScaledObject's query, evaluated by promtool on made-up series: the team's held,
+    queued and deferred tasks over every class add up, other teams (and, with extraMatchers, other
     releases) are left out, held tasks count before any queued series exists, and no series
     at all reads 0, not an empty result."""
     problems = []
@@ -1637,10 +1645,13 @@ def promtool_check_scaler_queries(promtool: Path, merged: dict[str, Any], docs: 
             ([series("push0_tasks_held", {**mine, "class": "leaf"}, 3),
               series("push0_tasks_held", {**mine, "class": "agg"}, 1),
               series("push0_tasks_queued", {**mine, "class": "leaf"}, 2),
+              series("push0_tasks_deferred", mine, 20),
+              series("push0_tasks_deferred", {**own, "team": team + "-other"}, 30),
               series("push0_tasks_held", {**own, "team": team + "-other", "class": "leaf"}, 50)]
              + ([series("push0_tasks_queued", {**mine, **other_release, "class": "leaf"}, 70)]
-                if other_release else []), 6),
+                if other_release else []), 26),
             ([series("push0_tasks_held", {**mine, "class": "leaf"}, 4)], 4),
+            ([series("push0_tasks_deferred", mine, 7)], 7),
             ([series("push0_tasks_held", {**own, "team": team + "-other", "class": "leaf"}, 9)], 0),
         ]
         tests = [{"interval": "1m", "input_series": inputs,

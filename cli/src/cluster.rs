@@ -33,6 +33,8 @@ pub struct ClusterSpec {
     pub gateways: Vec<GatewaySpec>,
     pub ingest: push0_ingest::Config,
     pub max_undelivered: u64,
+    /// Most tasks the scheduler holds in memory per team.
+    pub max_held: usize,
     pub alerts: push0_scheduler::track::AlertConfig,
     pub grace: Duration,
     /// Gateways store proofs larger than this in their team's object store.
@@ -55,6 +57,7 @@ impl ClusterSpec {
             gateways: Vec::new(),
             ingest: push0_ingest::Config::default(),
             max_undelivered: 16,
+            max_held: 4096,
             alerts: Default::default(),
             grace: Duration::from_secs(5),
             gateway_inline_threshold: push0_runtime::blobs::DEFAULT_INLINE_THRESHOLD,
@@ -152,6 +155,7 @@ impl LocalCluster {
         let scheduler_config = push0_scheduler::Config {
             teams: Some(spec.teams.clone()),
             max_undelivered: spec.max_undelivered,
+            max_held: spec.max_held,
             alerts: spec.alerts.clone(),
             ..Default::default()
         };

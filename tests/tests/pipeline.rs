@@ -173,19 +173,113 @@ async fn leaves_go_out_in_block_order_under_backpressure() -> anyhow::Result<()>
         env.spec(vec![TeamConfig::single("fifo")])
             .gateways("fifo", 1, 2, sim("fixed:1ms"));
     spec.max_undelivered = 3;
-    let mut published = env
-        .bus
-        .client
-        .subscribe(env.bus.subjects.tasks_all())
-        .await?;
-    env.bus.client.flush().await?;
+    let mut published = subscribe_tasks(&env).await?;
     let cluster = push0::cluster::LocalCluster::start(spec).await?;
     run_source(&env.bus, "eth", 1, BLOCKS, 0.0, 1024).await?;
     collect_proofs(&env.bus, BLOCKS as usize, Duration::from_secs(90)).await?;
 
+    assert_leaves_in_block_order(&mut published, BLOCKS as usize).await?;
+    cluster.stop().await
+}
+
+/// A team's backlog waits in its plans on the bus, not in the scheduler's memory. With no
+/// prover running, blocks past the held bound are planned and recorded, and the scheduler
+/// holds at most the bound (plus one block's leaves). A restart recovers them the same way,
+/// and once provers run every block comes back from its plan: each proved once, in order,
+/// its leaves first sent in block order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_past_the_held_bound_waits_in_its_plans() -> anyhow::Result<()> {
+    const BLOCKS: u64 = 60;
+    const MAX_HELD: usize = 8;
+    let env = Env::new().await?;
+    let team = TeamConfig::split("deep", 4, 2);
+    let leaf_class = team.class_of(0).to_string();
+    let mut spec = env.spec(vec![team.clone()]);
+    spec.max_undelivered = 2;
+    spec.max_held = MAX_HELD;
+    let deferred = || {
+        push0_runtime::metrics()
+            .blocks_deferred
+            .with_label_values(&["deep"])
+            .get()
+    };
+    let mut published = subscribe_tasks(&env).await?;
+
+    let cluster = push0::cluster::LocalCluster::start(spec.clone()).await?;
+    run_source(&env.bus, "eth", 1, BLOCKS, 0.0, 4096).await?;
+    let consumer = env.bus.topology.scheduler_consumer().durable;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut accepted = env
+            .bus
+            .js
+            .get_stream(env.bus.subjects.stream_accepted())
+            .await?;
+        let stored = accepted.info().await?.state.messages;
+        let info = accepted.consumer_info(&consumer).await?;
+        if stored >= BLOCKS && info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{stored} blocks accepted, not all planned in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The releaser sets the gauge at its next poll.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = push0_runtime::metrics()
+        .tasks_held
+        .with_label_values(&["deep", &leaf_class])
+        .get();
+    let first = deferred();
+    assert!(
+        held as usize <= MAX_HELD + 3,
+        "the scheduler holds {held} tasks, bound {MAX_HELD} (+ a block's leaves)"
+    );
+    assert!(
+        first >= BLOCKS - (MAX_HELD as u64 + 2) / 4 - 1,
+        "only {first} of {BLOCKS} blocks deferred"
+    );
+    cluster.stop().await?;
+
+    let plans = env.bus.kv(&env.bus.subjects.bucket_plans()).await?;
+    let mut keys = plans.keys().await?;
+    let mut recorded = 0;
+    while let Some(key) = keys.next().await {
+        key?;
+        recorded += 1;
+    }
+    assert_eq!(recorded, BLOCKS, "every block's plan is recorded");
+
+    let cluster =
+        push0::cluster::LocalCluster::start(spec.gateways("deep", 1, 2, sim("fixed:1ms"))).await?;
+    let proofs = collect_proofs(&env.bus, BLOCKS as usize, Duration::from_secs(60)).await?;
+    let extra = all_proofs(&env.bus, Duration::from_millis(500)).await?;
+    assert_eq!(extra.len(), BLOCKS as usize, "exactly one proof per block");
+    assert_eq!(
+        numbers_by_team(&proofs)["deep"],
+        (1..=BLOCKS).collect::<Vec<u64>>()
+    );
+    assert!(
+        deferred() > first,
+        "the restarted scheduler deferred the backlog again"
+    );
+
+    assert_leaves_in_block_order(&mut published, 4 * BLOCKS as usize).await?;
+    cluster.stop().await
+}
+
+/// Reads the first publication of `leaves` leaf tasks from `published` (a subscription to
+/// every task subject) and asserts that they went out in block order. A task published again
+/// (a redelivered block queues its leaves again) keeps its first place.
+async fn assert_leaves_in_block_order(
+    published: &mut async_nats::Subscriber,
+    leaves: usize,
+) -> anyhow::Result<()> {
     let mut seen = std::collections::HashSet::new();
     let mut order = Vec::new();
-    while seen.len() < BLOCKS as usize {
+    while seen.len() < leaves {
         let message = tokio::time::timeout(Duration::from_secs(10), published.next())
             .await?
             .context("subscription ended")?;
@@ -195,9 +289,7 @@ async fn leaves_go_out_in_block_order_under_backpressure() -> anyhow::Result<()>
             .and_then(|h| h.get(SCHEMA_HEADER))
             .map(|v| v.as_str());
         let task: Task = decode(schema, &message.payload)?;
-        // A task published again (a redelivered block queues its leaves again) keeps its
-        // first place.
-        if seen.insert(task.task_id) {
+        if task.node.level == 0 && seen.insert(task.task_id) {
             order.push(task.block.number);
         }
     }
@@ -210,5 +302,16 @@ async fn leaves_go_out_in_block_order_under_backpressure() -> anyhow::Result<()>
         overtaken.is_empty(),
         "leaves sent out of block order (earlier, later): {overtaken:?}"
     );
-    cluster.stop().await
+    Ok(())
+}
+
+/// A subscription to every task subject, in place on the server before this returns.
+async fn subscribe_tasks(env: &Env) -> anyhow::Result<async_nats::Subscriber> {
+    let published = env
+        .bus
+        .client
+        .subscribe(env.bus.subjects.tasks_all())
+        .await?;
+    env.bus.client.flush().await?;
+    Ok(published)
 }

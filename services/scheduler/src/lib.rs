@@ -42,6 +42,10 @@ pub struct Config {
     pub teams: Option<Vec<TeamConfig>>,
     /// Most undelivered tasks a (team, class) queue may hold on the bus.
     pub max_undelivered: u64,
+    /// Most tasks a team holds in memory, over its classes. A block arriving past it is
+    /// planned and recorded, and its work waits in its plan on the bus until the held work
+    /// drains to half of it (at least 1).
+    pub max_held: usize,
     /// How often a queue with held work is re-read from the server.
     pub poll_interval: Duration,
     pub alerts: AlertConfig,
@@ -56,6 +60,7 @@ impl Default for Config {
         Self {
             teams: None,
             max_undelivered: 16,
+            max_held: 4096,
             poll_interval: Duration::from_millis(20),
             alerts: AlertConfig::default(),
             status_interval: Duration::from_secs(1),
@@ -105,6 +110,11 @@ pub async fn run(
         let stop = shutdown.clone();
         async move { s.release_loop(stop).await }
     });
+    let refiller = tokio::spawn({
+        let s = scheduler.clone();
+        let stop = shutdown.clone();
+        async move { s.refill_loop(stop).await }
+    });
     let housekeeper = tokio::spawn({
         let s = scheduler.clone();
         let stop = shutdown.clone();
@@ -145,6 +155,7 @@ pub async fn run(
     );
     shutdown.cancel();
     let _ = releaser.await;
+    let _ = refiller.await;
     let _ = housekeeper.await;
     let _ = storage.await;
     // Whether the lease was lost or the process stops, the gauges only the active instance

@@ -22,6 +22,11 @@ struct Args {
     #[arg(long, env = "PUSH0_MAX_UNDELIVERED", default_value_t = 16)]
     max_undelivered: u64,
 
+    /// Most tasks one team's work holds in the scheduler's memory; blocks arriving past it
+    /// are planned and recorded, and wait in their plans on the bus until half of it is left
+    #[arg(long, env = "PUSH0_MAX_HELD", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_held: u64,
+
     /// How often a queue with held work is re-read from the server
     #[arg(long, env = "PUSH0_POLL_INTERVAL", default_value = "20ms", value_parser = humantime::parse_duration)]
     poll_interval: Duration,
@@ -63,6 +68,7 @@ fn main() {
     let config = push0_scheduler::Config {
         teams,
         max_undelivered: args.max_undelivered,
+        max_held: args.max_held as usize,
         poll_interval: args.poll_interval,
         alerts: push0_scheduler::track::AlertConfig {
             no_prover_after: args.alert_no_prover_after,

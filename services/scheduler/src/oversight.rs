@@ -131,7 +131,8 @@ impl Scheduler {
                 .iter()
                 .filter_map(|k| queues.queues.remove(k))
                 .map(|q| q.held())
-                .sum::<usize>();
+                .sum::<usize>()
+                + queues.forget_deferred(team) as usize;
             (
                 held,
                 keys.into_iter().map(|(_, class)| class).collect::<Vec<_>>(),
@@ -332,6 +333,15 @@ impl Scheduler {
                 })
                 .collect()
         };
+        let (_, deferred) = self
+            .queues
+            .lock()
+            .expect("queues lock")
+            .deferred_of(&team.name);
+        metrics()
+            .tasks_deferred
+            .with_label_values(&[&team.name])
+            .set(deferred as i64);
         let (live_gateways, live_slots) =
             self.capacity
                 .lock()
@@ -341,7 +351,9 @@ impl Scheduler {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             let track = tracker.team(&team.name);
             let chains = track.chains(now);
-            let pending = held.iter().any(|(_, n)| *n > 0) || chains.iter().any(|c| c.unproven > 0);
+            let pending = deferred > 0
+                || held.iter().any(|(_, n)| *n > 0)
+                || chains.iter().any(|c| c.unproven > 0);
             let changes = track.evaluate_alerts(&self.config.alerts, pending, live_gateways, now);
             let (rate, _) = track.window_rate(now, self.config.alerts.miss_window);
             let m = metrics();

@@ -12,12 +12,12 @@ use push0_protocol::{
 use push0_runtime::telemetry::current_context;
 use push0_runtime::{
     Delivery, Handler, Order, Outcome, Rejection, RuntimeError, kv_create, kv_get, kv_update,
-    kv_write, retry_after_error,
+    kv_write, metrics, retry_after_error,
 };
 use tokio::sync::Notify;
 
 use crate::oversight::Withdrawal;
-use crate::queue::{QueueKey, Queues};
+use crate::queue::{ChainKey, QueueKey, Queues};
 use crate::track::Tracked;
 use crate::{SERVICE, Scheduler};
 
@@ -85,6 +85,23 @@ impl Scheduler {
             withdrawn: None,
             finalized: false,
         };
+        let deferred = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            queues.defer(&team.name, &b.chain, b.number, self.config.max_held)
+        };
+        if deferred {
+            return Some(Arrival {
+                fresh,
+                express: None,
+                place: None,
+                deferred: Some(Moving {
+                    queues: &self.queues,
+                    key: (team.name.clone(), b.chain.clone()),
+                    number: b.number,
+                    waiting: None,
+                }),
+            });
+        }
         // Realtime proofs are published as they come, and a redelivery comes out of chain
         // order anyway: neither keeps a place.
         if redelivered || team.is_realtime() {
@@ -92,6 +109,7 @@ impl Scheduler {
                 fresh,
                 express: None,
                 place: None,
+                deferred: None,
             });
         }
         let key: QueueKey = (team.name.clone(), team.class_of(0).to_string());
@@ -102,8 +120,12 @@ impl Scheduler {
             let q = queues.queues.entry(key.clone()).or_default();
             let room = q.take_room(n, bound, q.open_to(&b.chain));
             q.arrive(&b.chain, b.number);
+            if !room {
+                queues.promise(&team.name, n as usize);
+            }
             room
         };
+        let promised = if express { 0 } else { n as usize };
         let express = express.then(|| {
             fresh
                 .workflow
@@ -120,12 +142,15 @@ impl Scheduler {
                 key,
                 chain: b.chain.clone(),
                 number: b.number,
+                promised,
             }),
+            deferred: None,
         })
     }
 
     /// Plans a block for `team` after [`Scheduler::arrive`]: records the plan once, then
-    /// queues the leaves not yet released. On a first delivery whose leaves would be released
+    /// queues the leaves not yet released, or (deferred) leaves them in the plan until the
+    /// team's held work drains. On a first delivery whose leaves would be released
     /// at once anyway, they go out while the plan is created (see
     /// [`Scheduler::plan_express`]). A redelivery queues every leaf again: a plan may record a
     /// leaf as released whose publish failed, and a repeat of one that went out is dropped by
@@ -140,6 +165,7 @@ impl Scheduler {
             fresh,
             express,
             mut place,
+            deferred,
         } = arrival;
         let b = fresh.accepted.block.clone();
         let key = plan_key(&team.name, &b.chain, b.number);
@@ -171,6 +197,23 @@ impl Scheduler {
             plan = replaced;
         }
         if plan.withdrawn.is_some() || plan.failed.is_some() {
+            return Ok(());
+        }
+        if let Some(mut deferred) = deferred {
+            if !team.is_realtime() {
+                self.start_cursor(team, &b).await?;
+            }
+            self.tracker
+                .lock()
+                .expect("tracker lock")
+                .team(&team.name)
+                .deferred(&b.chain, b.number);
+            let leaves = plan.workflow.leaves().count() as u64;
+            deferred.waiting = Some((leaves, redelivered));
+            metrics()
+                .blocks_deferred
+                .with_label_values(&[&team.name])
+                .inc();
             return Ok(());
         }
         self.track(team, &plan);
@@ -525,6 +568,27 @@ struct Arrival<'a> {
     /// Room on the bus was taken for these leaves: they go out while the plan is created.
     express: Option<Vec<Task>>,
     place: Option<Place<'a>>,
+    /// The team holds all it may: the block is planned, its work left in the plan.
+    deferred: Option<Moving<'a>>,
+}
+
+/// A deferred block on its way into the waiting ones (its plan being written) or out of them
+/// (its plan being read back into the queues); settled when dropped, as waiting if `waiting`
+/// is set (see [`Queues::defer`]).
+pub(crate) struct Moving<'a> {
+    pub(crate) queues: &'a Mutex<Queues>,
+    pub(crate) key: ChainKey,
+    pub(crate) number: u64,
+    /// Its leaves and whether all go out again.
+    pub(crate) waiting: Option<(u64, bool)>,
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut queues) = self.queues.lock() {
+            queues.settle(&self.key, self.number, self.waiting);
+        }
+    }
 }
 
 /// A block's place on its team's leaf queue while it is on its way there: the chain's later
@@ -535,6 +599,9 @@ struct Place<'a> {
     key: QueueKey,
     chain: String,
     number: u64,
+    /// Leaves promised to the team's queues (see [`Queues::promise`]): none if they go out
+    /// at once.
+    promised: usize,
 }
 
 impl Drop for Place<'_> {
@@ -542,6 +609,7 @@ impl Drop for Place<'_> {
         let Ok(mut queues) = self.queues.lock() else {
             return;
         };
+        queues.delivered(&self.key.0, self.promised);
         if let Some(q) = queues.queues.get_mut(&self.key)
             && q.arrived(&self.chain, self.number)
         {

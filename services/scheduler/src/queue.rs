@@ -208,15 +208,155 @@ impl Queue {
 
 pub type QueueKey = (String, String);
 
+/// (team, chain).
+pub type ChainKey = (String, String);
+
+/// A chain's deferred blocks for one team: planned and recorded, their work left in their
+/// plans on the bus while the team already holds as many tasks as it may. They come back
+/// into the queues, lowest first, as the held work drains.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    /// Blocks whose plan is written, with their leaf count and whether every leaf goes out
+    /// again when it comes back (a redelivered block's: its plan may record a leaf as
+    /// released whose publish failed).
+    waiting: BTreeMap<u64, (u64, bool)>,
+    /// Blocks on their way in or out: a plan being written, or a plan being read back into
+    /// the queues. No higher block of the chain comes back before them.
+    moving: BTreeMap<u64, usize>,
+}
+
+impl Deferred {
+    fn idle(&self) -> bool {
+        self.waiting.is_empty() && self.moving.is_empty()
+    }
+}
+
 #[derive(Default)]
 pub struct Queues {
     pub queues: HashMap<QueueKey, Queue>,
+    /// Deferred blocks per (team, chain); an entry lives while one waits or moves.
+    deferred: HashMap<ChainKey, Deferred>,
+    /// Leaves on their way into a team's queues: blocks that found it under the held bound
+    /// and are storing their plans. Counted as held, so blocks arriving meanwhile see them.
+    promised: HashMap<String, usize>,
 }
 
 impl Queues {
     pub fn push(&mut self, task: Task, trace: TraceContext) -> bool {
         let key = (task.team.clone(), task.class.clone());
         self.queues.entry(key).or_default().push(task, trace)
+    }
+
+    /// Tasks the team holds in memory over all its classes, and the leaves on their way in.
+    pub fn team_held(&self, team: &str) -> usize {
+        let held: usize = self
+            .queues
+            .iter()
+            .filter(|((t, _), _)| t == team)
+            .map(|(_, q)| q.held())
+            .sum();
+        held + self.promised.get(team).copied().unwrap_or(0)
+    }
+
+    /// `leaves` of a block on their way into `team`'s queues (until [`Queues::delivered`]).
+    pub fn promise(&mut self, team: &str, leaves: usize) {
+        *self.promised.entry(team.to_string()).or_default() += leaves;
+    }
+
+    /// The promised leaves are queued (or will not be).
+    pub fn delivered(&mut self, team: &str, leaves: usize) {
+        if let Some(n) = self.promised.get_mut(team) {
+            *n = n.saturating_sub(leaves);
+            if *n == 0 {
+                self.promised.remove(team);
+            }
+        }
+    }
+
+    /// Whether a block of `chain` arriving for `team` is deferred: the team holds `max_held`
+    /// tasks or more, or blocks of the chain are deferred already (a later block never goes
+    /// ahead of them). If so it is counted as moving until [`Queues::settle`].
+    pub fn defer(&mut self, team: &str, chain: &str, number: u64, max_held: usize) -> bool {
+        let key = (team.to_string(), chain.to_string());
+        let behind = self.deferred.get(&key).is_some_and(|d| !d.idle());
+        if !behind && self.team_held(team) < max_held {
+            return false;
+        }
+        *self
+            .deferred
+            .entry(key)
+            .or_default()
+            .moving
+            .entry(number)
+            .or_default() += 1;
+        true
+    }
+
+    /// A block counted as moving by [`Queues::defer`] or [`Queues::take_deferred`] got where
+    /// it was going: into the waiting blocks if `waiting` says so (its leaves, and whether
+    /// all go out again), or out of the deferral (queued, or nothing to do).
+    pub fn settle(&mut self, key: &ChainKey, number: u64, waiting: Option<(u64, bool)>) {
+        let Some(d) = self.deferred.get_mut(key) else {
+            return;
+        };
+        if let Some(n) = d.moving.get_mut(&number) {
+            *n -= 1;
+            if *n == 0 {
+                d.moving.remove(&number);
+            }
+        }
+        if let Some((leaves, all)) = waiting {
+            let entry = d.waiting.entry(number).or_insert((leaves, all));
+            entry.1 |= all;
+        }
+        if d.idle() {
+            self.deferred.remove(key);
+        }
+    }
+
+    /// Takes the team's lowest deferred block that may come back now (no block of its chain
+    /// below it is still moving), counted as moving until [`Queues::settle`]: its chain, its
+    /// number and whether every leaf goes out again.
+    pub fn take_deferred(&mut self, team: &str) -> Option<(ChainKey, u64, u64, bool)> {
+        let (key, number, (leaves, all)) = self
+            .deferred
+            .iter()
+            .filter(|((t, _), _)| t == team)
+            .filter_map(|(key, d)| {
+                let (&number, &entry) = d.waiting.first_key_value()?;
+                let blocked = d.moving.first_key_value().is_some_and(|(&m, _)| m < number);
+                (!blocked).then(|| (key.clone(), number, entry))
+            })
+            .min_by_key(|(_, number, _)| *number)?;
+        let d = self.deferred.get_mut(&key).expect("found above");
+        d.waiting.remove(&number);
+        *d.moving.entry(number).or_default() += 1;
+        Some((key, number, leaves, all))
+    }
+
+    /// The team's deferred blocks and their leaves.
+    pub fn deferred_of(&self, team: &str) -> (u64, u64) {
+        self.deferred
+            .iter()
+            .filter(|((t, _), _)| t == team)
+            .flat_map(|(_, d)| d.waiting.values())
+            .fold((0, 0), |(blocks, leaves), (n, _)| (blocks + 1, leaves + n))
+    }
+
+    /// Teams with deferred blocks waiting.
+    pub fn deferring_teams(&self) -> HashSet<String> {
+        self.deferred
+            .iter()
+            .filter(|(_, d)| !d.waiting.is_empty())
+            .map(|((team, _), _)| team.clone())
+            .collect()
+    }
+
+    /// Forgets a removed team's deferred blocks; returns their leaves.
+    pub fn forget_deferred(&mut self, team: &str) -> u64 {
+        let (_, leaves) = self.deferred_of(team);
+        self.deferred.retain(|(t, _), _| t != team);
+        leaves
     }
 }
 
@@ -352,5 +492,77 @@ mod tests {
         assert!(q.take_room(2, 16, true));
         assert_eq!(q.undelivered, Some(16));
         assert!(!q.take_room(1, 16, true), "the bound is reached");
+    }
+
+    fn eth() -> ChainKey {
+        ("t".to_string(), "eth".to_string())
+    }
+
+    #[test]
+    fn blocks_are_deferred_past_the_held_bound_and_later_ones_follow() {
+        let mut qs = Queues::default();
+        qs.push(task(1, 0, 0), TraceContext::default());
+        assert!(!qs.defer("t", "eth", 2, 2), "1 held, room for 2");
+        qs.push(task(2, 0, 0), TraceContext::default());
+        assert!(qs.defer("t", "eth", 3, 2), "the team holds 2");
+        assert!(
+            !qs.defer("other", "eth", 3, 2),
+            "another team holds nothing"
+        );
+        qs.queues
+            .values_mut()
+            .for_each(|q| while q.pop().is_some() {});
+        assert!(
+            qs.defer("t", "eth", 4, 2),
+            "nothing held, but block 3 of eth is deferred: 4 waits behind it"
+        );
+        assert!(!qs.defer("t", "gnosis", 1, 2), "another chain is not");
+        qs.settle(&eth(), 4, Some((1, false)));
+        assert_eq!(
+            qs.take_deferred("t"),
+            None,
+            "block 3's plan is still being written: 4 may not come back before it"
+        );
+        qs.settle(&eth(), 3, Some((5, true)));
+        assert_eq!(qs.deferred_of("t"), (2, 6));
+        assert_eq!(qs.take_deferred("t"), Some((eth(), 3, 5, true)));
+        assert_eq!(qs.take_deferred("t"), None, "3 is moving back in");
+        qs.settle(&eth(), 3, None);
+        assert_eq!(qs.take_deferred("t"), Some((eth(), 4, 1, false)));
+        assert!(qs.defer("t", "eth", 5, 2), "4 is still moving back in");
+        qs.settle(&eth(), 4, None);
+        qs.settle(&eth(), 5, None);
+        assert!(qs.deferred.is_empty(), "nothing deferred any more");
+        assert!(!qs.defer("t", "eth", 6, 2));
+    }
+
+    #[test]
+    fn leaves_on_their_way_in_count_as_held() {
+        let mut qs = Queues::default();
+        qs.promise("t", 3);
+        assert!(!qs.defer("t", "eth", 1, 4));
+        qs.promise("t", 3);
+        assert!(qs.defer("t", "eth", 2, 4), "6 promised");
+        qs.delivered("t", 6);
+        assert_eq!(qs.team_held("t"), 0);
+        assert!(qs.promised.is_empty());
+    }
+
+    #[test]
+    fn a_redelivered_deferred_block_sends_every_leaf() {
+        let mut qs = Queues::default();
+        assert!(qs.defer("t", "eth", 7, 0));
+        qs.settle(&eth(), 7, Some((3, false)));
+        assert!(qs.defer("t", "eth", 7, 0));
+        qs.settle(&eth(), 7, Some((3, true)));
+        assert_eq!(qs.take_deferred("t"), Some((eth(), 7, 3, true)));
+        qs.settle(&eth(), 7, Some((3, true)));
+        assert_eq!(
+            qs.deferring_teams().len(),
+            1,
+            "put back after a failed read"
+        );
+        assert_eq!(qs.forget_deferred("t"), 3);
+        assert!(qs.take_deferred("t").is_none());
     }
 }

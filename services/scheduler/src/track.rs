@@ -99,11 +99,17 @@ pub struct TeamTrack {
 
 impl TeamTrack {
     pub fn planned(&mut self, chain: &str, number: u64, tracked: Tracked) {
-        let head = self.heads.entry(chain.to_string()).or_insert(number);
-        *head = (*head).max(number);
+        self.deferred(chain, number);
         self.blocks
             .entry((chain.to_string(), number))
             .or_insert(tracked);
+    }
+
+    /// A block planned whose work waits in its plan (the team holds all it may): only the
+    /// chain's head moves; the block is followed once its work comes back.
+    pub fn deferred(&mut self, chain: &str, number: u64) {
+        let head = self.heads.entry(chain.to_string()).or_insert(number);
+        *head = (*head).max(number);
     }
 
     pub fn released(&mut self, chain: &str, number: u64, now_ms: u64) {

@@ -92,6 +92,11 @@ pub struct Metrics {
     /// push0_tasks_queued{team, class}: released tasks on the bus not yet delivered, as last
     /// read by the scheduler
     pub tasks_queued: IntGaugeVec,
+    /// push0_tasks_deferred{team}: leaves of blocks planned past the scheduler's held bound,
+    /// waiting in their plans on the bus
+    pub tasks_deferred: IntGaugeVec,
+    /// push0_blocks_deferred_total{team}: blocks planned past the held bound
+    pub blocks_deferred: IntCounterVec,
     /// push0_jetstream_storage_bytes{server}: file storage JetStream uses on a NATS server
     pub jetstream_storage: IntGaugeVec,
     /// push0_jetstream_storage_limit_bytes{server}: that server's JetStream storage limit
@@ -368,6 +373,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "released tasks not yet delivered to a prover",
             &["team", "class"],
         ),
+        tasks_deferred: gauge(
+            &r,
+            "push0_tasks_deferred",
+            "leaves of deferred blocks, waiting in their plans until the held work drains",
+            &["team"],
+        ),
+        blocks_deferred: counter(
+            &r,
+            "push0_blocks_deferred_total",
+            "blocks planned while their team held all the tasks it may",
+            &["team"],
+        ),
         jetstream_storage: gauge(
             &r,
             "push0_jetstream_storage_bytes",
@@ -451,6 +468,7 @@ pub fn delivered(service: &str, kind: &str, delivery_count: i64) {
 pub fn forget_team(team: &str, classes: &[String], chains: &[String]) {
     let m = metrics();
     let _ = m.live_slots.remove_label_values(&[team]);
+    let _ = m.tasks_deferred.remove_label_values(&[team]);
     for class in classes {
         let _ = m.tasks_held.remove_label_values(&[team, class]);
         let _ = m.tasks_queued.remove_label_values(&[team, class]);
@@ -472,6 +490,7 @@ pub fn forget_active_gauges() {
     m.live_slots.reset();
     m.tasks_held.reset();
     m.tasks_queued.reset();
+    m.tasks_deferred.reset();
     m.alert_active.reset();
     m.chain_head.reset();
     m.chain_unproven.reset();

@@ -2073,6 +2073,47 @@ def check_helm_render(helm, chart: Path, promtool: Path, label: str, values: dic
             + (f", {' and '.join(custom)} against structural schemas" if custom else ""))
 
 
+def check_helm_nats_auth(helm, chart: Path, root: Path) -> str:
+    """The values `push0 auth --helm-values` writes for the bundled NATS: push0's pods sign in
+    with their own keys, the nats chart carries the very block `--out` writes and includes it
+    (the chart turns a key ending in `$include` into an include directive of a file of its
+    ConfigMap), nats-server accepts that configuration, and the chart renders with them."""
+    push0, nats_server = push0_and_nats_server(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        keys, etc, written = Path(tmp) / "keys", Path(tmp) / "etc", Path(tmp) / "auth-values.yaml"
+        out = run_tool([str(push0), "auth", "--keys", str(keys), "--teams", "deploy/teams.toml",
+                        "--out", str(keys / "authorization.conf"), "--helm-values", str(written)], root)
+        expect(out.returncode == 0, "push0 auth --helm-values failed", out.stderr)
+        block = (keys / "authorization.conf").read_text()
+        try:
+            values = yaml.safe_load(written.read_text())
+        except yaml.YAMLError as exc:
+            raise CheckError("the Helm values push0 auth writes do not parse", str(exc))
+        expect(values.get("auth") == {"enabled": True, "secretName": "push0-creds"},
+               f"auth values {values.get('auth')!r}: pods would not sign in with their keys")
+        nats = values.get("nats") or {}
+        includes = {k: v for k, v in ((nats.get("config") or {}).get("merge") or {}).items()
+                    if k.endswith("$include")}
+        expect(len(includes) == 1, f"nats.config.merge holds {len(includes)} include keys, expected 1")
+        (file,) = includes.values()
+        data = ((nats.get("configMap") or {}).get("merge") or {}).get("data") or {}
+        expect(data.get(file) == block,
+               f"nats.configMap.merge.data[{file!r}] is not the authorization block `--out` writes")
+        etc.mkdir()
+        (etc / file).write_text(data[file])
+        (etc / "nats.conf").write_text(f"include {file};\n" + (root / "deploy" / "nats.conf").read_text())
+        out = run_tool([str(nats_server), "-t", "-c", str(etc / "nats.conf")], root)
+        expect(out.returncode == 0, "nats-server refuses the bundled NATS configuration with the block",
+               out.stderr + out.stdout)
+        users = len(re.findall(r"nkey\s*[:=]", block))
+    bundled = f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
+    merged, docs, _ = render(helm, chart, values)
+    problems = check_manifests(merged, docs, bundled, chart)
+    expect(not problems, "the chart with the values push0 auth writes", "\n".join(problems))
+    return (f"push0 auth --helm-values: the bundled NATS includes the block ({users} users, "
+            f"nats-server accepts it), every pod signs in with its own key")
+
+
 def rust_struct_fields(source: str, struct: str) -> list[str]:
     """Field names of a `pub struct NAME { pub field: T, … }` in Rust source."""
     match = re.search(rf"pub struct {struct} \{{(.*?)\n\}}", source, re.S)
@@ -2546,6 +2587,7 @@ def main() -> int:
             report.run("helm", lambda label=label, values=values, nats_url=nats_url:
                        check_helm_render(helm, chart, args.promtool, label, values, nats_url))
         report.run("helm", lambda: check_flag_parity(helm, chart, root))
+        report.run("helm", lambda: check_helm_nats_auth(helm, chart, root))
         report.run("selftest", lambda: check_validators_reject(compose, args.hadolint, helm, chart))
 
     print(f"deploy: {report.passed} passed, {report.failed} failed")

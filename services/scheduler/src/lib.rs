@@ -42,9 +42,9 @@ pub struct Config {
     pub teams: Option<Vec<TeamConfig>>,
     /// Most undelivered tasks a (team, class) queue may hold on the bus.
     pub max_undelivered: u64,
-    /// Most tasks a team holds in memory, over its classes. A block arriving past it is
-    /// planned and recorded, and its work waits in its plan on the bus until the held work
-    /// drains to half of it (at least 1).
+    /// Most tasks a team holds in memory, over its classes (at least 1 is used). A block
+    /// arriving past it is planned and recorded, and its work waits in its plan on the bus
+    /// until the held work drains to half of it.
     pub max_held: usize,
     /// How often a queue with held work is re-read from the server.
     pub poll_interval: Duration,
@@ -72,9 +72,11 @@ impl Default for Config {
 /// Runs the scheduler until `shutdown`.
 pub async fn run(
     bus: Bus,
-    config: Config,
+    mut config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
+    // With no room at all, no block would ever come back from its plan.
+    config.max_held = config.max_held.max(1);
     if let Some(teams) = &config.teams {
         for team in teams {
             register_team(&bus, team).await?;

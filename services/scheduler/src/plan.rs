@@ -40,7 +40,7 @@ impl Scheduler {
 
     /// Holds the lock that orders `chain`'s reorg notices against the blocks planned around
     /// them: shared while a block is planned, `alone` for a reorg notice.
-    async fn hold_chain(&self, chain: &str, alone: bool) -> ChainHold<'_> {
+    pub(crate) async fn hold_chain(&self, chain: &str, alone: bool) -> ChainHold<'_> {
         let lock = self
             .chains
             .lock()
@@ -150,9 +150,8 @@ impl Scheduler {
 
     /// Plans a block for `team` after [`Scheduler::arrive`]: records the plan once, then
     /// queues the leaves not yet released, or (deferred) leaves them in the plan until the
-    /// team's held work drains. On a first delivery whose leaves would be released
-    /// at once anyway, they go out while the plan is created (see
-    /// [`Scheduler::plan_express`]). A redelivery queues every leaf again: a plan may record a
+    /// team's held work drains. On a first delivery whose leaves would be released at once
+    /// anyway, they go out while the plan is created (see [`Scheduler::plan_express`]). A redelivery queues every leaf again: a plan may record a
     /// leaf as released whose publish failed, and a repeat of one that went out is dropped by
     /// its msg-id.
     async fn plan(
@@ -485,7 +484,7 @@ pub(crate) fn aggregate_task(team: &TeamConfig, ready: &Ready) -> Task {
 /// A hold on a chain's lock. When the last hold of a chain ends (no other held or awaited),
 /// the chain's lock is dropped: the map keeps the chains with a block being planned or a reorg
 /// being handled, whatever chain names sources use.
-struct ChainHold<'a> {
+pub(crate) struct ChainHold<'a> {
     scheduler: &'a Scheduler,
     chain: String,
     /// The read or write guard.

@@ -237,7 +237,9 @@ pub struct Queues {
     /// Deferred blocks per (team, chain); an entry lives while one waits or moves.
     deferred: HashMap<ChainKey, Deferred>,
     /// Leaves on their way into a team's queues: blocks that found it under the held bound
-    /// and are storing their plans. Counted as held, so blocks arriving meanwhile see them.
+    /// and are storing their plans with a place in line (realtime and redelivered blocks
+    /// keep none: at most the blocks being planned go uncounted). Counted as held, so blocks
+    /// arriving meanwhile see them.
     promised: HashMap<String, usize>,
 }
 

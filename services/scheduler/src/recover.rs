@@ -38,7 +38,8 @@ impl Scheduler {
             let Some(team) = self.registry.get(&plan.team) else {
                 continue;
             };
-            if plan.withdrawn.is_some() || plan.failed.is_some() {
+            // A finalized plan's proof is published: nothing of it is left to do.
+            if plan.withdrawn.is_some() || plan.failed.is_some() || plan.finalized {
                 continue;
             }
             self.ensure_queue(&team).await?;
@@ -169,14 +170,23 @@ impl Scheduler {
                 number,
                 waiting: Some((leaves, all)),
             };
-            let plan = kv_get::<Plan>(&self.plans, &plan_key(&team.name, &moving.key.1, number))
-                .await?
-                .map(|(p, _)| p)
-                .filter(|p| p.withdrawn.is_none() && p.failed.is_none());
-            if let Some(plan) = plan
-                && let Some(tasks) = self.held_work(team, &plan, all).await?
+            // Alone on the chain from the read to the queueing: a reorg notice, or a block
+            // replacing this one at its height, withdraws the block either before the read
+            // (seen in the plan) or after its tasks are queued (which it clears).
+            let _alone = self.hold_chain(&moving.key.1, true).await;
+            let key = plan_key(&team.name, &moving.key.1, number);
+            let plan = kv_get::<Plan>(&self.plans, &key).await?.map(|(p, _)| p);
+            let live = plan
+                .as_ref()
+                .filter(|p| p.withdrawn.is_none() && p.failed.is_none() && !p.finalized);
+            if plan.is_none() {
+                tracing::warn!(team = %team.name, plan = %key, "a deferred block's plan is gone (expired?); its work is not queued");
+            }
+            if let Some(plan) = live
+                && let Some(tasks) = self.held_work(team, plan, all).await?
+                && self.registry.get(&team.name).is_some()
             {
-                self.track(team, &plan);
+                self.track(team, plan);
                 self.enqueue(tasks);
             }
             moving.waiting = None;

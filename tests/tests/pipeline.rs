@@ -226,12 +226,19 @@ async fn a_backlog_past_the_held_bound_waits_in_its_plans() -> anyhow::Result<()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The releaser sets the gauge at its next poll.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let held = push0_runtime::metrics()
+    // The releaser sets the gauge at its polls while work is held (some always is here).
+    let gauge = push0_runtime::metrics()
         .tasks_held
-        .with_label_values(&["deep", &leaf_class])
-        .get();
+        .with_label_values(&["deep", &leaf_class]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge.get() == 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the scheduler never reported held tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = gauge.get();
     let first = deferred();
     assert!(
         held as usize <= MAX_HELD + 3,

@@ -198,10 +198,13 @@ impl Scheduler {
         if plan.withdrawn.is_some() || plan.failed.is_some() {
             return Ok(());
         }
+        // The first block planned for (team, chain) starts its publication order, deferred or
+        // not; a lower block arriving before anything was published moves the start down.
+        // Realtime proofs are published as they come: no order to keep.
+        if !team.is_realtime() {
+            self.start_cursor(team, &b).await?;
+        }
         if let Some(mut deferred) = deferred {
-            if !team.is_realtime() {
-                self.start_cursor(team, &b).await?;
-            }
             self.tracker
                 .lock()
                 .expect("tracker lock")
@@ -216,12 +219,6 @@ impl Scheduler {
             return Ok(());
         }
         self.track(team, &plan);
-        // The first block planned for (team, chain) starts its publication order; a lower block
-        // arriving before anything was published moves the start down. Realtime proofs are
-        // published as they come: no order to keep.
-        if !team.is_realtime() {
-            self.start_cursor(team, &b).await?;
-        }
         self.ensure_queue(team).await?;
         self.enqueue_leaves(team, &plan, redelivered);
         // Queued: the chain's later tasks may go out now.

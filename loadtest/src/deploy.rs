@@ -17,6 +17,7 @@ use push0_protocol::{
     BlockProof, MSG_ID_HEADER, SCHEMA_HEADER, TeamConfig, WireMessage, decode, encode,
 };
 use push0_runtime::Bus;
+use push0_runtime::pull::Pull;
 use tokio::sync::mpsc;
 
 use crate::inside::{self, Scrape};
@@ -288,8 +289,9 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Reads proofs with a durable pull consumer, like the floor's last hop (an ordered
-    /// consumer stalled on the 3-node cluster).
+    /// Reads proofs with a durable pull consumer, pulling as the floor's last hop and push0's
+    /// services do (requests of up to 64 messages read from their own inbox), so the two
+    /// measurements end alike. (An ordered consumer stalled on the 3-node cluster.)
     pub async fn new(bus: &Bus, payload_size: usize) -> Result<Self> {
         let consumer: PullConsumer = bus
             .js
@@ -306,19 +308,24 @@ impl Driver {
             )
             .await?;
         let (tx, arrivals) = mpsc::unbounded_channel();
+        let reading = bus.clone();
         let reader = tokio::spawn(async move {
             loop {
-                let Ok(mut messages) = consumer
-                    .stream()
-                    .max_messages_per_batch(64)
-                    .expires(Duration::from_secs(2))
-                    .messages()
-                    .await
-                else {
+                let request = Pull::request(&reading, &consumer, 64, None, Duration::from_secs(2));
+                let Ok(mut pull) = request.await else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                while let Some(Ok(m)) = messages.next().await {
+                loop {
+                    let m = match pull.next().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        // A leader change or the like: pull again shortly.
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break;
+                        }
+                    };
                     let at = Instant::now();
                     let schema = m
                         .headers

@@ -12,9 +12,20 @@ use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
 use futures::StreamExt;
 
-/// Latencies (µs, sorted) of `samples` messages through `hops` chained hops on `url` (one URL
-/// or a comma-separated cluster list), streams with `replicas`.
-pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> Result<Vec<u64>> {
+/// What the floor measured.
+pub struct Floor {
+    /// Latencies (µs) of the untapped series, one per message.
+    pub whole: Vec<u64>,
+    /// The tapped series split where a core subscriber saw each publish (µs per message):
+    /// the first publish until it is seen, each hop from one publish seen to the next, and the
+    /// last publish seen until the last hop received it; `hops + 2` legs.
+    pub legs: Vec<Vec<u64>>,
+}
+
+/// `samples` messages through `hops` chained hops on `url` (one URL or a comma-separated
+/// cluster list), streams with `replicas`; then half as many again with every publish seen by
+/// a core subscriber, as the per-hop split of push0's path is taken.
+pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> Result<Floor> {
     let addrs = push0_runtime::bus::parse_urls(url)?;
     let client = async_nats::connect(addrs).await?;
     let js = jetstream::new(client.clone());
@@ -55,26 +66,86 @@ pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> 
     let warmup = 20;
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples + warmup {
-        let start = Instant::now();
-        js.publish(
-            format!("{prefix}.hop.0"),
-            bytes::Bytes::from(vec![0u8; 128]),
-        )
-        .await?
-        .await?;
-        let end = tokio::time::timeout(Duration::from_secs(10), done.recv())
-            .await?
-            .context("floor chain stopped")?;
+        let (start, end) = one(&js, &prefix, &mut done).await?;
         if i >= warmup {
             out.push(end.duration_since(start).as_micros() as u64);
         }
     }
+    let legs = tapped(&client, &js, &prefix, hops, &mut done, samples / 2).await;
     for w in workers {
         w.abort();
     }
     js.delete_stream(&name).await?;
-    out.sort_unstable();
-    Ok(out)
+    Ok(Floor {
+        whole: out,
+        legs: legs?,
+    })
+}
+
+/// Sends one message through the chain: when it was published and when the last hop had it.
+async fn one(
+    js: &jetstream::Context,
+    prefix: &str,
+    done: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>,
+) -> Result<(Instant, Instant)> {
+    let start = Instant::now();
+    js.publish(
+        format!("{prefix}.hop.0"),
+        bytes::Bytes::from(vec![0u8; 128]),
+    )
+    .await?
+    .await?;
+    let end = tokio::time::timeout(Duration::from_secs(10), done.recv())
+        .await?
+        .context("floor chain stopped")?;
+    Ok((start, end))
+}
+
+/// The per-hop split of `samples` messages: a core subscription on every hop's subject stamps
+/// each publish as the server routes it, on the same clock as the publish and the last hop.
+async fn tapped(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    prefix: &str,
+    hops: usize,
+    done: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    samples: usize,
+) -> Result<Vec<Vec<u64>>> {
+    let mut tap = client.subscribe(format!("{prefix}.hop.*")).await?;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let reader = tokio::spawn(async move {
+        while let Some(m) = tap.next().await {
+            let at = Instant::now();
+            let hop = m.subject.rsplit('.').next().and_then(|h| h.parse().ok());
+            if let Some(hop) = hop
+                && seen_tx.send((hop, at)).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
+    let mut legs = vec![Vec::with_capacity(samples); hops + 2];
+    for _ in 0..samples {
+        let (start, end) = one(js, prefix, done).await?;
+        let mut at: Vec<Option<Instant>> = vec![None; hops + 1];
+        while at.iter().any(Option::is_none) {
+            let (hop, when) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await?
+                .context("floor tap stopped")?;
+            if let Some(slot) = at.get_mut(hop) {
+                *slot = Some(when);
+            }
+        }
+        let at: Vec<Instant> = at.into_iter().flatten().collect();
+        legs[0].push(us(start, at[0]));
+        for hop in 1..=hops {
+            legs[hop].push(us(at[hop - 1], at[hop]));
+        }
+        legs[hops + 1].push(us(at[hops], end));
+    }
+    reader.abort();
+    Ok(legs)
 }
 
 /// One hop of the chain: pulls as push0's services do (requests of up to 64 messages with a

@@ -271,8 +271,9 @@ async fn run_section(args: &Args, target: &Target, label: &str, cluster: bool) -
             "floor: {samples} samples through {} chained work-queue hops",
             args.hops
         );
-        let floor = floor::latencies(&target.url, target.replicas, args.hops, samples).await?;
-        let floor = stats::Pct::of(floor);
+        let measured = floor::latencies(&target.url, target.replicas, args.hops, samples).await?;
+        let floor = stats::Pct::of(measured.whole);
+        s.floor_legs = measured.legs.into_iter().map(stats::Pct::of).collect();
         eprintln!("latency: {samples} blocks per series, one at a time");
         let lat = phases::latency(target, samples, payload).await?;
         s.overhead_p50_x = Some(ratio(lat.task.p50, floor.p50));

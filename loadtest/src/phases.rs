@@ -1,7 +1,7 @@
 //! The experiments, each on its own deployment (fresh prefix, fresh processes) so one's
 //! backlog never leaks into the next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -34,6 +34,8 @@ fn cpu_pct(spent: &BTreeMap<String, f64>, secs: f64) -> BTreeMap<String, f64> {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HopStats {
     pub samples: usize,
+    /// The harness's publish of the submission → the submission seen on the bus
+    pub submit: Pct,
     /// Submission published → `block-accepted` published
     pub ingest: Pct,
     /// `block-accepted` → `task` published
@@ -42,6 +44,8 @@ pub struct HopStats {
     pub gateway: Pct,
     /// `task-result` → `block-proof` published
     pub aggregator: Pct,
+    /// `block-proof` seen on the bus → its delivery to the harness's durable consumer
+    pub deliver: Pct,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -90,10 +94,13 @@ pub async fn latency(target: &Target, samples: usize, payload: usize) -> Result<
     // extra subscriber costs the server a little, so it is kept out of the series above).
     let tap = Tap::start(&deployment.bus, "c1").await?;
     let before = deployment.scrape();
+    let mut ends = HashMap::new();
     for _ in 0..samples / 2 {
         n += 1;
+        let sent = Instant::now();
         driver.submit("c1", n).await?;
-        driver.collect(1, Duration::from_secs(20), None).await?;
+        let arrived = driver.collect(1, Duration::from_secs(20), None).await?;
+        ends.insert(n, (sent, arrived[0].at));
         bar.inc(1);
     }
     // The proof reaches the tap at the same time as the reader; give it a moment.
@@ -101,14 +108,22 @@ pub async fn latency(target: &Target, samples: usize, payload: usize) -> Result<
     let seen = tap.finish().await;
     let steps = inside::steps(&before, &deployment.scrape(), samples / 2);
     bar.finish_and_clear();
-    let stages: Vec<[u64; 4]> = seen.values().filter_map(|h| h.stages()).collect();
+    let stages: Vec<[u64; 6]> = seen
+        .iter()
+        .filter_map(|((_, n), h)| {
+            let (sent, arrived) = ends.get(n)?;
+            h.stages(*sent, *arrived)
+        })
+        .collect();
     let col = |i: usize| Pct::of(stages.iter().map(|s| s[i]).collect());
     let hops = HopStats {
         samples: stages.len(),
-        ingest: col(0),
-        scheduler: col(1),
-        gateway: col(2),
-        aggregator: col(3),
+        submit: col(0),
+        ingest: col(1),
+        scheduler: col(2),
+        gateway: col(3),
+        aggregator: col(4),
+        deliver: col(5),
     };
     deployment.stop();
     Ok(Latency {

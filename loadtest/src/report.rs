@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::inside::Step;
-use crate::phases::{Burst, InFlight, Latency, RealisticTeam, ScalePoint, SweepPoint};
+use crate::phases::{Burst, HopStats, InFlight, Latency, RealisticTeam, ScalePoint, SweepPoint};
 use crate::stats::{Pct, ms, ratio};
 
 /// The figures of one NATS setup (R1 single server, or R3 cluster).
@@ -19,6 +19,9 @@ pub struct Section {
     pub replicas: u8,
     pub floor_hops: usize,
     pub floor: Option<Pct>,
+    /// The floor's tapped series split as push0's per-hop series is: the first publish seen,
+    /// each hop, the last hop's receipt (`floor_hops + 2` legs).
+    pub floor_legs: Vec<Pct>,
     pub latency: Option<Latency>,
     pub overhead_p50_x: Option<f64>,
     pub overhead_p99_x: Option<f64>,
@@ -167,19 +170,14 @@ pub fn section_markdown(s: &Section) -> String {
             "overhead per block (`split` 4/2, 7 tasks)",
             &lat.block_split,
         ));
-        let h = &lat.hops;
-        rows.push(row("· hop: ingest (block → accepted)", &h.ingest));
-        rows.push(row("· hop: scheduler (accepted → task)", &h.scheduler));
-        rows.push(row("· hop: gateway (task → result, − prover)", &h.gateway));
-        rows.push(row("· hop: aggregator (result → proof)", &h.aggregator));
         let _ = writeln!(
             out,
-            "Closed loop, one block at a time, 0 ms simulated provers; {} samples per series \
-             (per-hop split from {} blocks observed by a core subscriber).\n",
-            lat.task.n, h.samples
+            "Closed loop, one block at a time, 0 ms simulated provers; {} samples per series.\n",
+            lat.task.n
         );
         out.push_str(&md_table(&rows));
         out.push('\n');
+        out.push_str(&hops_markdown(&lat.hops, &s.floor_legs));
         if !lat.steps.is_empty() {
             out.push_str(&steps_markdown(
                 &lat.steps,
@@ -310,7 +308,6 @@ pub fn section_markdown(s: &Section) -> String {
     out
 }
 
-/// The performance targets against the R1 section.
 /// Inside the hops: each role's steps per block of the per-hop series, beside the floor's
 /// time per hop (`floor_hop_us`, its p50 divided by its hops).
 fn steps_markdown(steps: &[Step], floor_hop_us: f64) -> String {
@@ -342,6 +339,71 @@ fn steps_markdown(steps: &[Step], floor_hop_us: f64) -> String {
     )
 }
 
+/// push0's path split hop by hop beside the floor's, both split the same way (a core
+/// subscriber stamps every publish as the server routes it). `floor` has the floor's legs;
+/// with another number of hops than push0's four, only push0's column is shown.
+fn hops_markdown(h: &HopStats, floor: &[Pct]) -> String {
+    let ours = [
+        ("publish of the block → seen on the bus", &h.submit),
+        ("hop 1: ingest (block → accepted)", &h.ingest),
+        ("hop 2: scheduler (accepted → task)", &h.scheduler),
+        ("hop 3: gateway (task → result, − prover)", &h.gateway),
+        ("hop 4: aggregator (result → proof)", &h.aggregator),
+        ("proof seen → received by the harness", &h.deliver),
+    ];
+    let beside = floor.len() == ours.len();
+    let mut rows = vec![header(&[
+        "step (ms)",
+        "push0 p50",
+        "floor p50",
+        "push0 − floor",
+        "push0 p90",
+        "floor p90",
+    ])];
+    let cell = |p: Option<&Pct>, f: fn(&Pct) -> u64| p.map_or("–".to_string(), |p| ms(f(p)));
+    let (mut sum, mut floor_sum) = (0, 0);
+    for (i, (name, p)) in ours.iter().enumerate() {
+        let f = beside.then(|| &floor[i]);
+        sum += p.p50;
+        floor_sum += f.map_or(0, |f| f.p50);
+        let diff = f.map_or("–".to_string(), |f| {
+            format!("{:+.2}", (p.p50 as f64 - f.p50 as f64) / 1000.0)
+        });
+        rows.push(vec![
+            name.to_string(),
+            ms(p.p50),
+            cell(f, |p| p.p50),
+            diff,
+            ms(p.p90),
+            cell(f, |p| p.p90),
+        ]);
+    }
+    rows.push(vec![
+        "sum of the p50s".into(),
+        ms(sum),
+        if beside { ms(floor_sum) } else { "–".into() },
+        if beside {
+            format!("{:+.2}", (sum as f64 - floor_sum as f64) / 1000.0)
+        } else {
+            "–".into()
+        },
+        String::new(),
+        String::new(),
+    ]);
+    format!(
+        "Hop by hop (`single`, {} blocks one at a time, beside {} messages of the floor): a core \
+         subscriber on the whole prefix stamps each publish as the server routes it, on the \
+         harness's clock, so a hop runs from one message seen to the next (its delivery, the \
+         service's work and its publish), and the first and last rows are the harness's own \
+         publish and receipt. The tap costs the server a little, so these series run apart from \
+         the ones above.\n\n{}\n",
+        h.samples,
+        floor.first().map_or(0, |f| f.n),
+        md_table(&rows)
+    )
+}
+
+/// The performance targets against the R1 section.
 pub fn targets_markdown(s: &Section) -> String {
     let yes = |ok: bool| if ok { "met" } else { "**missed**" }.to_string();
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);

@@ -26,8 +26,10 @@ pub struct Hops {
 }
 
 impl Hops {
-    /// (ingest, scheduler, gateway minus proving, aggregator) in µs, if all were seen.
-    pub fn stages(&self) -> Option<[u64; 4]> {
+    /// (submit, ingest, scheduler, gateway minus proving, aggregator, deliver) in µs, if all
+    /// were seen: the block was published by the harness at `sent` and its proof reached the
+    /// harness at `arrived`.
+    pub fn stages(&self, sent: Instant, arrived: Instant) -> Option<[u64; 6]> {
         let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
         let (b, a, t, r, p) = (
             self.block?,
@@ -37,10 +39,12 @@ impl Hops {
             self.proof?,
         );
         Some([
+            us(sent, b),
             us(b, a),
             us(a, t),
             us(t, r).saturating_sub(self.prove_ms * 1000),
             us(r, p),
+            us(p, arrived),
         ])
     }
 }

@@ -124,6 +124,20 @@ async fn tapped(
             }
         }
     });
+    let legs = split(js, prefix, hops, done, &mut seen, samples).await;
+    reader.abort();
+    legs
+}
+
+/// The legs of `samples` messages sent one at a time, from the stamps on `seen`.
+async fn split(
+    js: &jetstream::Context,
+    prefix: &str,
+    hops: usize,
+    done: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
+    samples: usize,
+) -> Result<Vec<Vec<u64>>> {
     let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
     let mut legs = vec![Vec::with_capacity(samples); hops + 2];
     for _ in 0..samples {
@@ -144,7 +158,6 @@ async fn tapped(
         }
         legs[hops + 1].push(us(at[hops], end));
     }
-    reader.abort();
     Ok(legs)
 }
 

@@ -97,6 +97,14 @@ impl Aggregator {
                     known.extend(walk.take_handed().map(|r| (r.block.number, r)));
                 }
                 let status = match (ahead.take(), guessed.take()) {
+                    // Read beside the publish of the block before, which can take seconds to be
+                    // acked while a stream's leader is elected: a block whose root is in hand
+                    // was not unknown to ingest, so "no record" then is read again, or the
+                    // walk would end holding a root whose result is acked, and no walk would
+                    // come back for it until the team's next result.
+                    (Some(None), _) if known.contains_key(&number) => {
+                        self.status(chain, number).await?
+                    }
                     (Some(read), _) => read,
                     (None, Some(s)) if s.block.number == number => Some(s),
                     _ => self.status(chain, number).await?,

@@ -122,8 +122,8 @@ async fn read_all<M: push0_protocol::WireMessage>(
     stream: &str,
     filter: &str,
 ) -> Result<Vec<M>> {
-    let mut stream = bus.js.get_stream(stream).await?;
-    let total = stream.info().await?.state.messages as usize;
+    let total = bus.stored_on(stream, filter).await? as usize;
+    let stream = bus.js.get_stream(stream).await?;
     let mut out = Vec::new();
     if total == 0 {
         return Ok(out);

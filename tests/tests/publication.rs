@@ -1,14 +1,17 @@
-//! The publication walk against a slow proof publish: roots handed to a walk while its publish
-//! waits for the proofs stream are published once the stream answers again.
+//! The publication walk against a slow proof publish (roots handed to a walk while its publish
+//! waits for the proofs stream are published once the stream answers again) and against a reorg
+//! that lands between two proofs (the proof of the block at the cursor, published on what the
+//! last walk read, is refused by the fence mark and the walk reads the chain again).
 
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use push0_protocol::subjects::{block_key, cursor_key};
 use push0_protocol::{
     Blob, BlockRef, BlockState, BlockStatus, Cursor, NodeId, TaskOutcome, TaskResult, TeamConfig,
     Workflow,
 };
-use push0_runtime::kv_create;
+use push0_runtime::{kv_create, kv_get, kv_update, metrics};
 use push0_tests::*;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +60,27 @@ fn root(number: u64) -> TaskResult {
     }
 }
 
+/// Team alpha registered, its cursor on eth past `published` blocks (up to that number), and
+/// the blocks `accepted_now` recorded as ingest accepts them; returns the blocks' bucket.
+async fn published_up_to(
+    bus: &push0_runtime::Bus,
+    published: u64,
+    accepted_now: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    push0_runtime::registry::register_team(bus, &TeamConfig::single("alpha")).await?;
+    let blocks = bus.kv(&bus.subjects.bucket_blocks()).await?;
+    let cursors = bus.kv(&bus.subjects.bucket_cursors()).await?;
+    let start = Cursor {
+        next: published + 1,
+        published,
+    };
+    kv_create(&cursors, &cursor_key("alpha", "eth"), &start).await?;
+    for number in accepted_now {
+        kv_create(&blocks, &block_key("eth", number), &accepted(number)).await?;
+    }
+    Ok(blocks)
+}
+
 /// The walk of block 15 reads block 16's status ahead while it publishes 15, and finds none:
 /// 16 is not accepted yet. The publish of 15 then waits seconds for the proofs stream (gone
 /// here, as it is while its leader is elected after a node loss). Meanwhile 16 is accepted and
@@ -67,15 +91,7 @@ fn root(number: u64) -> TaskResult {
 async fn a_root_handed_to_a_walk_slowed_by_its_publish_is_published() -> anyhow::Result<()> {
     let env = Env::new().await?;
     let bus = &env.bus;
-    push0_runtime::registry::register_team(bus, &TeamConfig::single("alpha")).await?;
-    let blocks = bus.kv(&bus.subjects.bucket_blocks()).await?;
-    let cursors = bus.kv(&bus.subjects.bucket_cursors()).await?;
-    let start = Cursor {
-        next: 15,
-        published: 14,
-    };
-    kv_create(&cursors, &cursor_key("alpha", "eth"), &start).await?;
-    kv_create(&blocks, &block_key("eth", 15), &accepted(15)).await?;
+    let blocks = published_up_to(bus, 14, 15..=15).await?;
     bus.js.delete_stream(bus.subjects.stream_proofs()).await?;
 
     let shutdown = CancellationToken::new();
@@ -94,5 +110,74 @@ async fn a_root_handed_to_a_walk_slowed_by_its_publish_is_published() -> anyhow:
     let _ = tokio::time::timeout(Duration::from_secs(10), aggregator).await;
     let numbers: Vec<u64> = proofs?.iter().map(|p| p.number).collect();
     assert_eq!(numbers, vec![15, 16], "both proofs, in order");
+    Ok(())
+}
+
+/// Waits until team alpha's cursor on eth names `next`.
+async fn cursor_reaches(bus: &push0_runtime::Bus, next: u64) -> anyhow::Result<()> {
+    let cursors = bus.kv(&bus.subjects.bucket_cursors()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let at = kv_get::<Cursor>(&cursors, &cursor_key("alpha", "eth")).await?;
+        if at.is_some_and(|(c, _)| c.next == next) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "cursor not at {next}: {at:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Blocks 5 to 7 are accepted. The walk that publishes 5 reads 6 beside it and leaves that
+/// behind, so the root of 6 goes out without a read. Its walk read 7 beside it, still on the
+/// chain; then a reorg orphans 7 and ingest publishes a fence mark, and 7's root comes in. The
+/// proof must not go out: on what the walk of 6 read it would, and only the server's fence
+/// sends it back to the records, where 7 is orphaned.
+#[tokio::test]
+async fn a_fence_mark_sends_the_next_proof_back_to_the_records() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let bus = &env.bus;
+    let blocks = published_up_to(bus, 4, 5..=7).await?;
+    let shutdown = CancellationToken::new();
+    let aggregator = tokio::spawn(push0_aggregator::run(bus.clone(), shutdown.clone()));
+    let results = bus.subjects.results("alpha");
+    let fenced = |outcome: &str| {
+        metrics()
+            .fenced_proofs
+            .with_label_values(&["alpha", outcome])
+            .get()
+    };
+
+    bus.publish(results.clone(), &root(5), None).await?;
+    cursor_reaches(bus, 6).await?;
+    // The walk of 5 ends right after its cursor write, leaving what it read of 6.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bus.publish(results.clone(), &root(6), None).await?;
+    cursor_reaches(bus, 7).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(fenced("out"), 1, "6 went out on what the walk of 5 read");
+
+    kv_update::<BlockStatus, _>(&blocks, &block_key("eth", 7), |s| {
+        s.map(|s| BlockStatus {
+            state: BlockState::Orphaned,
+            ..s.clone()
+        })
+    })
+    .await?;
+    bus.publish_mark(bus.subjects.fence_marks("alpha", "eth"), HeaderMap::new())
+        .await?;
+    bus.publish(results, &root(7), None).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fenced("refused") == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let proofs = all_proofs(bus, Duration::from_millis(500)).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), aggregator).await;
+    assert_eq!(fenced("refused"), 1, "the proof of 7 was refused");
+    let numbers: Vec<u64> = proofs?.iter().map(|p| p.number).collect();
+    assert_eq!(numbers, vec![5, 6], "no proof of the orphaned 7");
     Ok(())
 }

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use push0::source::{make_block, submit};
 use push0_protocol::subjects::block_key;
 use push0_protocol::{
-    BlockProof, BlockState, BlockStatus, BlockSubmission, DlqReason, MSG_ID_HEADER, SCHEMA_HEADER,
-    TeamConfig, WireMessage, encode,
+    BlockProof, BlockState, BlockStatus, BlockSubmission, DlqReason, MSG_ID_HEADER, REORG_HEADER,
+    SCHEMA_HEADER, TeamConfig, WireMessage, encode,
 };
 use push0_runtime::metrics;
 use push0_tests::*;
@@ -179,6 +179,25 @@ async fn reorg_orphans_the_old_branch_and_proves_the_new_one() -> anyhow::Result
         );
     }
     assert_eq!(m.reorgs.with_label_values(&[CHAIN]).get(), 2);
+    // Every change of a block's record at its height marked the fence beside every team's
+    // proofs of the chain, so no proof published on what the aggregator read before it goes
+    // out. The last was fork B's block 6 taking the height of fork A's, off the chain.
+    let proofs_stream = env
+        .bus
+        .js
+        .get_stream(env.bus.subjects.stream_proofs())
+        .await?;
+    for team in ["seq", "wide"] {
+        let mark = proofs_stream
+            .get_last_raw_message_by_subject(&env.bus.subjects.fence_marks(team, CHAIN))
+            .await?;
+        let reorg = mark.headers.get(REORG_HEADER).map(|v| v.to_string());
+        assert_eq!(
+            reorg.as_deref(),
+            Some("eth.6"),
+            "team {team}: the last mark"
+        );
+    }
     Ok(())
 }
 

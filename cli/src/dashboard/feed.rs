@@ -232,9 +232,11 @@ pub async fn read_now(bus: &Bus, teams: Vec<push0_protocol::TeamConfig>) -> Resu
             break;
         }
     }
-    let mut stream = bus.js.get_stream(bus.subjects.stream_proofs()).await?;
-    let last = stream.info().await?.state.last_sequence;
-    if last > 0 {
+    let stream = bus.js.get_stream(bus.subjects.stream_proofs()).await?;
+    let stored = bus
+        .stored_on(&bus.subjects.stream_proofs(), &bus.subjects.proofs_all())
+        .await?;
+    if stored > 0 {
         let consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: bus.subjects.proofs_all(),
@@ -243,12 +245,10 @@ pub async fn read_now(bus: &Bus, teams: Vec<push0_protocol::TeamConfig>) -> Resu
             })
             .await?;
         let mut messages = consumer.messages().await?;
+        let mut read = 0;
         while let Ok(Some(message)) = tokio::time::timeout(QUIET, messages.next()).await {
             let message = message?;
-            let at = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .stream_sequence;
+            read += 1;
             let applied = apply_proof(
                 &mut model,
                 &message.subject,
@@ -256,7 +256,7 @@ pub async fn read_now(bus: &Bus, teams: Vec<push0_protocol::TeamConfig>) -> Resu
                 crate::watch::schema_of(&message),
             );
             report(applied, &message.subject);
-            if at >= last {
+            if read >= stored {
                 break;
             }
         }

@@ -70,20 +70,79 @@ pub(crate) fn finalized(plan: Option<&Plan>, root: &BlockRef) -> Option<Plan> {
     Some(p)
 }
 
+/// What the last walk of a cursor here knew when it ended, right after a proof of its own:
+/// enough to publish the next block's proof without reading first. The server checks the rest:
+/// the proof names `last`, and is refused if anything landed beside the team's proofs of the
+/// chain since: another walk's proof (an instance that lost its lease) or a fence mark, which
+/// ingest publishes before and after a reorg changes a record. The cursor moves only after a
+/// proof (a walk's) or a reorg (the scheduler's rewind, behind ingest's marks), so while
+/// `last` is the last there, the cursor is still `cursor`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Tail {
+    pub cursor: Cursor,
+    pub revision: u64,
+    /// The proofs stream's sequence of the walk's last proof.
+    pub last: u64,
+    /// The record of block `cursor.next` as read beside or after that proof's publish (None:
+    /// no record then, the block not accepted yet).
+    pub status: Option<BlockStatus>,
+}
+
+/// How long after its block's submission a root may go out on a tail that found no record of
+/// its block: well inside the day a status record lives, so "no record" meant "not accepted
+/// yet", not "expired".
+pub(crate) const TAIL_NO_RECORD_MS: u64 = 6 * 60 * 60 * 1000;
+
+/// Whether `root`'s proof may go out on `tail` without reading the head: its block is the one
+/// at the cursor, and was on the chain (or not recorded yet) when the last proof went out. A
+/// change to it since then is a reorg, which the fence refuses.
+pub(crate) fn follows(tail: &Tail, root: &PartRecord, now_ms: u64) -> bool {
+    if root.block.number != tail.cursor.next || tail.cursor.published == 0 {
+        return false;
+    }
+    match &tail.status {
+        Some(s) => s.block.hash == root.block.hash && s.state != BlockState::Orphaned,
+        None => now_ms.saturating_sub(root.submitted_at_ms) < TAIL_NO_RECORD_MS,
+    }
+}
+
 /// The publication walks running in this process, by cursor key, each with the roots recorded
-/// meanwhile and not yet taken by it.
+/// meanwhile and not yet taken by it; and the tails the last walks left.
 #[derive(Default)]
-pub(crate) struct Walks(Mutex<HashMap<String, Vec<PartRecord>>>);
+pub(crate) struct Walks {
+    running: Mutex<HashMap<String, Vec<PartRecord>>>,
+    tails: Mutex<HashMap<String, Tail>>,
+}
 
 impl Walks {
     /// Whether a walk of `key` is running (it may end at any moment).
     pub(crate) fn running(&self, key: &str) -> bool {
-        self.0.lock().expect("walks lock").contains_key(key)
+        self.running.lock().expect("walks lock").contains_key(key)
+    }
+
+    /// The tail of `key`'s last walk, taken if `root` follows it (see [`follows`]); a tail
+    /// `root` does not follow stays for the root that does.
+    pub(crate) fn tail(&self, key: &str, root: &PartRecord, now_ms: u64) -> Option<Tail> {
+        let mut tails = self.tails.lock().expect("tails lock");
+        match tails.get(key) {
+            Some(tail) if follows(tail, root, now_ms) => tails.remove(key),
+            _ => None,
+        }
+    }
+
+    /// What a walk of `key` that published left: its tail, or None when it cannot serve one
+    /// (the last tail is then stale too).
+    pub(crate) fn left(&self, key: &str, tail: Option<Tail>) {
+        let mut tails = self.tails.lock().expect("tails lock");
+        match tail {
+            Some(tail) => tails.insert(key.to_string(), tail),
+            None => tails.remove(key),
+        };
     }
 
     /// Starts the walk of `key`, or hands `recorded` to the running one and returns None.
     pub(crate) fn start(&self, key: String, recorded: &PartRecord) -> Option<Walk<'_>> {
-        let mut walks = self.0.lock().expect("walks lock");
+        let mut walks = self.running.lock().expect("walks lock");
         if let Some(handed) = walks.get_mut(&key) {
             handed.push(recorded.clone());
             return None;
@@ -107,7 +166,7 @@ pub(crate) struct Walk<'a> {
 impl Walk<'_> {
     /// The roots handed over since the last call; the walk goes on either way.
     pub(crate) fn take_handed(&mut self) -> impl Iterator<Item = PartRecord> + use<> {
-        let mut walks = self.walks.0.lock().expect("walks lock");
+        let mut walks = self.walks.running.lock().expect("walks lock");
         let handed = walks.get_mut(&self.key).map(std::mem::take);
         handed.unwrap_or_default().into_iter()
     }
@@ -115,7 +174,7 @@ impl Walk<'_> {
     /// The roots handed over since the last call, if any; if none, the walk ends here, in the
     /// same step, so no root can be handed over in between and be missed.
     pub(crate) fn more(&mut self) -> Option<impl Iterator<Item = PartRecord> + use<>> {
-        let mut walks = self.walks.0.lock().expect("walks lock");
+        let mut walks = self.walks.running.lock().expect("walks lock");
         match walks.get_mut(&self.key) {
             Some(handed) if !handed.is_empty() => Some(std::mem::take(handed).into_iter()),
             _ => {
@@ -130,7 +189,11 @@ impl Walk<'_> {
 impl Drop for Walk<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.walks.0.lock().expect("walks lock").remove(&self.key);
+            self.walks
+                .running
+                .lock()
+                .expect("walks lock")
+                .remove(&self.key);
         }
     }
 }
@@ -316,6 +379,76 @@ mod tests {
         assert!(walk.more().is_none(), "nothing came in: the walk ends");
         let next = walks.start("t.eth".into(), &root(4));
         assert!(next.is_some(), "an ended walk makes room for the next");
+    }
+
+    #[test]
+    fn only_the_block_at_the_cursor_on_the_chain_follows_a_tail() {
+        let r = root(5);
+        let tail = |status: Option<BlockStatus>| Tail {
+            cursor: Cursor {
+                next: 5,
+                published: 4,
+            },
+            revision: 9,
+            last: 40,
+            status,
+        };
+        let on = tail(Some(status(r.block.clone(), BlockState::Accepted)));
+        assert!(follows(&on, &r, 1_000));
+        assert!(
+            !follows(&on, &root(6), 1_000),
+            "not the block at the cursor"
+        );
+        let first = Tail {
+            cursor: Cursor {
+                next: 5,
+                published: 0,
+            },
+            ..on.clone()
+        };
+        assert!(
+            !follows(&first, &r, 1_000),
+            "before a first proof the scheduler may still move the start"
+        );
+        let orphaned = tail(Some(status(r.block.clone(), BlockState::Orphaned)));
+        assert!(!follows(&orphaned, &r, 1_000));
+        let replaced = tail(Some(status(block(5, 0xff), BlockState::Accepted)));
+        assert!(
+            !follows(&replaced, &r, 1_000),
+            "another block at the height"
+        );
+        let unrecorded = tail(None);
+        assert!(follows(&unrecorded, &r, 1_000), "accepted since the read");
+        assert!(
+            !follows(&unrecorded, &r, TAIL_NO_RECORD_MS),
+            "a record of a block this old may have expired"
+        );
+    }
+
+    #[test]
+    fn a_tail_is_taken_once_by_the_root_that_follows_it() {
+        let walks = Walks::default();
+        let tail = Tail {
+            cursor: Cursor {
+                next: 5,
+                published: 4,
+            },
+            revision: 9,
+            last: 40,
+            status: None,
+        };
+        walks.left("t.eth", Some(tail.clone()));
+        assert_eq!(walks.tail("t.eth", &root(6), 0), None);
+        assert_eq!(walks.tail("u.eth", &root(5), 0), None);
+        assert_eq!(walks.tail("t.eth", &root(5), 0), Some(tail.clone()));
+        assert_eq!(walks.tail("t.eth", &root(5), 0), None, "taken");
+        walks.left("t.eth", Some(tail));
+        walks.left("t.eth", None);
+        assert_eq!(
+            walks.tail("t.eth", &root(5), 0),
+            None,
+            "a walk that cannot serve one clears it"
+        );
     }
 
     #[test]

@@ -5,12 +5,44 @@ use std::collections::HashMap;
 
 use push0_protocol::subjects::{block_key, cursor_key, final_key, plan_key, proof_msg_id};
 use push0_protocol::{Blob, BlockProof, BlockRef, BlockStatus, Cursor, PartRecord, Plan, now_ms};
-use push0_runtime::{RuntimeError, kv_get, kv_update, kv_update_at, metrics};
+use push0_runtime::{Fenced, RuntimeError, kv_get, kv_update, kv_update_at, metrics};
 
 use crate::order::{
-    AtHeight, Walk, at_height, finalized, known_root, on_chain, planned_block, run_limit,
+    AtHeight, Tail, Walk, at_height, finalized, known_root, on_chain, planned_block, run_limit,
 };
 use crate::{Aggregator, Head};
+
+/// Where a walk starts.
+enum Start {
+    /// From the head: the cursor (passed apart) and the status of the recorded root's block
+    /// when read with it.
+    Read(Option<BlockStatus>),
+    /// After the block at the cursor went out on the tail: the sequence of its proof (None if
+    /// a duplicate) and the next block's status, read beside it.
+    After {
+        last: Option<u64>,
+        next: Option<BlockStatus>,
+    },
+}
+
+/// What publishing a proof did.
+enum Sent {
+    /// Stored at this sequence of the proofs stream.
+    Out(u64),
+    /// Out already (its msg-id was seen).
+    Duplicate,
+    /// Refused by its fence.
+    Refused,
+}
+
+impl Sent {
+    fn sequence(&self) -> Option<u64> {
+        match self {
+            Sent::Out(sequence) => Some(*sequence),
+            _ => None,
+        }
+    }
+}
 
 impl Aggregator {
     /// `team`'s publication cursor on `block`'s chain and `block`'s status, read at once.
@@ -49,7 +81,68 @@ impl Aggregator {
             None => self.read_head(team, &recorded.block).await?,
         };
         let status = status.map(|(s, _)| s);
-        self.walk(team, chain, &mut walk, cursor, recorded, status)
+        self.walk(
+            team,
+            chain,
+            &mut walk,
+            cursor,
+            recorded,
+            Start::Read(status),
+        )
+        .await
+    }
+
+    /// Publishes `recorded`'s proof on `tail`, with no read first, while the caller writes its
+    /// root, and walks on from it. The server refuses the proof if anything landed beside the
+    /// team's proofs of the chain since the tail's (see [`Tail`]); then the walk starts from
+    /// what it reads, as [`Aggregator::publish_in_order`]'s does. Published before its root is
+    /// durable: if this process dies in between, the result is delivered again, its root
+    /// written, and the cursor, not moved yet, has the walk publish the proof again, which its
+    /// msg-id makes a duplicate. A second result of the root node meanwhile (a task delivered
+    /// twice) finds this one's proof out under the same msg-id.
+    pub(crate) async fn publish_on_tail(
+        &self,
+        team: &str,
+        chain: &str,
+        recorded: &PartRecord,
+        tail: Tail,
+    ) -> Result<(), RuntimeError> {
+        let Some(mut walk) = self.walks.start(cursor_key(team, chain), recorded) else {
+            return Ok(());
+        };
+        let number = recorded.block.number;
+        let (sent, next) = tokio::join!(
+            self.publish_proof(team, recorded, Some(tail.last)),
+            self.status(chain, number + 1)
+        );
+        let sent = sent?;
+        let outcome = match sent {
+            Sent::Refused => "refused",
+            _ => "out",
+        };
+        metrics()
+            .fenced_proofs
+            .with_label_values(&[team, outcome])
+            .inc();
+        let (cursor, start) = match sent {
+            Sent::Refused => {
+                tracing::debug!(
+                    team,
+                    chain,
+                    number,
+                    "proof on the tail refused; reading the head"
+                );
+                (None, Start::Read(None))
+            }
+            sent => (
+                Some((tail.cursor, tail.revision)),
+                Start::After {
+                    last: sent.sequence(),
+                    next: next?,
+                },
+            ),
+        };
+        self.walk(team, chain, &mut walk, cursor, recorded, start)
             .await
     }
 
@@ -62,6 +155,10 @@ impl Aggregator {
     /// back, and the walk goes on with them before it writes the cursor. A block neither
     /// handed over nor found recorded ends the run; the walk ends when no root came in
     /// meanwhile.
+    ///
+    /// A walk that publishes leaves its tail when it ends (see [`Tail`]): the proofs stream's
+    /// sequence of its last proof, the cursor as it wrote it after that proof, and the status
+    /// of the block at the cursor as read beside or after that proof's publish.
     async fn walk(
         &self,
         team: &str,
@@ -69,11 +166,21 @@ impl Aggregator {
         walk: &mut Walk<'_>,
         mut cursor: Option<(Cursor, u64)>,
         recorded: &PartRecord,
-        mut guessed: Option<BlockStatus>,
+        start: Start,
     ) -> Result<(), RuntimeError> {
         let ckey = cursor_key(team, chain);
         let mut known: HashMap<u64, PartRecord> = HashMap::new();
         known.insert(recorded.block.number, recorded.clone());
+        let (mut guessed, mut after) = match start {
+            Start::Read(status) => (status, None),
+            Start::After { last, next } => (None, Some((last, next))),
+        };
+        // Whether this walk published, the sequence of its last proof (None if that one was a
+        // duplicate), and the block at which its last run stopped, with that block's status
+        // as read after the last proof went out.
+        let mut published = after.is_some();
+        let mut last = after.as_ref().and_then(|(l, _)| *l);
+        let mut stopped_at: Option<(u64, Option<BlockStatus>)> = None;
         loop {
             let (at, revision) = match cursor.take() {
                 Some(c) => c,
@@ -88,10 +195,12 @@ impl Aggregator {
             };
             known.retain(|n, _| *n >= at.next);
             let max_run = run_limit(&at);
-            let mut number = at.next;
-            let mut run = 0;
             // The status of block `number`, when read ahead.
-            let mut ahead: Option<Option<BlockStatus>> = None;
+            let (mut number, mut run, mut ahead) = match after.take() {
+                // The block at the cursor went out on the tail, the next one's status beside it.
+                Some((_, next)) => (at.next + 1, 1, Some(next)),
+                None => (at.next, 0, None),
+            };
             while run < max_run {
                 if !known.contains_key(&number) {
                     known.extend(walk.take_handed().map(|r| (r.block.number, r)));
@@ -109,6 +218,9 @@ impl Aggregator {
                     (None, Some(s)) if s.block.number == number => Some(s),
                     _ => self.status(chain, number).await?,
                 };
+                // Read beside or after this walk's last proof, unless it is the head read before
+                // the walk (then the walk has published nothing yet).
+                stopped_at = Some((number, status.clone()));
                 let block = match at_height(status) {
                     AtHeight::Block(block) => block,
                     AtHeight::Orphaned => break,
@@ -132,10 +244,10 @@ impl Aggregator {
                     }
                 };
                 let (sent, next) = tokio::join!(
-                    self.publish_proof(team, &root),
+                    self.publish_proof(team, &root, None),
                     self.status(chain, number + 1)
                 );
-                sent?;
+                (published, last) = (true, sent?.sequence());
                 ahead = Some(next?);
                 number += 1;
                 run += 1;
@@ -159,7 +271,25 @@ impl Aggregator {
             // Nothing more to publish now: the walk ends, unless a root came in meanwhile.
             match walk.more() {
                 Some(handed) => known.extend(handed.map(|r| (r.block.number, r))),
-                None => return Ok(()),
+                None => {
+                    if published {
+                        let tail = match (last, cursor, stopped_at) {
+                            (Some(last), Some((at, revision)), Some((number, status)))
+                                if number == at.next =>
+                            {
+                                Some(Tail {
+                                    cursor: at,
+                                    revision,
+                                    last,
+                                    status,
+                                })
+                            }
+                            _ => None,
+                        };
+                        self.walks.left(&ckey, tail);
+                    }
+                    return Ok(());
+                }
             }
         }
     }
@@ -197,7 +327,7 @@ impl Aggregator {
         .await?;
         match plan {
             Some(p) if p.finalized && p.accepted.block.hash == root.block.hash => {
-                self.publish_proof(team, root).await
+                self.publish_proof(team, root, None).await.map(|_| ())
             }
             Some(p) if p.withdrawn.is_some() => {
                 tracing::info!(
@@ -220,8 +350,14 @@ impl Aggregator {
         }
     }
 
-    /// Publishes `root`'s block proof for `team` (once: its msg-id names team and block).
-    async fn publish_proof(&self, team: &str, root: &PartRecord) -> Result<(), RuntimeError> {
+    /// Publishes `root`'s block proof for `team` (once: its msg-id names team and block);
+    /// with a `fence`, only if the last proof or fence mark of (team, chain) is still there.
+    async fn publish_proof(
+        &self,
+        team: &str,
+        root: &PartRecord,
+        fence: Option<u64>,
+    ) -> Result<Sent, RuntimeError> {
         let (chain, number) = (root.block.chain.as_str(), root.block.number);
         let published_at_ms = now_ms();
         let latency_ms = published_at_ms.saturating_sub(root.submitted_at_ms);
@@ -242,16 +378,26 @@ impl Aggregator {
             submitted_at_ms: root.submitted_at_ms,
             published_at_ms,
         };
-        let ack = self
-            .bus
-            .publish(
-                self.bus.subjects.proofs(team, chain),
-                &message,
-                Some(&proof_msg_id(team, &root.block)),
-            )
-            .await?;
+        let (subject, msg_id) = (
+            self.bus.subjects.proofs(team, chain),
+            proof_msg_id(team, &root.block),
+        );
+        let ack = match fence {
+            Some(last) => {
+                let filter = self.bus.subjects.publication(team, chain);
+                match self
+                    .bus
+                    .publish_fenced(subject, &message, &msg_id, &filter, last)
+                    .await
+                {
+                    Fenced::Stored(ack) => ack,
+                    Fenced::Refused => return Ok(Sent::Refused),
+                }
+            }
+            None => self.bus.publish(subject, &message, Some(&msg_id)).await?,
+        };
         if ack.duplicate {
-            return Ok(());
+            return Ok(Sent::Duplicate);
         }
         let m = metrics();
         m.blocks_finalized.with_label_values(&[team]).inc();
@@ -271,6 +417,6 @@ impl Aggregator {
             overhead_ms,
             "block proof published"
         );
-        Ok(())
+        Ok(Sent::Out(ack.sequence))
     }
 }

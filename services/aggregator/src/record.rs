@@ -52,9 +52,27 @@ impl Aggregator {
                 }
                 // The head of the publication order is read while a root is written: the walk
                 // starts from it instead of reading it after. Not while a walk of the cursor
-                // runs here: the root is handed to that one, which has the head.
-                let walking = self.walks.running(&cursor_key(&result.team, &b.chain));
+                // runs here: the root is handed to that one, which has the head. When the last
+                // walk here left a tail this root follows, nothing is read: its proof goes out
+                // fenced while the root is written.
+                let ckey = cursor_key(&result.team, &b.chain);
+                let walking = self.walks.running(&ckey);
                 let read_head = root && !team.is_realtime() && !walking;
+                let tail = match read_head {
+                    true => self.walks.tail(&ckey, &record, now_ms()),
+                    false => None,
+                };
+                if let Some(tail) = tail {
+                    let (created, published) = tokio::join!(
+                        kv_create(&self.parts, &key, &record),
+                        self.publish_on_tail(&result.team, &b.chain, &record, tail)
+                    );
+                    if created?.is_none() {
+                        metrics().duplicates.with_label_values(&[SERVICE]).inc();
+                    }
+                    published?;
+                    return Ok(Outcome::Ack);
+                }
                 let (created, read) = tokio::join!(kv_create(&self.parts, &key, &record), async {
                     match read_head {
                         true => Some(self.read_head(&result.team, b).await),

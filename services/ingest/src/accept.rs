@@ -145,6 +145,8 @@ impl Ingest {
         };
         let mut next = fresh_status(submission, block, submitted_at_ms, Some(held));
         next.replaced = replaced;
+        // The fork's height changes first: marked before it (see `fence`).
+        self.fence(block).await?;
         let key = block_key(&block.chain, block.number);
         let written = kv_update::<BlockStatus, _>(&self.blocks, &key, |s| match s {
             Some(s) if s.block.hash == held.block.hash => Some(next.clone()),

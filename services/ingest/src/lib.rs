@@ -51,6 +51,7 @@ pub async fn run(
     let blobs = BlobStore::open(&bus, config.inline_threshold).await?;
     let handler = Ingest {
         blocks: bus.kv(&bus.subjects.bucket_blocks()).await?,
+        teams: bus.kv(&bus.subjects.bucket_teams()).await?,
         bus: bus.clone(),
         blobs: blobs.clone(),
         config,
@@ -64,6 +65,8 @@ pub(crate) struct Ingest {
     bus: Bus,
     blobs: BlobStore,
     blocks: kv::Store,
+    /// The team registry, read at a reorg for the teams whose publication it fences.
+    teams: kv::Store,
     config: Config,
     turns: Turns,
 }

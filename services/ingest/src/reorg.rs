@@ -1,8 +1,10 @@
 //! A reorg's two steps: finding the blocks the replaced one takes off the chain with it, and
 //! marking them orphaned and telling the scheduler before the new block is accepted.
 
+use async_nats::HeaderMap;
 use push0_protocol::subjects::{block_key, reorg_msg_id};
-use push0_protocol::{BlockRef, BlockState, BlockStatus, Reorg};
+use push0_protocol::{BlockRef, BlockState, BlockStatus, REORG_HEADER, Reorg};
+use push0_runtime::registry::team_names;
 use push0_runtime::{RuntimeError, kv_get, kv_update, metrics};
 
 use crate::turns::{Turn, Unsettled};
@@ -57,6 +59,29 @@ impl Ingest {
         Ok(Some(orphaned))
     }
 
+    /// Publishes a fence mark beside every registered team's proofs of `block`'s chain. The
+    /// aggregator may publish the proof of the block at a team's cursor without reading the
+    /// chain's records first, on what it read when it published the proof before: it names
+    /// the last sequence on those subjects, and a mark published since makes the server refuse
+    /// it, so it reads again. A reorg marks before the first record it changes and after the
+    /// last, so a proof decided on a record read before a change is refused wherever it
+    /// lands, as a read-then-publish would have been (and a crash in between leaves a mark
+    /// out). Every delivery that repeats the reorg's writes marks again; marks are harmless.
+    pub(crate) async fn fence(&self, block: &BlockRef) -> Result<(), RuntimeError> {
+        let teams = team_names(&self.teams).await?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            REORG_HEADER,
+            format!("{}.{}", block.chain, block.number).as_str(),
+        );
+        let marks = teams.iter().map(|team| {
+            let subject = self.bus.subjects.fence_marks(team, &block.chain);
+            self.bus.publish_mark(subject, headers.clone())
+        });
+        futures::future::try_join_all(marks).await?;
+        Ok(())
+    }
+
     /// Marks the blocks a reorg orphaned (all but the one `block` replaced at its own height)
     /// and tells the scheduler, before `block` itself is accepted.
     pub(crate) async fn orphan(
@@ -76,6 +101,9 @@ impl Ingest {
             })
             .await?;
         }
+        // After the last record changed (the one at the fork's height was marked before it
+        // changed, in `take_height`): see `fence`.
+        self.fence(block).await?;
         let notice = Reorg {
             block: block.clone(),
             orphaned: orphaned.to_vec(),

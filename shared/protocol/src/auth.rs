@@ -378,6 +378,9 @@ mod tests {
             "$KV.p0_capacity.beta.gw-1",
             "$KV.p0_attempts.beta.eth.5.ab.0-1.2",
             "p0.proofs.alpha.eth",
+            // A fence mark would only make the aggregator read before publishing, but it is
+            // ingest's to publish.
+            "p0.fences.alpha.eth",
             "p0.blocks.eth",
             "$JS.API.STREAM.DELETE.P0_TASKS",
             "$JS.API.STREAM.PURGE.P0_TASKS",
@@ -409,6 +412,7 @@ mod tests {
         let s = subjects();
         let ingest = permissions(&s, &Identity::Service("ingest"), "_INBOX.U1");
         assert!(allowed(&ingest, "p0.accepted.eth"));
+        assert!(allowed(&ingest, "p0.fences.alpha.eth"));
         assert!(!allowed(&ingest, "$JS.API.STREAM.DELETE.P0_BLOCKS"));
         assert!(!allowed(&ingest, "$JS.API.STREAM.PURGE.P0_TASKS"));
         let scheduler = permissions(&s, &Identity::Service("scheduler"), "_INBOX.U2");

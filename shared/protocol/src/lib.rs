@@ -23,6 +23,8 @@ pub use workflow::{NodeId, Workflow};
 pub const SCHEMA_HEADER: &str = "Push0-Schema";
 /// JetStream's de-duplication header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// On a fence mark: the block (`<chain>.<number>`) whose reorg it fences.
+pub const REORG_HEADER: &str = "Push0-Reorg";
 /// W3C trace context header.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 

@@ -59,6 +59,20 @@ impl Subjects {
     pub fn proofs_all(&self) -> String {
         format!("{}.proofs.*.*", self.prefix)
     }
+    /// Marks on the proofs stream, beside a team's proofs of a chain, that ingest publishes
+    /// around a reorg of the chain: a proof published fenced by [`Subjects::publication`]
+    /// after one of them is refused.
+    pub fn fence_marks(&self, team: &str, chain: &str) -> String {
+        format!("{}.fences.{team}.{chain}", self.prefix)
+    }
+    pub fn fence_marks_all(&self) -> String {
+        format!("{}.fences.*.*", self.prefix)
+    }
+    /// A team's proofs of a chain and their fence marks: the subjects whose last sequence a
+    /// fenced proof names (only these two kinds of subject are in the proofs stream).
+    pub fn publication(&self, team: &str, chain: &str) -> String {
+        format!("{}.*.{team}.{chain}", self.prefix)
+    }
     /// Dead letters are filed by the service that gave up and a machine-readable reason.
     pub fn dlq(&self, service: &str, reason: &str) -> String {
         format!("{}.dlq.{service}.{reason}", self.prefix)
@@ -291,6 +305,8 @@ mod tests {
         assert_eq!(s.blocks("eth"), "t-1.blocks.eth");
         assert_eq!(s.tasks("sp1", "gpu"), "t-1.tasks.sp1.gpu");
         assert_eq!(s.proofs("sp1", "eth"), "t-1.proofs.sp1.eth");
+        assert_eq!(s.fence_marks("sp1", "eth"), "t-1.fences.sp1.eth");
+        assert_eq!(s.publication("sp1", "eth"), "t-1.*.sp1.eth");
         assert_eq!(s.stream_tasks(), "T_1_TASKS");
         assert_eq!(s.bucket_parts(), "t-1_parts");
         assert_eq!(s.team_object_store("sp1"), "t-1_objects-sp1");

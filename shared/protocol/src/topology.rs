@@ -98,7 +98,12 @@ impl Topology {
             // (loadtest/results/history/2026-12-01.md). Kept for the stream's age instead; nothing reads them twice.
             stream(s.stream_results(), s.results_all(), Retention::Limits),
             stream(s.stream_ready(), s.ready_all(), Retention::Limits),
-            stream(s.stream_proofs(), s.proofs_all(), Retention::Limits),
+            // Block proofs, and the fence marks that refuse a proof published on a stale view
+            // of the chain (see `Subjects::publication`).
+            StreamSpec {
+                subjects: vec![s.proofs_all(), s.fence_marks_all()],
+                ..stream(s.stream_proofs(), s.proofs_all(), Retention::Limits)
+            },
             stream(s.stream_dlq(), s.dlq_all(), Retention::Limits),
             stream(
                 s.stream_advisories(),

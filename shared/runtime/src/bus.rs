@@ -29,6 +29,20 @@ const KV_READ_PATIENCE: Duration = Duration::from_secs(15);
 
 pub use crate::error::{BoxError, ErrorKind, RuntimeError};
 
+/// The server's check of the last sequence stored on a subject before it stores a message...
+const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+/// ...on the subjects this filter matches, instead of the message's own subject.
+const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// What a fenced publish did.
+#[derive(Debug)]
+pub enum Fenced {
+    /// Stored (or found a duplicate of its msg-id: see the ack).
+    Stored(jetstream::publish::PublishAck),
+    /// Not known to be stored: the fence's sequence was not the last, or the try failed.
+    Refused,
+}
+
 /// A connection to the bus, the subjects of one prefix, and the JetStream context.
 #[derive(Clone)]
 pub struct Bus {
@@ -258,6 +272,76 @@ impl Bus {
             tracing::warn!(subject = %subject, error = %failed, "publish failed, retrying");
             self.publish_raw(subject, headers, payload).await
         }
+    }
+
+    /// Publishes `message` only if the last message stored on the subjects `filter` matches
+    /// is still at stream sequence `last`: the server checks it, so a publisher that decided
+    /// on what it knew at `last` is refused once anything landed there since. One try: any
+    /// failure (the check, a lost ack) returns [`Fenced::Refused`], and the caller decides
+    /// again from what it reads (a message stored after all is de-duplicated by its msg-id).
+    pub async fn publish_fenced<M: WireMessage>(
+        &self,
+        subject: String,
+        message: &M,
+        msg_id: &str,
+        filter: &str,
+        last: u64,
+    ) -> Fenced {
+        let (mut headers, payload) = envelope(message, Some(msg_id));
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, last.to_string().as_str());
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, filter);
+        let started = Instant::now();
+        let sent = async {
+            self.js
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await?
+                .await
+        };
+        match sent.await {
+            Ok(ack) => {
+                metrics::round_trip("publish", M::SCHEMA, started);
+                Fenced::Stored(ack)
+            }
+            Err(e) => {
+                tracing::debug!(subject = %subject, filter, last, error = %e, "fenced publish refused");
+                Fenced::Refused
+            }
+        }
+    }
+
+    /// Publishes an empty mark on `subject`, with `headers` to say what it marks, retrying as
+    /// [`Bus::publish_raw`]: a mark carries nothing but its sequence.
+    pub async fn publish_mark(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+    ) -> Result<jetstream::publish::PublishAck, RuntimeError> {
+        self.publish_raw(subject, headers, Bytes::new()).await
+    }
+
+    /// How many messages `stream` holds on the subjects `filter` matches (a stream may hold
+    /// other subjects too: the proofs stream holds fence marks beside the proofs).
+    pub async fn stored_on(&self, stream: &str, filter: &str) -> Result<u64, RuntimeError> {
+        use futures::TryStreamExt;
+        let what = || format!("count {filter} in {stream}");
+        let stream = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| RuntimeError::nats(what(), e))?;
+        let mut subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| RuntimeError::nats(what(), e))?;
+        let mut total = 0;
+        while let Some((_, count)) = subjects
+            .try_next()
+            .await
+            .map_err(|e| RuntimeError::nats(what(), e))?
+        {
+            total += count as u64;
+        }
+        Ok(total)
     }
 
     /// Publishes on core NATS (no stream, no ack): for signals whose loss only costs time,

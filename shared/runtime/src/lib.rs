@@ -23,7 +23,7 @@ pub mod topology;
 pub mod verifier;
 
 pub use blobs::BlobStore;
-pub use bus::{Bus, RuntimeError, kv_create, kv_get, kv_update, kv_update_at, kv_write};
+pub use bus::{Bus, Fenced, RuntimeError, kv_create, kv_get, kv_update, kv_update_at, kv_write};
 pub use config::{BusAccess, CommonArgs, LogFormat};
 pub use consume::{Delivery, Handler, Order, Outcome, Rejection, consume, retry_after_error};
 pub use error::ErrorKind;

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub reorgs: IntCounterVec,
     /// push0_orphaned_blocks_total{team}: planned blocks whose work a reorg stopped
     pub orphaned_blocks: IntCounterVec,
+    /// push0_fenced_proofs_total{team, outcome}: block proofs the aggregator published on
+    /// what its last walk left, with no read first (`outcome` out), and those the server
+    /// refused because a proof or a reorg's fence mark landed since (`refused`: read again).
+    pub fenced_proofs: IntCounterVec,
     /// push0_round_trip_seconds{op, target}: one request to the server, sent to answered, as
     /// the service waits for it. `op` is get, create or update (compare-and-set) on a bucket
     /// (`target` its name without the prefix), or publish to a stream until its ack
@@ -291,6 +295,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "push0_orphaned_blocks_total",
             "planned blocks withdrawn because a reorg orphaned them",
             &["team"],
+        ),
+        fenced_proofs: counter(
+            &r,
+            "push0_fenced_proofs_total",
+            "block proofs published on the last walk's view with a server-checked fence, by outcome",
+            &["team", "outcome"],
         ),
         lease_acquired: counter(
             &r,

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
 use push0_protocol::TeamConfig;
@@ -31,17 +32,9 @@ impl Registry {
             .await
             .map_err(|e| RuntimeError::nats("watch team registry", e))?;
         let registry = Registry::default();
-        let mut keys = kv
-            .keys()
-            .await
-            .map_err(|e| RuntimeError::nats("list teams", e))?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| RuntimeError::nats("list teams", e))?);
-        }
-        for name in names {
+        for name in team_names(&kv).await? {
             if let Ok(Some(entry)) = kv.entry(name.clone()).await
-                && entry.operation == async_nats::jetstream::kv::Operation::Put
+                && entry.operation == kv::Operation::Put
                 && let Some(team) = decode_team(&entry.value)
             {
                 registry.apply(name, Some(team), entry.revision);
@@ -50,7 +43,7 @@ impl Registry {
         let live = registry.clone();
         Bus::follow_kv(kv, watch, "team registry", shutdown, move |entry| {
             let team = match entry.operation {
-                async_nats::jetstream::kv::Operation::Put => decode_team(&entry.value),
+                kv::Operation::Put => decode_team(&entry.value),
                 _ => None,
             };
             live.apply(entry.key.clone(), team, entry.revision);
@@ -87,6 +80,20 @@ impl Registry {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
+}
+
+/// The names of the teams registered now, read from the registry bucket `kv` (not from a
+/// watch, which may lag).
+pub async fn team_names(kv: &kv::Store) -> Result<Vec<String>, RuntimeError> {
+    let mut keys = kv
+        .keys()
+        .await
+        .map_err(|e| RuntimeError::nats("list teams", e))?;
+    let mut names = Vec::new();
+    while let Some(key) = keys.next().await {
+        names.push(key.map_err(|e| RuntimeError::nats("list teams", e))?);
+    }
+    Ok(names)
 }
 
 /// Writes a team into the registry bucket.

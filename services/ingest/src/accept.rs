@@ -113,12 +113,16 @@ impl Ingest {
         let own =
             own.filter(|(s, _)| s.block.hash == block.hash && s.state == BlockState::Received);
         if let Some((status, revision)) = own {
+            // Received may have been announced already (a delivery that stopped between its
+            // notice and its record's update): marked before and after, as a reorg's changes.
+            self.fence(block).await?;
             let off_chain = BlockStatus {
                 state: BlockState::Orphaned,
                 ..status
             };
             let key = block_key(&block.chain, block.number);
             kv_update_at(&self.blocks, &key, &off_chain, revision).await?;
+            self.fence(block).await?;
         }
         Ok(())
     }

@@ -65,8 +65,9 @@ impl Ingest {
     /// the last sequence on those subjects, and a mark published since makes the server refuse
     /// it, so it reads again. A reorg marks before the first record it changes and after the
     /// last, so a proof decided on a record read before a change is refused wherever it
-    /// lands, as a read-then-publish would have been (and a crash in between leaves a mark
-    /// out). Every delivery that repeats the reorg's writes marks again; marks are harmless.
+    /// lands, as a read-then-publish would have been, and a crash between a change and the
+    /// mark after it still leaves the mark before. Every delivery that repeats the reorg's
+    /// writes marks again; marks are harmless.
     pub(crate) async fn fence(&self, block: &BlockRef) -> Result<(), RuntimeError> {
         let teams = team_names(&self.teams).await?;
         let mut headers = HeaderMap::new();

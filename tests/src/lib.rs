@@ -13,8 +13,8 @@ use push0::cluster::{ClusterSpec, LocalCluster};
 use push0::watch::ProofFeed;
 pub use push0_natsd::{NatsServer, eventually, random_prefix};
 use push0_protocol::{
-    BlockProof, DeadLetter, NodeId, PartRecord, SCHEMA_HEADER, TeamConfig, WireMessage, Workflow,
-    decode,
+    Blob, BlockProof, BlockRef, DeadLetter, NodeId, PartRecord, SCHEMA_HEADER, TaskOutcome,
+    TaskResult, TeamConfig, WireMessage, Workflow, decode,
 };
 use push0_prover_gateway::latency::Latency;
 use push0_prover_gateway::prover::{Prover, SimProver, sim_aggregate_proof, sim_leaf_proof};
@@ -149,6 +149,30 @@ async fn read_all<M: push0_protocol::WireMessage>(
         out.push(decode(schema.as_deref(), &m.payload)?);
     }
     Ok(out)
+}
+
+/// The proved root of `block`'s `single` workflow as a gateway of `team` reports it, with
+/// `proof` inline.
+pub fn proved_root(team: &str, block: BlockRef, proof: Vec<u8>) -> TaskResult {
+    TaskResult {
+        task_id: format!("{team}/{}/{}/0-0", block.chain, block.number),
+        team: team.into(),
+        block,
+        node: NodeId { level: 0, index: 0 },
+        workflow: Workflow::SINGLE,
+        outcome: TaskOutcome::Proved {
+            proof: Blob::Inline(proof),
+            proof_system: "sim".into(),
+            report: None,
+        },
+        gateway: "g".into(),
+        attempt: 1,
+        prove_ms: 1,
+        inputs_critical_ms: 0,
+        queue_wait_ms: 0,
+        submitted_at_ms: 0,
+        deadline_ms: None,
+    }
 }
 
 /// The simulated block proof of `payload` under `workflow`, computed independently of push0:

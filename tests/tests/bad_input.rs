@@ -6,10 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use push0::source::{make_block, submit};
-use push0_protocol::{
-    Blob, BlockRef, DlqReason, NodeId, SCHEMA_HEADER, TaskOutcome, TaskResult, TeamsFile, Workflow,
-    encode,
-};
+use push0_protocol::{Blob, BlockRef, DlqReason, SCHEMA_HEADER, TeamsFile, encode};
 use push0_runtime::metrics;
 use push0_tests::*;
 
@@ -130,29 +127,15 @@ async fn each_kind_of_bad_input_is_dead_lettered_and_nothing_stops() -> anyhow::
         "ingest",
         DlqReason::InvalidField,
     ));
-    let stranger = TaskResult {
-        task_id: "ghost/eth/1/00/0-0".into(),
-        team: "ghost".into(),
-        block: BlockRef {
+    let stranger = proved_root(
+        "ghost",
+        BlockRef {
             chain: "eth".into(),
             number: 1,
             hash: vec![0; 32],
         },
-        node: NodeId { level: 0, index: 0 },
-        workflow: Workflow::SINGLE,
-        outcome: TaskOutcome::Proved {
-            proof: Blob::Inline(vec![1]),
-            proof_system: "sim".into(),
-            report: None,
-        },
-        gateway: "nobody".into(),
-        attempt: 1,
-        prove_ms: 1,
-        inputs_critical_ms: 0,
-        queue_wait_ms: 0,
-        submitted_at_ms: 0,
-        deadline_ms: None,
-    };
+        vec![1],
+    );
     let (h, b) = raw(Some("task-result/v1"), encode(&stranger));
     cases.push((
         "result of an unknown team",

@@ -6,12 +6,10 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use push0_protocol::subjects::{block_key, cursor_key};
-use push0_protocol::{
-    Blob, BlockRef, BlockState, BlockStatus, Cursor, NodeId, TaskOutcome, TaskResult, TeamConfig,
-    Workflow,
-};
-use push0_runtime::{kv_create, kv_get, kv_update, metrics};
+use push0_protocol::{BlockRef, BlockState, BlockStatus, Cursor, TaskResult, TeamConfig};
+use push0_runtime::{kv_create, kv_update, metrics};
 use push0_tests::*;
 use tokio_util::sync::CancellationToken;
 
@@ -39,25 +37,7 @@ fn accepted(number: u64) -> BlockStatus {
 
 /// The proved root of `number`'s `single` workflow, as a gateway of team alpha reports it.
 fn root(number: u64) -> TaskResult {
-    TaskResult {
-        task_id: format!("alpha/eth/{number}/0-0"),
-        team: "alpha".into(),
-        block: block(number),
-        node: NodeId { level: 0, index: 0 },
-        workflow: Workflow::SINGLE,
-        outcome: TaskOutcome::Proved {
-            proof: Blob::Inline(vec![number as u8]),
-            proof_system: "sim".into(),
-            report: None,
-        },
-        gateway: "g".into(),
-        attempt: 1,
-        prove_ms: 1,
-        inputs_critical_ms: 0,
-        queue_wait_ms: 0,
-        submitted_at_ms: 0,
-        deadline_ms: None,
-    }
+    proved_root("alpha", block(number), vec![number as u8])
 }
 
 /// Team alpha registered, its cursor on eth past `published` blocks (up to that number), and
@@ -113,21 +93,22 @@ async fn a_root_handed_to_a_walk_slowed_by_its_publish_is_published() -> anyhow:
     Ok(())
 }
 
-/// Waits until team alpha's cursor on eth names `next`.
-async fn cursor_reaches(bus: &push0_runtime::Bus, next: u64) -> anyhow::Result<()> {
-    let cursors = bus.kv(&bus.subjects.bucket_cursors()).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let at = kv_get::<Cursor>(&cursors, &cursor_key("alpha", "eth")).await?;
-        if at.is_some_and(|(c, _)| c.next == next) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "cursor not at {next}: {at:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits until the aggregator has acked the first `count` results. A result is acked after
+/// its handling returned, and a walk leaves its tail before it returns.
+async fn results_handled(bus: &push0_runtime::Bus, count: u64) -> anyhow::Result<()> {
+    let spec = bus.topology.aggregator_consumer();
+    let stream = bus.js.get_stream(&spec.stream).await?;
+    eventually(
+        Duration::from_secs(10),
+        &format!("{count} results acked"),
+        || async {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer(&spec.durable).await.ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.ack_floor.stream_sequence >= count).then_some(())
+        },
+    )
+    .await
 }
 
 /// Blocks 5 to 7 are accepted. The walk that publishes 5 reads 6 beside it and leaves that
@@ -151,12 +132,9 @@ async fn a_fence_mark_sends_the_next_proof_back_to_the_records() -> anyhow::Resu
     };
 
     bus.publish(results.clone(), &root(5), None).await?;
-    cursor_reaches(bus, 6).await?;
-    // The walk of 5 ends right after its cursor write, leaving what it read of 6.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    results_handled(bus, 1).await?;
     bus.publish(results.clone(), &root(6), None).await?;
-    cursor_reaches(bus, 7).await?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    results_handled(bus, 2).await?;
     assert_eq!(fenced("out"), 1, "6 went out on what the walk of 5 read");
 
     kv_update::<BlockStatus, _>(&blocks, &block_key("eth", 7), |s| {
@@ -166,14 +144,15 @@ async fn a_fence_mark_sends_the_next_proof_back_to_the_records() -> anyhow::Resu
         })
     })
     .await?;
-    bus.publish_mark(bus.subjects.fence_marks("alpha", "eth"), HeaderMap::new())
-        .await?;
+    bus.publish_raw(
+        bus.subjects.fence_marks("alpha", "eth"),
+        HeaderMap::new(),
+        Bytes::new(),
+    )
+    .await?;
     bus.publish(results, &root(7), None).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while fenced("refused") == 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let proofs = all_proofs(bus, Duration::from_millis(500)).await;
+    results_handled(bus, 3).await?;
+    let proofs = all_proofs(bus, Duration::ZERO).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), aggregator).await;
     assert_eq!(fenced("refused"), 1, "the proof of 7 was refused");

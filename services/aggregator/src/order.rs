@@ -29,10 +29,10 @@ pub(crate) enum AtHeight {
     Unrecorded,
 }
 
-pub(crate) fn at_height(status: Option<BlockStatus>) -> AtHeight {
+pub(crate) fn at_height(status: Option<&BlockStatus>) -> AtHeight {
     match status {
         Some(s) if s.state == BlockState::Orphaned => AtHeight::Orphaned,
-        Some(s) => AtHeight::Block(s.block),
+        Some(s) => AtHeight::Block(s.block.clone()),
         None => AtHeight::Unrecorded,
     }
 }
@@ -268,16 +268,16 @@ mod tests {
     fn the_block_at_a_height_is_what_ingest_recorded_there() {
         let b = block(5, 0);
         assert_eq!(
-            at_height(Some(status(b.clone(), BlockState::Accepted))),
+            at_height(Some(&status(b.clone(), BlockState::Accepted))),
             AtHeight::Block(b.clone())
         );
         assert_eq!(
-            at_height(Some(status(b.clone(), BlockState::Received))),
+            at_height(Some(&status(b.clone(), BlockState::Received))),
             AtHeight::Block(b.clone()),
             "a block recorded but not yet announced is still the one at its height"
         );
         assert_eq!(
-            at_height(Some(status(b, BlockState::Orphaned))),
+            at_height(Some(&status(b, BlockState::Orphaned))),
             AtHeight::Orphaned
         );
         assert_eq!(at_height(None), AtHeight::Unrecorded);

@@ -218,10 +218,11 @@ impl Aggregator {
                     (None, Some(s)) if s.block.number == number => Some(s),
                     _ => self.status(chain, number).await?,
                 };
+                let at = at_height(status.as_ref());
                 // Read beside or after this walk's last proof, unless it is the head read before
                 // the walk (then the walk has published nothing yet).
-                stopped_at = Some((number, status.clone()));
-                let block = match at_height(status) {
+                stopped_at = Some((number, status));
+                let block = match at {
                     AtHeight::Block(block) => block,
                     AtHeight::Orphaned => break,
                     AtHeight::Unrecorded => {

@@ -2,6 +2,7 @@
 //! marking them orphaned and telling the scheduler before the new block is accepted.
 
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use push0_protocol::subjects::{block_key, reorg_msg_id};
 use push0_protocol::{BlockRef, BlockState, BlockStatus, REORG_HEADER, Reorg};
 use push0_runtime::registry::team_names;
@@ -77,7 +78,7 @@ impl Ingest {
         );
         let marks = teams.iter().map(|team| {
             let subject = self.bus.subjects.fence_marks(team, &block.chain);
-            self.bus.publish_mark(subject, headers.clone())
+            self.bus.publish_raw(subject, headers.clone(), Bytes::new())
         });
         futures::future::try_join_all(marks).await?;
         Ok(())

@@ -309,16 +309,6 @@ impl Bus {
         }
     }
 
-    /// Publishes an empty mark on `subject`, with `headers` to say what it marks, retrying as
-    /// [`Bus::publish_raw`]: a mark carries nothing but its sequence.
-    pub async fn publish_mark(
-        &self,
-        subject: String,
-        headers: HeaderMap,
-    ) -> Result<jetstream::publish::PublishAck, RuntimeError> {
-        self.publish_raw(subject, headers, Bytes::new()).await
-    }
-
     /// How many messages `stream` holds on the subjects `filter` matches (a stream may hold
     /// other subjects too: the proofs stream holds fence marks beside the proofs).
     pub async fn stored_on(&self, stream: &str, filter: &str) -> Result<u64, RuntimeError> {

@@ -23,9 +23,15 @@ pub struct Floor {
 }
 
 /// `samples` messages through `hops` chained hops on `url` (one URL or a comma-separated
-/// cluster list), streams with `replicas`; then half as many again with every publish seen by
-/// a core subscriber, as the per-hop split of push0's path is taken.
-pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> Result<Floor> {
+/// cluster list), streams with `replicas`; then, if `tap`, half as many again with every
+/// publish seen by a core subscriber, as the per-hop split of push0's path is taken.
+pub async fn latencies(
+    url: &str,
+    replicas: u8,
+    hops: usize,
+    samples: usize,
+    tap: bool,
+) -> Result<Floor> {
     let addrs = push0_runtime::bus::parse_urls(url)?;
     let client = async_nats::connect(addrs).await?;
     let js = jetstream::new(client.clone());
@@ -71,7 +77,10 @@ pub async fn latencies(url: &str, replicas: u8, hops: usize, samples: usize) -> 
             out.push(end.duration_since(start).as_micros() as u64);
         }
     }
-    let legs = tapped(&client, &js, &prefix, hops, &mut done, samples / 2).await;
+    let legs = match tap {
+        true => tapped(&client, &js, &prefix, hops, &mut done, samples / 2).await,
+        false => Ok(Vec::new()),
+    };
     for w in workers {
         w.abort();
     }

@@ -271,14 +271,26 @@ async fn run_section(args: &Args, target: &Target, label: &str, cluster: bool) -
             "floor: {samples} samples through {} chained work-queue hops",
             args.hops
         );
-        let measured = floor::latencies(&target.url, target.replicas, args.hops, samples).await?;
+        let measured =
+            floor::latencies(&target.url, target.replicas, args.hops, samples, true).await?;
         let floor = stats::Pct::of(measured.whole);
         s.floor_legs = measured.legs.into_iter().map(stats::Pct::of).collect();
+        s.split_hops = phases::split_hops();
+        eprintln!(
+            "floor: {samples} samples through {} hops (a split block's path)",
+            s.split_hops
+        );
+        let split = floor::latencies(&target.url, target.replicas, s.split_hops, samples, false)
+            .await?
+            .whole;
+        let split_floor = stats::Pct::of(split);
         eprintln!("latency: {samples} blocks per series, one at a time");
         let lat = phases::latency(target, samples, payload).await?;
         s.overhead_p50_x = Some(ratio(lat.task.p50, floor.p50));
         s.overhead_p99_x = Some(ratio(lat.task.p99, floor.p99));
+        s.block_p50_x = Some(ratio(lat.block_split.p50, split_floor.p50));
         s.floor = Some(floor);
+        s.split_floor = Some(split_floor);
         s.latency = Some(lat);
     }
     if args.wants("sweep") && !cluster {

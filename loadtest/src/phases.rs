@@ -59,16 +59,24 @@ pub struct Latency {
     pub steps: Vec<Step>,
 }
 
+/// The latency section's split team: 4 leaves, arity 2 (7 tasks over 3 levels).
+fn split_team() -> TeamConfig {
+    team(TeamConfig::split("t7", 4, 2), &["c7"])
+}
+
+/// The hops a block of the latency section's split team takes from submission to proof:
+/// ingest's (submission → notice), then for each level of its tree the scheduler's (notice or
+/// join signal → task), the gateway's (task → result) and the aggregator's (result → join
+/// signal, or the proof at the root). The same count of work-queue hops is its floor.
+pub fn split_hops() -> usize {
+    1 + 3 * split_team().workflow().level_widths().len()
+}
+
 /// Closed loop: one block at a time, so nothing queues and the figures are pure overhead.
 pub async fn latency(target: &Target, samples: usize, payload: usize) -> Result<Latency> {
     let teams = vec![
         TeamSpec::new(team(TeamConfig::single("t1"), &["c1"]), 1, 4, "fixed:0ms"),
-        TeamSpec::new(
-            team(TeamConfig::split("t7", 4, 2), &["c7"]),
-            1,
-            8,
-            "fixed:0ms",
-        ),
+        TeamSpec::new(split_team(), 1, 8, "fixed:0ms"),
     ];
     let deployment = Deployment::start(target, teams, 16).await?;
     let mut driver = Driver::new(&deployment.bus, payload).await?;

@@ -71,5 +71,19 @@ fn quick_harness_run_prints_a_sane_summary() {
             "{role} {name}: {per_block}"
         );
     }
+    // A split block is measured against a floor of its own hops, which it cannot beat either.
+    let block_x = run
+        .lines()
+        .find_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() > 3 && cells[1].contains("the floor of its 10 hops")).then(|| {
+                cells[2]
+                    .trim_end_matches('×')
+                    .parse::<f64>()
+                    .expect("ratio")
+            })
+        })
+        .unwrap_or_else(|| panic!("no per-block target: {run}"));
+    assert!(block_x > 1.0, "per block over its floor: {block_x}");
     let _ = std::fs::remove_dir_all(&results);
 }

@@ -13,7 +13,7 @@ use push0::cluster::{ClusterSpec, LocalCluster};
 use push0::watch::ProofFeed;
 pub use push0_natsd::{NatsServer, eventually, random_prefix};
 use push0_protocol::{
-    Blob, BlockProof, BlockRef, DeadLetter, NodeId, PartRecord, SCHEMA_HEADER, TaskOutcome,
+    Blob, BlockProof, BlockRef, DeadLetter, NodeId, PartRecord, Ready, SCHEMA_HEADER, TaskOutcome,
     TaskResult, TeamConfig, WireMessage, Workflow, decode,
 };
 use push0_prover_gateway::latency::Latency;
@@ -103,6 +103,11 @@ pub async fn all_proofs(bus: &Bus, settle: Duration) -> Result<Vec<BlockProof>> 
     .await
 }
 
+/// Every join signal on the ready stream right now (an error if a redo is there too).
+pub async fn ready_signals(bus: &Bus) -> Result<Vec<Ready>> {
+    read_all(bus, &bus.subjects.stream_ready(), &bus.subjects.ready_all()).await
+}
+
 /// Every dead letter on the stream right now.
 pub async fn dead_letters(bus: &Bus) -> Result<Vec<DeadLetter>> {
     read_all(bus, &bus.subjects.stream_dlq(), &bus.subjects.dlq_all()).await
@@ -154,12 +159,25 @@ async fn read_all<M: push0_protocol::WireMessage>(
 /// The proved root of `block`'s `single` workflow as a gateway of `team` reports it, with
 /// `proof` inline.
 pub fn proved_root(team: &str, block: BlockRef, proof: Vec<u8>) -> TaskResult {
+    let root = NodeId { level: 0, index: 0 };
+    proved_node(team, block, root, Workflow::SINGLE, proof)
+}
+
+/// The proved `node` of `block`'s `workflow` as a gateway of `team` reports it, with `proof`
+/// inline.
+pub fn proved_node(
+    team: &str,
+    block: BlockRef,
+    node: NodeId,
+    workflow: Workflow,
+    proof: Vec<u8>,
+) -> TaskResult {
     TaskResult {
-        task_id: format!("{team}/{}/{}/0-0", block.chain, block.number),
+        task_id: format!("{team}/{}/{}/{node}", block.chain, block.number),
         team: team.into(),
         block,
-        node: NodeId { level: 0, index: 0 },
-        workflow: Workflow::SINGLE,
+        node,
+        workflow,
         outcome: TaskOutcome::Proved {
             proof: Blob::Inline(proof),
             proof_system: "sim".into(),

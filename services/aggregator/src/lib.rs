@@ -2,6 +2,7 @@
 //! an aggregation's inputs are complete, and publishes each block's proof exactly once, in block
 //! order per (team, chain): a proof that finishes early waits for its predecessors.
 
+mod joins;
 mod order;
 mod publish;
 mod record;
@@ -18,6 +19,7 @@ use push0_runtime::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::joins::Recent;
 use crate::order::Walks;
 
 pub const SERVICE: &str = "aggregator";
@@ -41,6 +43,7 @@ pub async fn run(bus: Bus, shutdown: CancellationToken) -> Result<(), RuntimeErr
         bus: bus.clone(),
         registry,
         walks: Walks::default(),
+        recent: Recent::default(),
         gateway_labels: GatewayLabels::default(),
     };
     let spec = bus.topology.aggregator_consumer();
@@ -65,6 +68,7 @@ pub(crate) struct Aggregator {
     cursors: kv::Store,
     plans: kv::Store,
     walks: Walks,
+    recent: Recent,
     gateway_labels: GatewayLabels,
 }
 

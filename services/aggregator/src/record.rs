@@ -8,7 +8,7 @@ use push0_protocol::{
     Blob, DlqReason, InvalidCount, PartRecord, Ready, Redo, Subjects, TaskOutcome, TaskResult,
     TeamConfig, now_ms,
 };
-use push0_runtime::parts::recorded_children;
+use push0_runtime::parts::{child_proof, recorded_children};
 use push0_runtime::verifier::{run_verifier, verify_bundle};
 use push0_runtime::{Outcome, Rejection, RuntimeError, kv_create, kv_get, kv_update, metrics};
 
@@ -198,8 +198,8 @@ impl Aggregator {
     }
 
     /// If every sibling of the node `recorded` proves is proved too, tells the scheduler to
-    /// release their parent. `recorded` is the node's record as it stands, so only its
-    /// siblings are read.
+    /// release their parent. `recorded` is the node's record as it stands; it is kept (see
+    /// `Recent`), and only the siblings not kept here are read.
     async fn signal_parent(
         &self,
         result: &TaskResult,
@@ -210,8 +210,18 @@ impl Aggregator {
             return Ok(());
         };
         let b = &result.block;
+        let keys: Vec<String> = w
+            .children(parent)
+            .into_iter()
+            .map(|child| part_key(&result.team, b, child))
+            .collect();
+        let own = child_proof(recorded);
+        self.recent
+            .keep(part_key(&result.team, b, recorded.node), own.clone());
+        let mut known = self.recent.find(keys.iter().map(String::as_str));
+        known.push(own);
         let Some(children) =
-            recorded_children(&self.parts, &result.team, b, w, parent, Some(recorded)).await?
+            recorded_children(&self.parts, &result.team, b, w, parent, &known).await?
         else {
             return Ok(());
         };
@@ -235,6 +245,9 @@ impl Aggregator {
         self.bus
             .publish(self.bus.subjects.ready(&result.team), &ready, Some(&msg_id))
             .await?;
+        // A repeat of a child's result reads its siblings again, as it did before this join
+        // was kept.
+        self.recent.forget(keys.iter().map(String::as_str));
         Ok(())
     }
 }

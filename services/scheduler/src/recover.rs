@@ -230,7 +230,7 @@ impl Scheduler {
     ) -> Result<Option<Task>, RuntimeError> {
         let b = &plan.accepted.block;
         let Some(children) =
-            recorded_children(&self.parts, &team.name, b, plan.workflow, node, None).await?
+            recorded_children(&self.parts, &team.name, b, plan.workflow, node, &[]).await?
         else {
             return Ok(None);
         };

@@ -7,19 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use push0_protocol::subjects::part_key;
-use push0_protocol::{BlockRef, NodeId, PartRecord, Ready, TeamConfig};
+use push0_protocol::{NodeId, PartRecord, Ready, TeamConfig};
 use push0_runtime::kv_get;
 use push0_runtime::registry::register_team;
 use push0_tests::*;
 use tokio_util::sync::CancellationToken;
-
-fn block(number: u64) -> BlockRef {
-    BlockRef {
-        chain: "eth".into(),
-        number,
-        hash: vec![number as u8; 32],
-    }
-}
 
 /// Waits until the ready stream holds `count` signals, then returns them all.
 async fn signals(bus: &push0_runtime::Bus, count: u64) -> anyhow::Result<Vec<Ready>> {
@@ -56,7 +48,7 @@ async fn siblings_recorded_at_once_signal_their_parent_once() -> anyhow::Result<
             for node in w.nodes().into_iter().filter(|node| node.level == level) {
                 for gateway in [1u8, 2] {
                     let proof = vec![n as u8, level as u8, node.index as u8, gateway];
-                    let result = proved_node("beta", block(n), node, w, proof);
+                    let result = proved_node("beta", eth_block(n), node, w, proof);
                     bus.publish(results.clone(), &result, None).await?;
                 }
             }

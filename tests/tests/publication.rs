@@ -8,22 +8,14 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use push0_protocol::subjects::{block_key, cursor_key};
-use push0_protocol::{BlockRef, BlockState, BlockStatus, Cursor, TaskResult, TeamConfig};
+use push0_protocol::{BlockState, BlockStatus, Cursor, TaskResult, TeamConfig};
 use push0_runtime::{kv_create, kv_update, metrics};
 use push0_tests::*;
 use tokio_util::sync::CancellationToken;
 
-fn block(number: u64) -> BlockRef {
-    BlockRef {
-        chain: "eth".into(),
-        number,
-        hash: vec![number as u8; 32],
-    }
-}
-
 fn accepted(number: u64) -> BlockStatus {
     BlockStatus {
-        block: block(number),
+        block: eth_block(number),
         state: BlockState::Accepted,
         payload_len: 1,
         submitted_at_ms: 0,
@@ -37,7 +29,7 @@ fn accepted(number: u64) -> BlockStatus {
 
 /// The proved root of `number`'s `single` workflow, as a gateway of team alpha reports it.
 fn root(number: u64) -> TaskResult {
-    proved_root("alpha", block(number), vec![number as u8])
+    proved_root("alpha", eth_block(number), vec![number as u8])
 }
 
 /// Team alpha registered, its cursor on eth past `published` blocks (up to that number), and

@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use async_nats::StatusCode;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream};
+use backon::Retryable;
 use futures::StreamExt;
+use push0_runtime::backoff::doubling;
 
 /// What the floor measured.
 pub struct Floor {
@@ -37,14 +39,24 @@ pub async fn latencies(
     let js = jetstream::new(client.clone());
     let prefix = push0_natsd::random_prefix();
     let name = format!("FLOOR_{prefix}");
-    js.create_stream(stream::Config {
+    let config = stream::Config {
         name: name.clone(),
         subjects: vec![format!("{prefix}.hop.*")],
         retention: stream::RetentionPolicy::WorkQueue,
         num_replicas: usize::from(replicas),
         ..Default::default()
-    })
-    .await?;
+    };
+    // On a cluster under load a replicated stream's create can fail for a moment (a 3-node
+    // run once got "error creating store for stream", code 10049, between the two floors);
+    // the services' `topology apply` retries its creates the same way.
+    (|| js.create_stream(config.clone()))
+        .retry(
+            doubling(Duration::from_millis(100), Duration::from_secs(2))
+                .with_total_delay(Some(Duration::from_secs(30))),
+        )
+        .notify(|e, after| eprintln!("floor: creating {name} failed ({e}); again in {after:?}"))
+        .await
+        .with_context(|| format!("creating the floor's stream {name}"))?;
     let stream = js.get_stream(&name).await?;
     let mut finals = Vec::new();
     let mut workers = Vec::new();

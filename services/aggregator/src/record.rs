@@ -215,10 +215,11 @@ impl Aggregator {
             .into_iter()
             .map(|child| part_key(&result.team, b, child))
             .collect();
+        let own_key = part_key(&result.team, b, recorded.node);
         let own = child_proof(recorded);
-        self.recent
-            .keep(part_key(&result.team, b, recorded.node), own.clone());
-        let mut known = self.recent.find(keys.iter().map(String::as_str));
+        self.recent.keep(own_key.clone(), own.clone());
+        let siblings = keys.iter().filter(|k| **k != own_key);
+        let mut known = self.recent.find(siblings.map(String::as_str));
         known.push(own);
         let Some(children) =
             recorded_children(&self.parts, &result.team, b, w, parent, &known).await?

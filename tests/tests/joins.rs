@@ -1,13 +1,14 @@
-//! Join signals under concurrency: the aggregator records a part, then reads its siblings, and
-//! signals their parent when all are recorded. Sibling results handled at the same moment, and
-//! two results of one node, must still signal every parent, once, with the children as
-//! recorded.
+//! Join signals: the aggregator records a part, then finds its siblings (among the parts it
+//! recorded itself, or else in the parts bucket), and signals their parent when all are
+//! recorded. Sibling results handled at the same moment, two results of one node, and a
+//! sibling recorded by another aggregator must still signal every parent, once, with the
+//! children as recorded.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use push0_protocol::subjects::part_key;
-use push0_protocol::{NodeId, PartRecord, Ready, TeamConfig};
+use push0_protocol::{Blob, NodeId, PartRecord, Ready, TeamConfig};
 use push0_runtime::kv_get;
 use push0_runtime::registry::register_team;
 use push0_tests::*;
@@ -76,5 +77,52 @@ async fn siblings_recorded_at_once_signal_their_parent_once() -> anyhow::Result<
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), aggregator).await;
+    Ok(())
+}
+
+/// A sibling recorded by another aggregator (here: one stopped before the next starts, so
+/// nothing it kept is known) is read back from the parts bucket, and the join is signalled
+/// with it.
+#[tokio::test]
+async fn a_sibling_recorded_by_another_aggregator_is_read_back() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let bus = &env.bus;
+    let team = TeamConfig::split("beta", 4, 2);
+    register_team(bus, &team).await?;
+    let w = team.workflow();
+    let parts = bus.kv(&bus.subjects.bucket_parts()).await?;
+    let results = bus.subjects.results("beta");
+    let block = eth_block(7);
+    let (first, second) = (NodeId { level: 0, index: 0 }, NodeId { level: 0, index: 1 });
+
+    let shutdown = CancellationToken::new();
+    let earlier = tokio::spawn(push0_aggregator::run(bus.clone(), shutdown.clone()));
+    let result = proved_node("beta", block.clone(), first, w, vec![0xaa]);
+    bus.publish(results.clone(), &result, None).await?;
+    let key = part_key("beta", &block, first);
+    eventually(
+        Duration::from_secs(20),
+        "the first part recorded",
+        || async { kv_get::<PartRecord>(&parts, &key).await.ok()? },
+    )
+    .await?;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), earlier).await???;
+
+    let shutdown = CancellationToken::new();
+    let later = tokio::spawn(push0_aggregator::run(bus.clone(), shutdown.clone()));
+    let result = proved_node("beta", block.clone(), second, w, vec![0xbb]);
+    bus.publish(results, &result, None).await?;
+    let ready = signals(bus, 1).await?;
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    assert_eq!(ready[0].node, w.parent(first).expect("a leaf has a parent"));
+    let proofs: Vec<_> = ready[0].children.iter().map(|c| c.proof.clone()).collect();
+    assert_eq!(
+        proofs,
+        vec![Blob::Inline(vec![0xaa]), Blob::Inline(vec![0xbb])],
+        "the sibling as the earlier aggregator recorded it"
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), later).await;
     Ok(())
 }

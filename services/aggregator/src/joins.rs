@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use push0_protocol::ChildProof;
+use push0_protocol::{Blob, ChildProof};
 
 /// Recorded parts by their key in the `parts` bucket, oldest forgotten first once the proofs
 /// kept pass [`Recent::MAX_BYTES`] or the entries [`Recent::MAX_ENTRIES`].
@@ -93,15 +93,15 @@ impl Kept {
 /// What an entry costs, roughly: its key, its inline proof and its fields.
 fn weight(key: &str, proof: &ChildProof) -> usize {
     let inline = match &proof.proof {
-        push0_protocol::Blob::Inline(bytes) => bytes.len(),
-        push0_protocol::Blob::Stored(_) => 128,
+        Blob::Inline(bytes) => bytes.len(),
+        Blob::Stored(_) => 128,
     };
     key.len() + inline + proof.proof_system.len() + 64
 }
 
 #[cfg(test)]
 mod tests {
-    use push0_protocol::{Blob, NodeId};
+    use push0_protocol::NodeId;
 
     use super::*;
 

@@ -11,6 +11,7 @@ pub mod consume;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod kept;
 pub mod lease;
 pub mod metrics;
 pub mod parts;

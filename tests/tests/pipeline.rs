@@ -6,8 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use push0::source::{make_block, run_source, submit};
-use push0_protocol::subjects::{final_key, part_key};
-use push0_protocol::{BlockRef, PartRecord, SCHEMA_HEADER, Task, TeamConfig, TeamsFile, decode};
+use push0_protocol::subjects::{final_key, part_key, plan_key};
+use push0_protocol::{
+    BlockRef, NodeId, PartRecord, Plan, SCHEMA_HEADER, Task, TeamConfig, TeamsFile, decode,
+};
 use push0_runtime::kv_get;
 use push0_tests::*;
 
@@ -179,6 +181,54 @@ async fn leaves_go_out_in_block_order_under_backpressure() -> anyhow::Result<()>
     collect_proofs(&env.bus, BLOCKS as usize, Duration::from_secs(90)).await?;
 
     assert_leaves_in_block_order(&mut published, BLOCKS as usize).await?;
+    cluster.stop().await
+}
+
+/// Leaves that wait in the scheduler's queue are recorded in their plans as released, also
+/// when a block's leaves go out in several batches (4 leaves, at most 3 undelivered). Such a
+/// plan is written at the revision the scheduler created it at, or last wrote it at, without
+/// being read first: a write from a stale copy would drop a leaf recorded before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leaves_released_in_batches_are_recorded_in_their_plans() -> anyhow::Result<()> {
+    const BLOCKS: u64 = 40;
+    let env = Env::new().await?;
+    let mut spec = env.spec(vec![TeamConfig::split("batches", 4, 2)]).gateways(
+        "batches",
+        1,
+        2,
+        sim("fixed:1ms"),
+    );
+    spec.max_undelivered = 3;
+    let cluster = push0::cluster::LocalCluster::start(spec).await?;
+    run_source(&env.bus, "eth", 1, BLOCKS, 0.0, 1024).await?;
+    let proofs = collect_proofs(&env.bus, BLOCKS as usize, Duration::from_secs(60)).await?;
+    assert_eq!(
+        numbers_by_team(&proofs)["batches"],
+        (1..=BLOCKS).collect::<Vec<u64>>()
+    );
+    let plans = env.bus.kv(&env.bus.subjects.bucket_plans()).await?;
+    for number in 1..=BLOCKS {
+        let key = plan_key("batches", "eth", number);
+        let (plan, _) = kv_get::<Plan>(&plans, &key)
+            .await?
+            .with_context(|| format!("no plan {key}"))?;
+        let mut leaves: Vec<NodeId> = plan
+            .released
+            .iter()
+            .filter(|n| n.level == 0)
+            .copied()
+            .collect();
+        leaves.sort_unstable();
+        assert_eq!(
+            leaves,
+            plan.workflow.leaves().collect::<Vec<NodeId>>(),
+            "{key}: every leaf recorded as released, once"
+        );
+        assert!(
+            plan.withdrawn.is_none() && plan.failed.is_none(),
+            "{key}: {plan:?}"
+        );
+    }
     cluster.stop().await
 }
 

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::kv;
-use push0_protocol::TeamConfig;
+use push0_protocol::{Plan, TeamConfig};
+use push0_runtime::kept::Kept;
 use push0_runtime::{BlobStore, Bus, Registry, RuntimeError, consume, register_team};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -100,6 +101,7 @@ pub async fn run(
         wake: Notify::new(),
         published_from: Mutex::new(HashSet::new()),
         chains: Mutex::new(HashMap::new()),
+        created: release::created_plans(),
     });
     scheduler.recover().await?;
     let storage = tokio::spawn(storage::storage_loop(
@@ -186,4 +188,8 @@ pub struct Scheduler {
     /// Per chain: blocks being planned hold it shared, a reorg notice alone (see
     /// [`AcceptedHandler`]).
     chains: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Plans created here whose leaves were queued, with the revision each was created at:
+    /// the release that records their leaves writes at it without reading the plan first
+    /// (see `Scheduler::record_released`).
+    created: Kept<(Plan, u64)>,
 }

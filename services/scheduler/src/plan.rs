@@ -178,7 +178,16 @@ impl Scheduler {
                 }
                 false
             }
-            None => kv_create(&self.plans, &key, &fresh).await?.is_some(),
+            None => {
+                let created = kv_create(&self.plans, &key, &fresh).await?;
+                // Its leaves are queued below, and their release records them in it.
+                if let Some(revision) = created
+                    && deferred.is_none()
+                {
+                    self.created.keep(key.clone(), (fresh.clone(), revision));
+                }
+                created.is_some()
+            }
         };
         let mut plan = if created {
             fresh.clone()

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use push0_protocol::subjects::{plan_key, task_id};
-use push0_protocol::{LatePolicy, NodeId, Plan, Task, TeamConfig, now_ms};
+use push0_protocol::{Blob, LatePolicy, NodeId, Plan, Task, TeamConfig, now_ms};
+use push0_runtime::kept::Kept;
 use push0_runtime::telemetry::{TraceContext, set_parent, task_span};
 use push0_runtime::{RuntimeError, kv_get, kv_update, kv_update_at, metrics};
 use tokio_util::sync::CancellationToken;
@@ -417,6 +418,13 @@ impl Scheduler {
     /// read at, or, if it changed since or was not read, as read now. Only this block's own
     /// live plan: after a reorg another block's plan may hold the key, and a withdrawn block's
     /// work is not tracked any more.
+    ///
+    /// A plan not read for the release (its leaves, queued when it was planned) is written at
+    /// the revision this scheduler created it at, or last wrote it at, when that is still
+    /// kept: the write is a compare-and-set, so if anything wrote the plan since (a
+    /// withdrawal, a reorg's replacement, another instance) it fails and the plan is read, as
+    /// it always is otherwise. In a burst, when most leaves wait in the queue, this saves a
+    /// read per plan on the server.
     async fn record_released(
         &self,
         key: String,
@@ -440,14 +448,20 @@ impl Scheduler {
             p.released.extend(new);
             Some(p)
         };
+        let read = read.or_else(|| {
+            self.created
+                .take(&key)
+                .filter(|(p, _)| p.accepted.block.hash == hash)
+        });
         if let Some((plan, revision)) = read {
             let Some(next) = add(&plan) else {
                 return Ok(());
             };
-            if kv_update_at(&self.plans, &key, &next, revision)
-                .await?
-                .is_some()
-            {
+            if let Some(written) = kv_update_at(&self.plans, &key, &next, revision).await? {
+                // Leaves still to go (a batch took only some): their release writes here.
+                if next.released.len() < next.workflow.leaves().count() {
+                    self.created.keep(key, (next, written));
+                }
                 return Ok(());
             }
         }
@@ -466,6 +480,19 @@ impl Scheduler {
                 .released(&t.block.chain, t.block.number, now);
         }
     }
+}
+
+/// The plans kept for their leaves' release (see `Scheduler::record_released`): a few
+/// thousand in a burst (one per planned block whose leaves wait in a queue), so the bounds
+/// only matter for large inline payloads, which every plan carries with its block.
+pub(crate) fn created_plans() -> Kept<(Plan, u64)> {
+    Kept::new(32 << 20, 65_536, |key, (plan, _)| {
+        let payload = match &plan.accepted.payload {
+            Blob::Inline(bytes) => bytes.len(),
+            Blob::Stored(_) => 128,
+        };
+        key.len() + payload + 512
+    })
 }
 
 /// Tasks taken from a queue to be released, with their trace contexts.

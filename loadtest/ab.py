@@ -10,7 +10,8 @@ after building each commit:
 Runs `push0-loadtest --sections latency` of A and B alternately, in A B B A order (so a drift
 of the machine during the run weighs on both alike), and prints, per series and percentile,
 each build's median over its runs, the median of the paired differences B - A, and in how
-many pairs B was lower. On a shared 2-core machine one run's p50 moves by a quarter between
+many pairs B was lower. With `--throughput` it runs the burst and the scaling run at 1 and
+1,024 slots instead (about a minute each) and compares tasks/s and the efficiency at 1,024. On a shared 2-core machine one run's p50 moves by a quarter between
 runs minutes apart: a difference is only worth reporting when most pairs agree on its sign.
 """
 
@@ -36,12 +37,17 @@ SERIES = [
     ("leg: receipt of the proof", lambda s: s["latency"]["hops"]["deliver"]),
 ]
 PERCENTILES = ("p50", "p90", "p99")
+THROUGHPUT = [
+    ("burst, tasks/s", lambda s: s["burst"]["tasks_per_s"]),
+    ("efficiency at 1,024 slots, %", lambda s: s["scaling"][-1]["efficiency_pct"]),
+]
 
 
-def run(build: Path, samples: int, out: Path) -> dict:
-    """One latency run of `build`; its R1 section."""
-    cmd = [str(build / "push0-loadtest"), "--sections", "latency", "--samples", str(samples),
-           "--results-dir", str(out)]
+def run(build: Path, samples: int, out: Path, throughput: bool) -> dict:
+    """One run of `build` (latency, or burst and scaling); its R1 section."""
+    sections = ["burst,scaling", "--slots", "1,1024"] if throughput else [
+        "latency", "--samples", str(samples)]
+    cmd = [str(build / "push0-loadtest"), "--sections", *sections, "--results-dir", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -55,6 +61,8 @@ def main() -> int:
     parser.add_argument("--b", type=Path, required=True, help="folder of build B's binaries")
     parser.add_argument("--pairs", type=int, default=12)
     parser.add_argument("--samples", type=int, default=600, help="closed-loop samples per series")
+    parser.add_argument("--throughput", action="store_true",
+                        help="compare the burst's tasks/s and the efficiency at 1,024 slots")
     args = parser.parse_args()
     for build in (args.a, args.b):
         if not (build / "push0-loadtest").is_file():
@@ -65,8 +73,21 @@ def main() -> int:
             order = ("A", "B") if i % 2 == 0 else ("B", "A")
             for name in order:
                 build = args.a if name == "A" else args.b
-                runs[name].append(run(build, args.samples, Path(tmp) / f"{name}{i}"))
+                runs[name].append(run(build, args.samples, Path(tmp) / f"{name}{i}",
+                                      args.throughput))
             print(f"pair {i + 1}/{args.pairs} done", file=sys.stderr, flush=True)
+    if args.throughput:
+        print(f"{args.pairs} pairs (A B B A ...)\nA: {args.a}\nB: {args.b}\n")
+        print("| figure | A median | B median | B - A (paired median) | B higher in |")
+        print("|---|---|---|---|---|")
+        for label, pick in THROUGHPUT:
+            a = [pick(s) for s in runs["A"]]
+            b = [pick(s) for s in runs["B"]]
+            diff = [y - x for x, y in zip(a, b)]
+            higher = sum(1 for d in diff if d > 0)
+            print(f"| {label} | {statistics.median(a):.1f} | {statistics.median(b):.1f} "
+                  f"| {statistics.median(diff):+.1f} | {higher}/{len(diff)} |")
+        return 0
     print(f"{args.pairs} pairs (A B B A ...), {args.samples} samples per series; ms")
     print(f"A: {args.a}\nB: {args.b}\n")
     print("| series | pct | A median | B median | B - A (paired median) | B lower in |")
